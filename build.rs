@@ -11,7 +11,10 @@ fn main() -> io::Result<()> {
 
     let fds = protox::compile([proto], ["proto"]).map_err(io::Error::other)?;
     let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(io::Error::other)?);
-    fs::write(out_dir.join("tokenbroker_descriptor.bin"), fds.encode_to_vec())?;
+    fs::write(
+        out_dir.join("tokenbroker_descriptor.bin"),
+        fds.encode_to_vec(),
+    )?;
 
     tonic_prost_build::configure()
         .build_client(true)

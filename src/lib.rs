@@ -1,3 +1,62 @@
+//! tokenbroker: one gRPC service that holds an expense platform's OAuth credentials and
+//! hands out fresh tokens, so that no other process holds a client secret or races on a
+//! single-use refresh token.
+//!
+//! The map: a request flows one way, [`grpc`] (validate, convert) -> [`broker`] (cache hit,
+//! or one single-flight fetch per key) -> [`upstream`] (the platform's HTTP endpoints), and
+//! rotations flow back from [`broker`] through watch channels to [`grpc`] streams.
+//! [`config`] turns TOML and secrets into a validated [`config::Config`]; [`secret`] keeps
+//! secrets out of logs; [`sandbox`] is the built-in stand-in for the platform that demo
+//! mode and the tests run against.
+#![forbid(unsafe_code)]
+
+pub mod broker;
+pub mod config;
+pub mod demo;
+pub mod grpc;
+pub mod sandbox;
+pub mod secret;
+pub mod upstream;
+
+/// The generated `tokenbroker.v1` messages, server and client.
+#[allow(clippy::all, missing_docs)]
 pub mod proto {
     tonic::include_proto!("tokenbroker.v1");
+}
+
+use std::future::Future;
+
+use tokio::net::TcpListener;
+
+use crate::{broker::Broker, config::Config, upstream::Upstream};
+
+/// Why the broker could not start or stopped with a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The HTTP client for the platform could not be built.
+    #[error("{0}")]
+    Upstream(#[from] upstream::UpstreamError),
+    /// Server reflection could not load the descriptors (a build problem).
+    #[error("server reflection: {0}")]
+    Reflection(tonic_reflection::server::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Serve(tonic::transport::Error),
+}
+
+/// Runs the broker for `config` on `listener` until `shutdown` completes. Tests bind
+/// `127.0.0.1:0` and call this as `main` does.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let upstream = Upstream::new(config.request_timeout)?;
+    let broker = Broker::new(config.orgs, upstream);
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(%addr, orgs = %broker.org_names().join(","), "tokenbroker listening");
+    grpc::serve(broker, listener, shutdown).await
 }

@@ -1,0 +1,61 @@
+//! The broker's one error type. Each variant says what went wrong and what to do about it;
+//! the gRPC layer maps it to a status in exactly one place.
+
+use super::TokenKey;
+use crate::upstream::UpstreamError;
+
+/// Why the broker could not hand out a token. Messages never hold a secret or a token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// A request field is missing or malformed.
+    #[error("{field} {problem}")]
+    InvalidArgument {
+        field: &'static str,
+        problem: String,
+    },
+    /// The organization is not in the broker's configuration.
+    #[error("org {org:?} is not configured; configured orgs: {known}")]
+    UnknownOrg { org: String, known: String },
+    /// The platform does not know the user.
+    #[error(
+        "the platform does not know user {user:?} in org {org}: check the person id or ExternalSourceID"
+    )]
+    UnknownUser { org: String, user: String },
+    /// The platform rejects the broker's own credentials for the org; retrying will not help
+    /// until the configuration changes.
+    #[error("org {org}: {detail}; check the org's credentials in the broker's configuration")]
+    CredentialsRejected { org: String, detail: String },
+    /// The key holds a long-lived token or API key, which the platform cannot rotate.
+    #[error(
+        "org {org} uses a long-lived token, which cannot be rotated; replace it in the broker's configuration"
+    )]
+    NotRotatable { org: String },
+    /// The platform is unreachable or failing, and no valid token is held for the key.
+    #[error("{key}: no valid token and the platform failed: {detail}; try again shortly")]
+    Unavailable { key: String, detail: String },
+}
+
+impl BrokerError {
+    /// Maps an upstream failure met while working for `key`.
+    pub(crate) fn upstream(key: &TokenKey, e: &UpstreamError) -> Self {
+        match (e, &key.user) {
+            (
+                UpstreamError::CredentialsRejected { .. }
+                | UpstreamError::Forbidden
+                | UpstreamError::BearerRejected,
+                _,
+            ) => Self::CredentialsRejected {
+                org: key.org.to_string(),
+                detail: e.to_string(),
+            },
+            (UpstreamError::UnknownUser { .. }, Some(user)) => Self::UnknownUser {
+                org: key.org.to_string(),
+                user: user.to_string(),
+            },
+            _ => Self::Unavailable {
+                key: key.to_string(),
+                detail: e.to_string(),
+            },
+        }
+    }
+}

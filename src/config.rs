@@ -1,0 +1,527 @@
+//! The configuration: a TOML file plus secrets from the environment or files, turned into a
+//! validated [`Config`]. Every error names the key at fault and how to fix it. Secrets are
+//! never accepted in the TOML itself or on the command line.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use reqwest::Url;
+use serde::Deserialize;
+
+use crate::{
+    broker::{Credentials, OrgSettings},
+    secret::{AccessToken, ClientSecret},
+    upstream,
+};
+
+/// Where the broker listens when the config does not say.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// The default per-request timeout for calls to the platform.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A validated configuration, ready to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The gRPC listen address (`server.listen`).
+    pub listen: SocketAddr,
+    /// Timeout of each request to the platform (`upstream.request_timeout`).
+    pub request_timeout: Duration,
+    /// The organizations, sorted by name.
+    pub orgs: Vec<OrgSettings>,
+}
+
+/// A configuration error: the key at fault and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The dotted key (`orgs.acme.token_url`), or empty for the file as a whole.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn error(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The platform's environments, which fill in the endpoint URLs.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Environment {
+    Production,
+    Sandbox,
+}
+
+impl Environment {
+    fn urls(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Production => (
+                "https://expense.findity.com/api/oauth/token/",
+                "https://expense.findity.com/api/oauth/authorization-grant",
+            ),
+            Self::Sandbox => (
+                "https://stage-api.findity.com/oauth/token",
+                "https://stage-api.findity.com/oauth/authorization-grant",
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    orgs: BTreeMap<String, RawOrg>,
+}
+
+/// `[server]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    /// The gRPC listen address, `IP:PORT`. Default `127.0.0.1:50051`.
+    listen: Option<String>,
+}
+
+/// `[upstream]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    /// Timeout of each request to the platform, e.g. `"10s"`. Default 10 s.
+    request_timeout: Option<String>,
+}
+
+/// `[orgs.NAME]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOrg {
+    /// `"production"` or `"sandbox"`: fills in `token_url` and `authorization_grant_url`.
+    environment: Option<Environment>,
+    /// The platform's token endpoint.
+    token_url: Option<String>,
+    /// The platform's authorization grant endpoint.
+    authorization_grant_url: Option<String>,
+    /// The OAuth client id.
+    client_id: Option<String>,
+    /// Name of the environment variable holding the client secret.
+    client_secret_env: Option<String>,
+    /// Path of a file holding the client secret.
+    client_secret_file: Option<PathBuf>,
+    /// Name of the environment variable holding a long-lived token or API key.
+    static_token_env: Option<String>,
+    /// Path of a file holding a long-lived token or API key.
+    static_token_file: Option<PathBuf>,
+    /// Refused: secrets never go in the TOML.
+    client_secret: Option<toml::Value>,
+    /// Refused: secrets never go in the TOML.
+    static_token: Option<toml::Value>,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`; secrets come from the process environment
+    /// and from files (relative paths are taken from the config file's folder).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            error(
+                "",
+                format!("cannot read config file {}: {e}", path.display()),
+            )
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, &|name| std::env::var(name).ok(), base)
+    }
+
+    /// Validates TOML `text`, reading secrets with `env` and from files under `base`.
+    pub fn parse(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        base: &Path,
+    ) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| error("", format!("invalid TOML: {}", e.to_string().trim_end())))?;
+        let listen_text = raw.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = listen_text.parse().map_err(|_| {
+            error(
+                "server.listen",
+                format!(
+                    "{listen_text:?} is not an IP:PORT address; write e.g. \"127.0.0.1:50051\""
+                ),
+            )
+        })?;
+        let request_timeout = match raw.upstream.request_timeout.as_deref() {
+            None => DEFAULT_REQUEST_TIMEOUT,
+            Some(text) => parse_duration("upstream.request_timeout", text)?,
+        };
+        if raw.orgs.is_empty() {
+            return Err(error(
+                "orgs",
+                "no organization is configured; add an [orgs.NAME] table (see the README)",
+            ));
+        }
+        let orgs = raw
+            .orgs
+            .into_iter()
+            .map(|(name, org)| org_settings(name, org, env, base))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            listen,
+            request_timeout,
+            orgs,
+        })
+    }
+}
+
+fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    match humantime::parse_duration(text) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(error(
+            key,
+            format!("{text:?} is not a positive duration; write e.g. \"10s\" or \"500ms\""),
+        )),
+    }
+}
+
+fn org_settings(
+    name: String,
+    org: RawOrg,
+    env: &dyn Fn(&str) -> Option<String>,
+    base: &Path,
+) -> Result<OrgSettings, ConfigError> {
+    let key = |field: &str| format!("orgs.{name}.{field}");
+    let name_ok = !name.is_empty()
+        && name.len() <= crate::broker::MAX_ID_LEN
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !name_ok {
+        return Err(error(
+            format!("orgs.{name}"),
+            "an org name is 1 to 256 letters, digits, '-', '_' or '.'",
+        ));
+    }
+    for (field, value) in [
+        ("client_secret", &org.client_secret),
+        ("static_token", &org.static_token),
+    ] {
+        if value.is_some() {
+            return Err(error(
+                key(field),
+                format!(
+                    "secrets are not accepted in the config file; use {field}_env (an environment variable) or {field}_file (a file) instead"
+                ),
+            ));
+        }
+    }
+    let defaults = org.environment.map(Environment::urls);
+    let token_url = endpoint(
+        &key("token_url"),
+        org.token_url.as_deref().or(defaults.map(|d| d.0)),
+    )?;
+    let authorization_grant_url = endpoint(
+        &key("authorization_grant_url"),
+        org.authorization_grant_url
+            .as_deref()
+            .or(defaults.map(|d| d.1)),
+    )?;
+
+    let sources = [
+        ("client_secret_env", org.client_secret_env.is_some()),
+        ("client_secret_file", org.client_secret_file.is_some()),
+        ("static_token_env", org.static_token_env.is_some()),
+        ("static_token_file", org.static_token_file.is_some()),
+    ];
+    let given: Vec<&str> = sources.iter().filter(|s| s.1).map(|s| s.0).collect();
+    if given.len() != 1 {
+        let problem = if given.is_empty() {
+            "none is set".to_owned()
+        } else {
+            format!("{} are all set", given.join(" and "))
+        };
+        return Err(error(
+            format!("orgs.{name}"),
+            format!(
+                "set exactly one of client_secret_env, client_secret_file (OAuth client credentials), static_token_env or static_token_file (a long-lived token or API key); {problem}"
+            ),
+        ));
+    }
+    let client_id = org.client_id.filter(|id| !id.trim().is_empty());
+    let credentials = match given[0] {
+        "client_secret_env" | "client_secret_file" => {
+            let secret = read_secret(
+                &key(given[0]),
+                org.client_secret_env.as_deref(),
+                org.client_secret_file.as_deref(),
+                env,
+                base,
+            )?;
+            let Some(client_id) = client_id.clone() else {
+                return Err(error(
+                    key("client_id"),
+                    "is required with a client secret; copy it from the platform's API settings",
+                ));
+            };
+            Credentials::Client {
+                client_id,
+                secret: ClientSecret::new(secret),
+            }
+        }
+        _ => {
+            let token = read_secret(
+                &key(given[0]),
+                org.static_token_env.as_deref(),
+                org.static_token_file.as_deref(),
+                env,
+                base,
+            )?;
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(error(
+                    key(given[0]),
+                    "the token holds spaces or control characters; it must be the bare token",
+                ));
+            }
+            Credentials::Static(AccessToken::new(token))
+        }
+    };
+    Ok(OrgSettings {
+        name,
+        client: upstream::Client {
+            token_url,
+            authorization_grant_url,
+            client_id,
+        },
+        credentials,
+    })
+}
+
+/// An upstream URL: HTTPS, or plain HTTP to a loopback host only (the sandbox).
+fn endpoint(key: &str, value: Option<&str>) -> Result<Url, ConfigError> {
+    let Some(text) = value else {
+        return Err(error(
+            key,
+            "is missing; set environment = \"production\" (or \"sandbox\") or give the URL",
+        ));
+    };
+    let url = Url::parse(text).map_err(|e| error(key, format!("{text:?} is not a URL: {e}")))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(error(
+            key,
+            "must not hold credentials; use client_secret_env or client_secret_file",
+        ));
+    }
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(error(
+            key,
+            format!(
+                "{text:?} is plain HTTP to a non-loopback host; secrets travel only over https://"
+            ),
+        )),
+        other => Err(error(
+            key,
+            format!("scheme {other:?} is not supported; use https://"),
+        )),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+fn read_secret(
+    key: &str,
+    env_name: Option<&str>,
+    file: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+    base: &Path,
+) -> Result<String, ConfigError> {
+    let value = match (env_name, file) {
+        (Some(var), _) => env(var).ok_or_else(|| {
+            error(
+                key,
+                format!(
+                    "environment variable {var} is not set; export it before starting the broker"
+                ),
+            )
+        })?,
+        (None, Some(path)) => {
+            let path = base.join(path);
+            std::fs::read_to_string(&path)
+                .map_err(|e| error(key, format!("cannot read {}: {e}", path.display())))?
+        }
+        (None, None) => return Err(error(key, "is not set")),
+    };
+    let value = value.trim().to_owned();
+    if value.is_empty() {
+        return Err(error(key, "the secret is empty"));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "ACME_SECRET" => Some("s3cret\n".into()),
+            "EMPTY" => Some(" ".into()),
+            _ => None,
+        }
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, &env, Path::new("."))
+    }
+
+    const GOOD: &str = r#"
+        [server]
+        listen = "127.0.0.1:6000"
+        [orgs.acme]
+        environment = "production"
+        client_id = "acme-id"
+        client_secret_env = "ACME_SECRET"
+    "#;
+
+    #[test]
+    fn a_good_config_fills_in_the_environment_urls() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:6000");
+        assert_eq!(c.request_timeout, DEFAULT_REQUEST_TIMEOUT);
+        let org = &c.orgs[0];
+        assert_eq!(org.name, "acme");
+        assert_eq!(
+            org.client.token_url.as_str(),
+            "https://expense.findity.com/api/oauth/token/"
+        );
+        let Credentials::Client { client_id, secret } = &org.credentials else {
+            panic!()
+        };
+        assert_eq!((client_id.as_str(), secret.expose()), ("acme-id", "s3cret"));
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (
+                "[orgs.a]\nenvironment='production'\nclient_id='x'\nclient_secret='abc'",
+                "orgs.a.client_secret",
+            ),
+            (
+                "[orgs.a]\nenvironment='production'\nclient_id='x'\nclient_secret_env='NOPE'",
+                "orgs.a.client_secret_env",
+            ),
+            (
+                "[orgs.a]\nenvironment='production'\nclient_id='x'\nclient_secret_env='EMPTY'",
+                "orgs.a.client_secret_env",
+            ),
+            (
+                "[orgs.a]\nenvironment='production'\nclient_secret_env='ACME_SECRET'",
+                "orgs.a.client_id",
+            ),
+            (
+                "[orgs.a]\nclient_id='x'\nclient_secret_env='ACME_SECRET'",
+                "orgs.a.token_url",
+            ),
+            (
+                "[orgs.a]\nenvironment='production'\nclient_id='x'",
+                "orgs.a",
+            ),
+            (
+                "[orgs.a]\nenvironment='production'\nclient_id='x'\nclient_secret_env='ACME_SECRET'\nstatic_token_env='ACME_SECRET'",
+                "orgs.a",
+            ),
+            (
+                "[orgs.a]\ntoken_url='http://example.com/t'\nauthorization_grant_url='https://example.com/g'\nclient_id='x'\nclient_secret_env='ACME_SECRET'",
+                "orgs.a.token_url",
+            ),
+            (
+                "[orgs.a]\ntoken_url='ftp://example.com/t'\nauthorization_grant_url='https://example.com/g'\nclient_id='x'\nclient_secret_env='ACME_SECRET'",
+                "orgs.a.token_url",
+            ),
+            (
+                "[server]\nlisten='localhost'\n[orgs.a]\nenvironment='production'\nclient_id='x'\nclient_secret_env='ACME_SECRET'",
+                "server.listen",
+            ),
+            (
+                "[upstream]\nrequest_timeout='soon'\n[orgs.a]\nenvironment='production'\nclient_id='x'\nclient_secret_env='ACME_SECRET'",
+                "upstream.request_timeout",
+            ),
+            (
+                "[orgs.'a b']\nenvironment='production'\nclient_id='x'\nclient_secret_env='ACME_SECRET'",
+                "orgs.a b",
+            ),
+            ("[server]\nlisten='127.0.0.1:1'", "orgs"),
+        ];
+        for (text, key) in cases {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e}");
+        }
+        let e = parse("[orgs.a]\nenvironment='production'\nclient_id='x'\nclient_secret='abc'")
+            .unwrap_err();
+        assert!(
+            e.message.contains("client_secret_env") && !e.message.contains("abc"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_toml_are_refused() {
+        let e = parse("[orgs.a]\nenvironmnet='production'").unwrap_err();
+        assert!(
+            e.message.contains("unknown field") && e.message.contains("environmnet"),
+            "{e}"
+        );
+        assert!(
+            parse("[orgs.a\n")
+                .unwrap_err()
+                .message
+                .starts_with("invalid TOML")
+        );
+    }
+
+    #[test]
+    fn loopback_http_is_allowed_and_static_tokens_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key"), "api-key-123\n").unwrap();
+        let text = "[orgs.a]\ntoken_url='http://127.0.0.1:9/t'\nauthorization_grant_url='http://localhost:9/g'\nstatic_token_file='key'";
+        let c = Config::parse(text, &env, dir.path()).unwrap();
+        let Credentials::Static(token) = &c.orgs[0].credentials else {
+            panic!()
+        };
+        assert_eq!(token.expose(), "api-key-123");
+        assert!(c.orgs[0].client.client_id.is_none());
+        let missing = "[orgs.a]\nenvironment='sandbox'\nstatic_token_file='nope'";
+        assert_eq!(
+            Config::parse(missing, &env, dir.path()).unwrap_err().key,
+            "orgs.a.static_token_file"
+        );
+    }
+}

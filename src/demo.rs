@@ -1,0 +1,66 @@
+//! Demo mode: with no configuration, the broker runs the built-in sandbox on an ephemeral
+//! loopback port and configures one org, `demo`, against it, so grpcurl works at once.
+
+use std::{io, net::SocketAddr};
+
+use tokio::net::TcpListener;
+
+use crate::{
+    broker::{Credentials, OrgSettings},
+    config::{Config, DEFAULT_REQUEST_TIMEOUT},
+    sandbox::{Sandbox, SandboxConfig},
+    secret::ClientSecret,
+    upstream,
+};
+
+/// Starts the demo sandbox and returns it with a config whose one org points at it. Keep
+/// the sandbox alive as long as the broker runs.
+pub async fn start(listen: SocketAddr) -> io::Result<(Config, Sandbox)> {
+    let sandbox = Sandbox::start(
+        SandboxConfig::demo(),
+        TcpListener::bind("127.0.0.1:0").await?,
+    )
+    .await?;
+    let org = &sandbox.config().orgs[0];
+    let url = |u: String| u.parse().map_err(io::Error::other);
+    let settings = OrgSettings {
+        name: org.name.clone(),
+        client: upstream::Client {
+            token_url: url(sandbox.token_url())?,
+            authorization_grant_url: url(sandbox.authorization_grant_url())?,
+            client_id: Some(org.client_id.clone()),
+        },
+        credentials: Credentials::Client {
+            client_id: org.client_id.clone(),
+            // The sandbox's published demo secret, not a real one.
+            secret: ClientSecret::new(org.client_secret.clone()),
+        },
+    };
+    let config = Config {
+        listen,
+        request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        orgs: vec![settings],
+    };
+    Ok((config, sandbox))
+}
+
+/// What to type to try the demo broker listening on `addr`.
+pub fn usage(addr: SocketAddr, sandbox: &Sandbox) -> String {
+    let users = sandbox.config().orgs[0].users();
+    let (person, external) = users
+        .first()
+        .map(|u| (u.person_id.clone(), u.external_id.clone()))
+        .unwrap_or_default();
+    format!(
+        "demo mode: no --config given, so the broker runs against its built-in sandbox at {base} (org \"demo\", {n} users).\n\
+         Try:\n  \
+         grpcurl -plaintext {addr} list\n  \
+         grpcurl -plaintext -d '{{}}' {addr} tokenbroker.v1.TokenService/GetOrgToken\n  \
+         grpcurl -plaintext -d '{{\"user_id\": \"{person}\"}}' {addr} tokenbroker.v1.TokenService/GetUserToken\n  \
+         grpcurl -plaintext -d '{{\"user_id\": \"{external}\"}}' {addr} tokenbroker.v1.TokenService/GetUserToken\n  \
+         grpcurl -plaintext -d '{{}}' {addr} tokenbroker.v1.TokenService/Refresh\n  \
+         grpcurl -plaintext -d '{{}}' {addr} tokenbroker.v1.TokenService/WatchTokens",
+        base = sandbox.base_url(),
+        n = users.len(),
+    )
+}

@@ -1,0 +1,171 @@
+//! The built-in stand-in for the expense platform: an HTTP server (axum) with the OAuth
+//! flows of the real one, strict about secrets and single use, counting every request.
+//! Demo mode, the test suite and users' own tests run against it. It imports nothing of
+//! the broker.
+
+mod routes;
+mod state;
+
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use state::State;
+pub use state::Stats;
+
+/// One organization the sandbox knows.
+#[derive(Debug, Clone)]
+pub struct SandboxOrg {
+    pub name: String,
+    pub client_id: String,
+    pub client_secret: String,
+    /// How many users to seed (see [`SandboxOrg::users`]).
+    pub users: u32,
+}
+
+/// A seeded user: reachable by person id or by ExternalSourceID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SandboxUser {
+    #[serde(rename = "personId")]
+    pub person_id: String,
+    #[serde(rename = "externalSourceId")]
+    pub external_id: String,
+    pub name: String,
+}
+
+impl SandboxOrg {
+    /// The org's seeded users: person ids are 32 hex digits, ExternalSourceIDs `EMP-00001`...
+    pub fn users(&self) -> Vec<SandboxUser> {
+        (1..=self.users)
+            .map(|i| SandboxUser {
+                person_id: format!("8ab28c3e{:08x}{i:016x}", fnv32(&self.name)),
+                external_id: format!("EMP-{i:05}"),
+                name: format!("Employee {i}"),
+            })
+            .collect()
+    }
+}
+
+/// A stable hash, so an org's person ids are the same in every run.
+fn fnv32(text: &str) -> u32 {
+    text.bytes().fold(0x811c_9dc5, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// How the sandbox behaves.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub orgs: Vec<SandboxOrg>,
+    /// `expires_in` of every token issued.
+    pub token_lifetime: Duration,
+    /// How long an authorization code may be exchanged.
+    pub code_lifetime: Duration,
+}
+
+impl SandboxConfig {
+    /// The demo platform: org `demo` (client `demo-client`, secret `demo-secret`) with 100
+    /// users and one-hour tokens.
+    pub fn demo() -> Self {
+        Self {
+            orgs: vec![SandboxOrg {
+                name: "demo".into(),
+                client_id: "demo-client".into(),
+                client_secret: "demo-secret".into(),
+                users: 100,
+            }],
+            token_lifetime: Duration::from_secs(3600),
+            code_lifetime: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A running sandbox. Dropping it stops the server.
+pub struct Sandbox {
+    addr: SocketAddr,
+    config: SandboxConfig,
+    state: Arc<Mutex<State>>,
+    stop: CancellationToken,
+}
+
+impl Sandbox {
+    /// Serves the sandbox on `listener` until the handle is dropped.
+    pub async fn start(config: SandboxConfig, listener: TcpListener) -> io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State::new(&config)));
+        let stop = CancellationToken::new();
+        let router = routes::router(Arc::clone(&state));
+        let shutdown = stop.clone().cancelled_owned();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "sandbox server failed");
+            }
+        });
+        Ok(Self {
+            addr,
+            config,
+            state,
+            stop,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`, the base of every URL below.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The token endpoint.
+    pub fn token_url(&self) -> String {
+        format!("{}/oauth/token", self.base_url())
+    }
+
+    /// The authorization grant endpoint.
+    pub fn authorization_grant_url(&self) -> String {
+        format!("{}/oauth/authorization-grant", self.base_url())
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// What it has seen so far.
+    pub fn stats(&self) -> Stats {
+        self.lock().stats.clone()
+    }
+
+    /// Makes every refresh token issued so far unusable (`invalid_grant` on use).
+    pub fn revoke_refresh_tokens(&self) {
+        self.lock().revoke_refresh_tokens();
+    }
+
+    /// Makes every access token issued so far unusable (401 on use).
+    pub fn revoke_access_tokens(&self) {
+        self.lock().revoke_access_tokens();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

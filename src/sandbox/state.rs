@@ -1,0 +1,412 @@
+//! The sandbox platform's bookkeeping: clients, seeded users, and every token and code it
+//! issued, with the strict single-use rules of the real platform. Synchronous and free of
+//! HTTP, so the rules read in one place.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use rand::RngCore;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::{SandboxConfig, SandboxUser};
+
+/// Requests the sandbox saw, by kind, and every single-use violation. Tests assert on these.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Token endpoint requests with `grant_type=client_credentials`.
+    pub client_credentials: u64,
+    /// Token endpoint requests with `grant_type=refresh_token`.
+    pub refresh_token: u64,
+    /// Token endpoint requests with `grant_type=authorization_code`.
+    pub authorization_code: u64,
+    /// Requests to the authorization grant endpoint.
+    pub authorization_grant: u64,
+    /// Requests to the platform's API (`/api/v1/...`).
+    pub api: u64,
+    /// Requests answered with an error status.
+    pub errors: u64,
+    /// Refresh tokens presented after they were already used (each one a broker bug).
+    pub refresh_token_reuse: u64,
+    /// Authorization codes presented after they were already used.
+    pub code_reuse: u64,
+}
+
+impl Stats {
+    /// All requests to the token and grant endpoints.
+    pub fn upstream_requests(&self) -> u64 {
+        self.client_credentials
+            + self.refresh_token
+            + self.authorization_code
+            + self.authorization_grant
+    }
+}
+
+/// Who a token acts as.
+#[derive(Debug, Clone)]
+pub enum Subject {
+    Org {
+        org: Arc<str>,
+    },
+    User {
+        org: Arc<str>,
+        user: Arc<SandboxUser>,
+    },
+}
+
+impl Subject {
+    fn org(&self) -> &Arc<str> {
+        match self {
+            Subject::Org { org } | Subject::User { org, .. } => org,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Issued {
+    subject: Subject,
+    family: u64,
+    expires: Instant,
+}
+
+#[derive(Debug)]
+struct Refresh {
+    subject: Subject,
+    family: u64,
+    used: bool,
+    revoked: bool,
+}
+
+#[derive(Debug)]
+struct Code {
+    org: Arc<str>,
+    user: Arc<SandboxUser>,
+    expires: Instant,
+    used: bool,
+}
+
+struct Client {
+    org: Arc<str>,
+    secret: String,
+}
+
+/// A token endpoint answer: a new token pair.
+#[derive(Debug, Serialize)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+    pub refresh_token: String,
+}
+
+/// An OAuth error answer (RFC 6749 §5.2) with its HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OauthError {
+    pub status: u16,
+    pub error: &'static str,
+    pub description: String,
+}
+
+fn oauth_error(status: u16, error: &'static str, description: impl Into<String>) -> OauthError {
+    OauthError {
+        status,
+        error,
+        description: description.into(),
+    }
+}
+
+/// Everything the sandbox platform knows.
+pub struct State {
+    token_lifetime: Duration,
+    code_lifetime: Duration,
+    clients: HashMap<String, Client>,
+    users: HashMap<(Arc<str>, String), Arc<SandboxUser>>,
+    access: HashMap<String, Issued>,
+    refresh: HashMap<String, Refresh>,
+    codes: HashMap<String, Code>,
+    revoked_families: HashSet<u64>,
+    next_family: u64,
+    pub stats: Stats,
+}
+
+impl State {
+    pub fn new(config: &SandboxConfig) -> Self {
+        let mut clients = HashMap::new();
+        let mut users = HashMap::new();
+        for org in &config.orgs {
+            let name: Arc<str> = org.name.as_str().into();
+            clients.insert(
+                org.client_id.clone(),
+                Client {
+                    org: Arc::clone(&name),
+                    secret: org.client_secret.clone(),
+                },
+            );
+            for user in org.users() {
+                let user = Arc::new(user);
+                users.insert(
+                    (Arc::clone(&name), user.person_id.clone()),
+                    Arc::clone(&user),
+                );
+                users.insert((Arc::clone(&name), user.external_id.clone()), user);
+            }
+        }
+        Self {
+            token_lifetime: config.token_lifetime,
+            code_lifetime: config.code_lifetime,
+            clients,
+            users,
+            access: HashMap::new(),
+            refresh: HashMap::new(),
+            codes: HashMap::new(),
+            revoked_families: HashSet::new(),
+            next_family: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    /// `grant_type=client_credentials`.
+    pub fn client_credentials(
+        &mut self,
+        client_id: Option<&str>,
+        secret: Option<&str>,
+    ) -> Result<TokenPair, OauthError> {
+        self.stats.client_credentials += 1;
+        let org = match (client_id.and_then(|id| self.clients.get(id)), secret) {
+            (Some(client), Some(secret)) if client.secret == secret => Arc::clone(&client.org),
+            _ => {
+                return Err(oauth_error(
+                    401,
+                    "invalid_client",
+                    "unknown client or wrong client secret",
+                ));
+            }
+        };
+        let family = self.new_family();
+        Ok(self.issue(Subject::Org { org }, family))
+    }
+
+    /// `grant_type=refresh_token`: each refresh token works once; a second use revokes the
+    /// whole token family (RFC 9700 §4.14.2) and is counted.
+    pub fn refresh(
+        &mut self,
+        client_id: Option<&str>,
+        refresh_token: Option<&str>,
+    ) -> Result<TokenPair, OauthError> {
+        self.stats.refresh_token += 1;
+        let Some(client) = client_id.and_then(|id| self.clients.get(id)) else {
+            return Err(oauth_error(
+                401,
+                "invalid_client",
+                "client_id is missing or unknown",
+            ));
+        };
+        let client_org = Arc::clone(&client.org);
+        let Some(record) = refresh_token.and_then(|t| self.refresh.get_mut(t)) else {
+            return Err(oauth_error(400, "invalid_grant", "unknown refresh token"));
+        };
+        if record.used {
+            let family = record.family;
+            self.stats.refresh_token_reuse += 1;
+            self.revoked_families.insert(family);
+            return Err(oauth_error(
+                400,
+                "invalid_grant",
+                "refresh token already used; its token family is revoked",
+            ));
+        }
+        if record.revoked || self.revoked_families.contains(&record.family) {
+            return Err(oauth_error(400, "invalid_grant", "refresh token revoked"));
+        }
+        if record.subject.org() != &client_org {
+            return Err(oauth_error(
+                400,
+                "invalid_grant",
+                "refresh token was issued to another client",
+            ));
+        }
+        record.used = true;
+        let (subject, family) = (record.subject.clone(), record.family);
+        Ok(self.issue(subject, family))
+    }
+
+    /// `grant_type=authorization_code`: each code works once and only for a short time.
+    pub fn exchange_code(
+        &mut self,
+        client_id: Option<&str>,
+        code: Option<&str>,
+    ) -> Result<TokenPair, OauthError> {
+        self.stats.authorization_code += 1;
+        let now = Instant::now();
+        let client_org = match client_id {
+            None => None,
+            Some(id) => match self.clients.get(id) {
+                Some(client) => Some(Arc::clone(&client.org)),
+                None => return Err(oauth_error(401, "invalid_client", "unknown client_id")),
+            },
+        };
+        let Some(record) = code.and_then(|c| self.codes.get_mut(c)) else {
+            return Err(oauth_error(
+                400,
+                "invalid_grant",
+                "unknown authorization code",
+            ));
+        };
+        if record.used {
+            self.stats.code_reuse += 1;
+            return Err(oauth_error(
+                400,
+                "invalid_grant",
+                "authorization code already used",
+            ));
+        }
+        record.used = true;
+        if now >= record.expires {
+            return Err(oauth_error(
+                400,
+                "invalid_grant",
+                "authorization code expired",
+            ));
+        }
+        if client_org.is_some_and(|org| org != record.org) {
+            return Err(oauth_error(
+                400,
+                "invalid_grant",
+                "code was issued to another client",
+            ));
+        }
+        let subject = Subject::User {
+            org: Arc::clone(&record.org),
+            user: Arc::clone(&record.user),
+        };
+        let family = self.new_family();
+        Ok(self.issue(subject, family))
+    }
+
+    /// The authorization grant endpoint: a code acting as `user_id`, for a live org token.
+    pub fn authorization_grant(
+        &mut self,
+        bearer: Option<&str>,
+        user_id: Option<&str>,
+    ) -> Result<String, OauthError> {
+        self.stats.authorization_grant += 1;
+        let org = match self.authenticate(bearer) {
+            Some(Subject::Org { org }) => org,
+            Some(Subject::User { .. }) => {
+                return Err(oauth_error(
+                    403,
+                    "insufficient_scope",
+                    "a user token cannot create authorization codes",
+                ));
+            }
+            None => {
+                return Err(oauth_error(
+                    401,
+                    "invalid_token",
+                    "missing, unknown or expired org token",
+                ));
+            }
+        };
+        let Some(user_id) = user_id.filter(|u| !u.is_empty()) else {
+            return Err(oauth_error(400, "invalid_request", "user_id is required"));
+        };
+        let Some(user) = self
+            .users
+            .get(&(Arc::clone(&org), user_id.to_owned()))
+            .cloned()
+        else {
+            return Err(oauth_error(
+                404,
+                "user_not_found",
+                "no user with this person id or ExternalSourceID",
+            ));
+        };
+        let code = random_hex(16);
+        let expires = Instant::now() + self.code_lifetime;
+        self.codes.insert(
+            code.clone(),
+            Code {
+                org,
+                user,
+                expires,
+                used: false,
+            },
+        );
+        Ok(code)
+    }
+
+    /// Who a bearer token acts as, if it is live.
+    pub fn authenticate(&self, bearer: Option<&str>) -> Option<Subject> {
+        let issued = self.access.get(bearer?)?;
+        let now = Instant::now();
+        let revoked = self.revoked_families.contains(&issued.family);
+        (now < issued.expires && !revoked).then(|| issued.subject.clone())
+    }
+
+    /// Makes every refresh token issued so far unusable (as a server-side revocation
+    /// would); access tokens stay valid until they expire.
+    pub fn revoke_refresh_tokens(&mut self) {
+        for record in self.refresh.values_mut() {
+            record.revoked = true;
+        }
+    }
+
+    /// Makes every access token issued so far unusable.
+    pub fn revoke_access_tokens(&mut self) {
+        self.access.clear();
+    }
+
+    fn new_family(&mut self) -> u64 {
+        self.next_family += 1;
+        self.next_family
+    }
+
+    fn issue(&mut self, subject: Subject, family: u64) -> TokenPair {
+        let now = Instant::now();
+        // Forget expired access tokens now and then, so a long soak stays bounded.
+        if self.access.len() >= 1024 && self.access.len().is_power_of_two() {
+            self.access.retain(|_, t| t.expires > now);
+        }
+        let access_token = random_hex(64);
+        let refresh_token = refresh_token_text();
+        self.access.insert(
+            access_token.clone(),
+            Issued {
+                subject: subject.clone(),
+                family,
+                expires: now + self.token_lifetime,
+            },
+        );
+        self.refresh.insert(
+            refresh_token.clone(),
+            Refresh {
+                subject,
+                family,
+                used: false,
+                revoked: false,
+            },
+        );
+        TokenPair {
+            access_token,
+            token_type: "Bearer",
+            expires_in: self.token_lifetime.as_secs().max(1),
+            refresh_token,
+        }
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A refresh token like the platform's (`9MXOgvKAvB+tUSdCtML9u...`): it always holds `+`,
+/// `/` and `=`, so a client that does not form-encode it fails here as it would there.
+fn refresh_token_text() -> String {
+    let body = random_hex(24);
+    format!("{}+{}/{}=", &body[..16], &body[16..32], &body[32..])
+}

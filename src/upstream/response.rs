@@ -1,0 +1,401 @@
+//! Turns the platform's HTTP answers into grants, codes or classified errors. Pure functions
+//! of (status, headers, body), so any bytes the platform sends can be tested here.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::UpstreamError;
+use crate::secret::{AccessToken, AuthCode, RefreshToken};
+
+/// The longest token lifetime taken at face value; a larger `expires_in` is garbage.
+pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(366 * 24 * 3600);
+/// The longest token or code accepted, in bytes.
+const MAX_TOKEN_LEN: usize = 8192;
+/// How much of the platform's `error_description` is kept in messages.
+const MAX_DESCRIPTION_LEN: usize = 160;
+
+/// What the token endpoint hands out: an access token and, usually, a refresh token.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub access_token: AccessToken,
+    pub token_type: String,
+    pub expires_in: Duration,
+    pub refresh_token: Option<RefreshToken>,
+}
+
+/// A parsed HTTP answer, as the parsers below see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer<'a> {
+    pub status: u16,
+    pub retry_after: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// Which endpoint answered: the same status means different things at each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Token,
+    AuthorizationGrant,
+}
+
+/// Parses an answer of the token endpoint (any grant type).
+pub fn token_answer(answer: Answer<'_>) -> Result<Grant, UpstreamError> {
+    if !(200..300).contains(&answer.status) {
+        return Err(classify(Endpoint::Token, answer));
+    }
+    let json = json_object(answer.body)?;
+    let access_token = AccessToken::new(
+        token_field(&json, "access_token")?
+            .ok_or_else(|| malformed("the answer has no access_token"))?,
+    );
+    let refresh_token = token_field(&json, "refresh_token")?.map(RefreshToken::new);
+    let token_type = match json.get("token_type") {
+        None | Some(Value::Null) => "Bearer".to_owned(),
+        Some(Value::String(t))
+            if !t.is_empty() && t.len() <= 64 && t.chars().all(|c| c.is_ascii_graphic()) =>
+        {
+            t.clone()
+        }
+        Some(_) => return Err(malformed("token_type is not a short word")),
+    };
+    let expires_in = expires_in(json.get("expires_in"))?;
+    Ok(Grant {
+        access_token,
+        token_type,
+        expires_in,
+        refresh_token,
+    })
+}
+
+/// Parses an answer of the authorization grant endpoint: `{"code": "..."}`.
+pub fn grant_answer(answer: Answer<'_>) -> Result<AuthCode, UpstreamError> {
+    if !(200..300).contains(&answer.status) {
+        return Err(classify(Endpoint::AuthorizationGrant, answer));
+    }
+    let json = json_object(answer.body)?;
+    token_field(&json, "code")?
+        .map(AuthCode::new)
+        .ok_or_else(|| malformed("the answer has no code"))
+}
+
+fn malformed(reason: impl Into<String>) -> UpstreamError {
+    UpstreamError::Malformed {
+        reason: reason.into(),
+    }
+}
+
+fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, UpstreamError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(malformed("the body is JSON but not an object")),
+        Err(_) if looks_like_html(body) => {
+            Err(malformed("the body is HTML, not JSON (a proxy's page?)"))
+        }
+        Err(_) if body.is_empty() => Err(malformed("the body is empty")),
+        Err(_) => Err(malformed("the body is not JSON")),
+    }
+}
+
+fn looks_like_html(body: &[u8]) -> bool {
+    let start = body
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(body.len());
+    body[start..].first() == Some(&b'<')
+}
+
+/// A token-like string field: absent or empty is `None`; anything that could not travel in
+/// an HTTP header is an error.
+fn token_field(
+    json: &serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<Option<String>, UpstreamError> {
+    match json.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) if s.len() > MAX_TOKEN_LEN => Err(malformed(format!(
+            "{name} is longer than {MAX_TOKEN_LEN} bytes"
+        ))),
+        Some(Value::String(s)) if !s.bytes().all(|b| b.is_ascii_graphic()) => Err(malformed(
+            format!("{name} holds characters a token cannot have"),
+        )),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(malformed(format!("{name} is not a string"))),
+    }
+}
+
+/// `expires_in` as a number of seconds, or a numeric string (seen in the wild). Missing,
+/// zero, negative, fractional garbage or more than a year is an error: guessing a lifetime
+/// would risk handing out dead tokens.
+fn expires_in(value: Option<&Value>) -> Result<Duration, UpstreamError> {
+    let secs = match value {
+        None | Some(Value::Null) => return Err(malformed("the answer has no expires_in")),
+        Some(Value::Number(n)) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                .map(|f| f as u64)
+        }),
+        Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
+        Some(_) => None,
+    };
+    match secs {
+        Some(s) if s > 0 && Duration::from_secs(s) <= MAX_EXPIRES_IN => Ok(Duration::from_secs(s)),
+        Some(s) => Err(malformed(format!(
+            "expires_in {s} is out of range (1 s to 366 days)"
+        ))),
+        None => Err(malformed("expires_in is not a whole number of seconds")),
+    }
+}
+
+/// RFC 6749 §5.2 error fields, if the body has them.
+fn oauth_error(body: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(Value::Object(json)) = serde_json::from_slice::<Value>(body) else {
+        return (None, None);
+    };
+    let text = |name: &str| {
+        json.get(name)
+            .and_then(Value::as_str)
+            .map(sanitize)
+            .filter(|s| !s.is_empty())
+    };
+    (
+        text("error"),
+        text("error_description").or_else(|| text("message")),
+    )
+}
+
+/// Keeps a short, printable prefix of the platform's text for messages.
+fn sanitize(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_DESCRIPTION_LEN)
+        .collect()
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by token endpoints in practice;
+/// it is ignored and the caller's own backoff applies).
+fn retry_after(value: Option<&str>) -> Option<Duration> {
+    value?.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+fn classify(endpoint: Endpoint, answer: Answer<'_>) -> UpstreamError {
+    let status = answer.status;
+    let (code, description) = oauth_error(answer.body);
+    match (endpoint, status, code.as_deref()) {
+        (_, 429, _) => UpstreamError::RateLimited {
+            retry_after: retry_after(answer.retry_after),
+        },
+        (_, 500..=599, _) => UpstreamError::ServerError { status },
+        (Endpoint::Token, _, Some(c @ ("invalid_client" | "unauthorized_client"))) => {
+            UpstreamError::CredentialsRejected {
+                code: c.to_owned(),
+                description,
+            }
+        }
+        (Endpoint::Token, _, Some("invalid_grant")) => UpstreamError::InvalidGrant { description },
+        // RFC 6749 §5.2: a 401 from the token endpoint means client authentication failed.
+        (Endpoint::Token, 401, _) => UpstreamError::CredentialsRejected {
+            code: code.unwrap_or_else(|| "HTTP 401".to_owned()),
+            description,
+        },
+        (Endpoint::AuthorizationGrant, 401, _) => UpstreamError::BearerRejected,
+        (Endpoint::AuthorizationGrant, 403, _) => UpstreamError::Forbidden,
+        (Endpoint::AuthorizationGrant, 404, _) => UpstreamError::UnknownUser { status },
+        (Endpoint::AuthorizationGrant, 400, _) if names_user(&code, &description) => {
+            UpstreamError::UnknownUser { status }
+        }
+        _ => UpstreamError::Rejected { status, code },
+    }
+}
+
+fn names_user(code: &Option<String>, description: &Option<String>) -> bool {
+    [code, description]
+        .into_iter()
+        .flatten()
+        .any(|t| t.to_ascii_lowercase().contains("user"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(body: &str) -> Answer<'_> {
+        Answer {
+            status: 200,
+            retry_after: None,
+            body: body.as_bytes(),
+        }
+    }
+
+    fn status(status: u16, body: &str) -> Answer<'_> {
+        Answer {
+            status,
+            retry_after: None,
+            body: body.as_bytes(),
+        }
+    }
+
+    #[test]
+    fn parses_the_documented_answer() {
+        let g = token_answer(ok(r#"{"access_token":"abc","token_type":"Bearer","expires_in":3600,"refresh_token":"9MXOgvKAvB+tUSdCtML9u="}"#)).unwrap();
+        assert_eq!(g.access_token.expose(), "abc");
+        assert_eq!(g.token_type, "Bearer");
+        assert_eq!(g.expires_in, Duration::from_secs(3600));
+        assert_eq!(g.refresh_token.unwrap().expose(), "9MXOgvKAvB+tUSdCtML9u=");
+    }
+
+    #[test]
+    fn expires_in_may_be_a_numeric_string_but_not_garbage() {
+        let g = token_answer(ok(r#"{"access_token":"a","expires_in":" 60 "}"#)).unwrap();
+        assert_eq!(g.expires_in, Duration::from_secs(60));
+        assert!(g.refresh_token.is_none());
+        for bad in [
+            r#""soon""#,
+            "0",
+            "-5",
+            "1e12",
+            "99999999999",
+            "1.5",
+            "null",
+            "[]",
+        ] {
+            let body = format!(r#"{{"access_token":"a","expires_in":{bad}}}"#);
+            assert!(
+                matches!(
+                    token_answer(ok(&body)),
+                    Err(UpstreamError::Malformed { .. })
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            token_answer(ok(r#"{"access_token":"a"}"#)),
+            Err(UpstreamError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn bodies_that_are_not_token_json_are_malformed() {
+        for body in [
+            "",
+            "<html>bad gateway</html>",
+            "[1]",
+            "{",
+            r#"{"token":"x","expires_in":5}"#,
+            r#"{"access_token":"has space","expires_in":5}"#,
+            r#"{"access_token":7,"expires_in":5}"#,
+        ] {
+            assert!(
+                matches!(token_answer(ok(body)), Err(UpstreamError::Malformed { .. })),
+                "{body:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn token_endpoint_errors_are_classified() {
+        let e = token_answer(status(
+            401,
+            r#"{"error":"invalid_client","error_description":"bad secret"}"#,
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e,
+            UpstreamError::CredentialsRejected {
+                code: "invalid_client".into(),
+                description: Some("bad secret".into())
+            }
+        );
+        assert!(!e.is_transient());
+        assert!(matches!(
+            token_answer(status(400, r#"{"error":"unauthorized_client"}"#)),
+            Err(UpstreamError::CredentialsRejected { .. })
+        ));
+        assert!(matches!(
+            token_answer(status(401, "<html>")),
+            Err(UpstreamError::CredentialsRejected { .. })
+        ));
+        assert!(matches!(
+            token_answer(status(400, r#"{"error":"invalid_grant"}"#)),
+            Err(UpstreamError::InvalidGrant { .. })
+        ));
+        assert_eq!(
+            token_answer(status(503, "<html>")).unwrap_err(),
+            UpstreamError::ServerError { status: 503 }
+        );
+        assert_eq!(
+            token_answer(status(400, r#"{"error":"invalid_request"}"#)).unwrap_err(),
+            UpstreamError::Rejected {
+                status: 400,
+                code: Some("invalid_request".into())
+            }
+        );
+        let limited = token_answer(Answer {
+            status: 429,
+            retry_after: Some("7"),
+            body: b"",
+        })
+        .unwrap_err();
+        assert_eq!(
+            limited,
+            UpstreamError::RateLimited {
+                retry_after: Some(Duration::from_secs(7))
+            }
+        );
+        assert!(limited.is_transient());
+    }
+
+    #[test]
+    fn grant_endpoint_errors_are_classified() {
+        assert_eq!(
+            grant_answer(ok(r#"{"code":"38f9"}"#)).unwrap().expose(),
+            "38f9"
+        );
+        assert_eq!(
+            grant_answer(status(401, "")).unwrap_err(),
+            UpstreamError::BearerRejected
+        );
+        assert_eq!(
+            grant_answer(status(403, "")).unwrap_err(),
+            UpstreamError::Forbidden
+        );
+        assert_eq!(
+            grant_answer(status(404, "")).unwrap_err(),
+            UpstreamError::UnknownUser { status: 404 }
+        );
+        assert_eq!(
+            grant_answer(status(
+                400,
+                r#"{"error":"invalid_request","error_description":"No such User"}"#
+            ))
+            .unwrap_err(),
+            UpstreamError::UnknownUser { status: 400 }
+        );
+        assert!(matches!(
+            grant_answer(status(400, r#"{"error":"invalid_request"}"#)),
+            Err(UpstreamError::Rejected { .. })
+        ));
+        assert!(matches!(
+            grant_answer(ok("{}")),
+            Err(UpstreamError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn descriptions_are_trimmed_and_printable() {
+        let long = format!(
+            r#"{{"error":"invalid_client","error_description":"a\u0007{}"}}"#,
+            "x".repeat(1000)
+        );
+        let UpstreamError::CredentialsRejected {
+            description: Some(d),
+            ..
+        } = token_answer(status(401, &long)).unwrap_err()
+        else {
+            panic!("not classified");
+        };
+        assert_eq!(d.len(), MAX_DESCRIPTION_LEN);
+        assert!(!d.contains('\u{7}'));
+    }
+}
