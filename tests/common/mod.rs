@@ -1,0 +1,166 @@
+//! The test harness: the sandbox and the broker on 127.0.0.1:0, a real tonic client, and a
+//! check at the end of every test that the sandbox saw no refresh token or code used twice.
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use tokenbroker::{
+    config::Config,
+    proto::token_service_client::TokenServiceClient,
+    sandbox::{Sandbox, SandboxConfig, SandboxOrg, SandboxUser},
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+pub const SECRET_ENV: &str = "ACME_SECRET";
+
+/// The sandbox the tests run against: org `acme` with 60 users, one-hour tokens.
+pub fn sandbox_config() -> SandboxConfig {
+    SandboxConfig {
+        orgs: vec![SandboxOrg {
+            name: "acme".into(),
+            client_id: "acme-client".into(),
+            client_secret: "acme-secret-Zq8+".into(),
+            users: 60,
+        }],
+        token_lifetime: Duration::from_secs(3600),
+        code_lifetime: Duration::from_secs(30),
+    }
+}
+
+/// The broker config for one org `acme` against `sandbox`, secret from `ACME_SECRET`.
+pub fn acme_toml(sandbox: &Sandbox) -> String {
+    format!(
+        "[orgs.acme]\ntoken_url = \"{}\"\nauthorization_grant_url = \"{}\"\nclient_id = \"acme-client\"\nclient_secret_env = \"{SECRET_ENV}\"\n",
+        sandbox.token_url(),
+        sandbox.authorization_grant_url()
+    )
+}
+
+pub struct Harness {
+    pub sandbox: Sandbox,
+    pub addr: SocketAddr,
+    pub client: TokenServiceClient<Channel>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), tokenbroker::Error>>>,
+}
+
+impl Harness {
+    /// Sandbox with [`sandbox_config`], broker with [`acme_toml`].
+    pub async fn start() -> Self {
+        Self::with(sandbox_config(), acme_toml, |_| None).await
+    }
+
+    /// A sandbox with `sandbox_config`, and a broker whose TOML `toml` writes for it, with
+    /// secrets from `env` (the real `acme-secret-Zq8+` for `ACME_SECRET` unless `env` says).
+    pub async fn with(
+        sandbox_config: SandboxConfig,
+        toml: impl Fn(&Sandbox) -> String,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Self {
+        let sandbox = Sandbox::start(
+            sandbox_config,
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        )
+        .await
+        .unwrap();
+        let text = toml(&sandbox);
+        Self::on(sandbox, &text, env).await
+    }
+
+    /// A broker configured by `text` in front of a running `sandbox`.
+    pub async fn on(sandbox: Sandbox, text: &str, env: impl Fn(&str) -> Option<String>) -> Self {
+        let secret = sandbox.config().orgs[0].client_secret.clone();
+        let lookup =
+            |name: &str| env(name).or_else(|| (name == SECRET_ENV).then(|| secret.clone()));
+        let config = Config::parse(text, &lookup, Path::new(".")).expect("test config is valid");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(tokenbroker::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let client = TokenServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        Self {
+            sandbox,
+            addr,
+            client,
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    /// An org token straight from the sandbox, as a service without the broker gets one.
+    pub async fn direct_org_token(sandbox: &Sandbox) -> String {
+        let org = &sandbox.config().orgs[0];
+        let response: serde_json::Value = reqwest::Client::new()
+            .post(sandbox.token_url())
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", &org.client_id),
+                ("client_secret", &org.client_secret),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        response["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Another client on its own connection.
+    pub async fn new_client(&self) -> TokenServiceClient<Channel> {
+        TokenServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+    }
+
+    /// The i-th seeded user of the sandbox's first org (1-based).
+    pub fn user(&self, i: usize) -> SandboxUser {
+        self.sandbox.config().orgs[0].users()[i - 1].clone()
+    }
+
+    /// Calls the platform's API with `token`: `/api/v1/expense/me` for a user token,
+    /// `/api/v1/admin/organization` for an org token. Returns the status and JSON body.
+    pub async fn call_api(&self, path: &str, token: &str) -> (u16, serde_json::Value) {
+        let response = reqwest::Client::new()
+            .get(format!("{}{path}", self.sandbox.base_url()))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(serde_json::Value::Null);
+        (status, body)
+    }
+
+    /// Stops the broker gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let stats = self.sandbox.stats();
+        assert_eq!(
+            stats.refresh_token_reuse, 0,
+            "a refresh token was presented twice: {stats:?}"
+        );
+        assert_eq!(
+            stats.code_reuse, 0,
+            "an authorization code was presented twice: {stats:?}"
+        );
+    }
+}
