@@ -24,11 +24,16 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// The default per-request timeout for calls to the platform.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a shutdown waits for open calls and connections by default.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A validated configuration, ready to run.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The gRPC listen address (`server.listen`).
     pub listen: SocketAddr,
+    /// How long a shutdown waits for open calls to finish (`server.drain_timeout`).
+    pub drain_timeout: Duration,
     /// Timeout of each request to the platform (`upstream.request_timeout`).
     pub request_timeout: Duration,
     /// The organizations, sorted by name.
@@ -102,6 +107,8 @@ struct RawConfig {
 struct RawServer {
     /// The gRPC listen address, `IP:PORT`. Default `127.0.0.1:50051`.
     listen: Option<String>,
+    /// How long a shutdown waits for open calls to finish, e.g. `"10s"`. Default 10 s.
+    drain_timeout: Option<String>,
 }
 
 /// `[upstream]`
@@ -169,6 +176,10 @@ impl Config {
                 ),
             )
         })?;
+        let drain_timeout = match raw.server.drain_timeout.as_deref() {
+            None => DEFAULT_DRAIN_TIMEOUT,
+            Some(text) => parse_duration("server.drain_timeout", text)?,
+        };
         let request_timeout = match raw.upstream.request_timeout.as_deref() {
             None => DEFAULT_REQUEST_TIMEOUT,
             Some(text) => parse_duration("upstream.request_timeout", text)?,
@@ -186,6 +197,7 @@ impl Config {
             .collect::<Result<_, _>>()?;
         Ok(Self {
             listen,
+            drain_timeout,
             request_timeout,
             orgs,
         })

@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     broker::{Credentials, OrgSettings},
-    config::{Config, DEFAULT_REQUEST_TIMEOUT},
+    config::{Config, DEFAULT_DRAIN_TIMEOUT, DEFAULT_REQUEST_TIMEOUT},
     sandbox::{Sandbox, SandboxConfig},
     secret::ClientSecret,
     upstream,
@@ -38,6 +38,7 @@ pub async fn start(listen: SocketAddr) -> io::Result<(Config, Sandbox)> {
     };
     let config = Config {
         listen,
+        drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         request_timeout: DEFAULT_REQUEST_TIMEOUT,
         orgs: vec![settings],
     };

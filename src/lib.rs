@@ -24,9 +24,9 @@ pub mod proto {
     tonic::include_proto!("tokenbroker.v1");
 }
 
-use std::future::Future;
+use std::{future::Future, sync::Arc};
 
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Notify};
 
 use crate::{broker::Broker, config::Config, upstream::Upstream};
 
@@ -52,11 +52,29 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let upstream = Upstream::new(config.request_timeout)?;
-    let broker = Broker::new(config.orgs, upstream);
+    let broker = Broker::new(config.orgs.clone(), upstream);
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
     tracing::info!(%addr, orgs = %broker.org_names().join(","), "tokenbroker listening");
-    grpc::serve(broker, listener, shutdown).await
+    let signalled = Arc::new(Notify::new());
+    let notify = Arc::clone(&signalled);
+    let server = grpc::serve(broker, listener, async move {
+        shutdown.await;
+        notify.notify_one();
+    });
+    // After the shutdown signal the server stops accepting and waits for open connections
+    // to finish; a client that keeps its connection open gets `drain_timeout`, no more.
+    let drain = async {
+        signalled.notified().await;
+        tokio::time::sleep(config.drain_timeout).await;
+    };
+    tokio::select! {
+        result = server => result,
+        () = drain => {
+            tracing::warn!(drain_timeout = ?config.drain_timeout, "connections still open after the drain timeout; closing them");
+            Ok(())
+        }
+    }
 }

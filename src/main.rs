@@ -150,8 +150,17 @@ async fn sandbox(listen: SocketAddr, token_lifetime: Duration, users: u32) -> Ex
     ExitCode::SUCCESS
 }
 
-/// Completes on SIGTERM or Ctrl-C (SIGINT).
+/// Completes on the first SIGTERM or Ctrl-C (SIGINT); a second one exits at once.
 async fn shutdown_signal() {
+    first_signal().await;
+    tokio::spawn(async {
+        first_signal().await;
+        eprintln!("tokenbroker: second signal; exiting without draining");
+        std::process::exit(130);
+    });
+}
+
+async fn first_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;

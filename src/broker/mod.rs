@@ -198,10 +198,11 @@ impl Broker {
 
     fn org(&self, name: &str) -> Result<Arc<Org>, BrokerError> {
         let orgs = &self.inner.orgs;
-        if name.is_empty() && orgs.len() == 1 {
-            if let Some(org) = orgs.values().next() {
-                return Ok(Arc::clone(org));
-            }
+        if name.is_empty()
+            && orgs.len() == 1
+            && let Some(org) = orgs.values().next()
+        {
+            return Ok(Arc::clone(org));
         }
         if name.is_empty() {
             return Err(BrokerError::InvalidArgument {
@@ -228,10 +229,10 @@ impl Broker {
         slot: &Arc<Slot>,
         want: Want<'_>,
     ) -> Result<SharedToken, BrokerError> {
-        if let Want::Usable = want {
-            if let Some(token) = slot.usable(Instant::now()) {
-                return Ok(token);
-            }
+        if let Want::Usable = want
+            && let Some(token) = slot.usable(Instant::now())
+        {
+            return Ok(token);
         }
         let flight = match slot.turn().await {
             Turn::Joined(Ok(token)) if token.is_usable(Instant::now()) => return Ok(token),

@@ -1,0 +1,154 @@
+//! The `tokenbroker` binary as a user runs it: demo mode with no config, a real SIGTERM,
+//! and a broken config refused with the key at fault.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use tokenbroker::{
+    proto::{GetOrgTokenRequest, GetUserTokenRequest, token_service_client::TokenServiceClient},
+    sandbox::SandboxConfig,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokenbroker");
+
+/// Starts the binary and returns it with a receiver of its stderr lines.
+fn spawn(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("TOKENBROKER_CONFIG")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Reads lines until one contains `needle`; returns every line read.
+fn read_until(rx: &mpsc::Receiver<String>, needle: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no {needle:?} in {lines:#?}"));
+        let done = line.contains(needle);
+        lines.push(line);
+        if done {
+            return lines;
+        }
+    }
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn demo_mode_serves_tokens_with_no_config_and_stops_cleanly_on_sigterm() {
+    let (mut child, rx) = spawn(&["--listen", "127.0.0.1:0"]);
+    let lines = read_until(&rx, "tokenbroker listening");
+    let all = lines.join("\n");
+    assert!(
+        all.contains("demo mode") && all.contains("grpcurl -plaintext"),
+        "{all}"
+    );
+    let listening = lines.last().unwrap();
+    let addr = listening
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .unwrap_or_else(|| panic!("no addr in {listening}"));
+
+    let mut client = TokenServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let org = client
+        .get_org_token(GetOrgTokenRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    assert_eq!((org.org.as_str(), org.generation), ("demo", 1));
+    let user = SandboxConfig::demo().orgs[0].users()[0].clone();
+    let request = GetUserTokenRequest {
+        org: String::new(),
+        user_id: user.external_id.clone(),
+    };
+    let token = client
+        .get_user_token(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    assert_eq!(token.user_id, user.external_id);
+
+    // An idle client closes its connection when the server says it is going away.
+    drop(client);
+    sigterm(&child);
+    // Wait off the runtime's thread, so the client's connection can close meanwhile.
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<String> = rx.try_iter().collect();
+    let log = format!("{all}\n{}", rest.join("\n"));
+    assert!(log.contains("SIGTERM"), "{log}");
+    // Tokens are logged only by fingerprint.
+    assert!(!log.contains(&org.access_token) && !log.contains(&token.access_token));
+    assert!(log.contains("fingerprint="), "{log}");
+}
+
+#[test]
+fn a_broken_config_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.toml");
+    std::fs::write(&path, "[orgs.acme]\nenvironment = \"production\"\nclient_id = \"x\"\nclient_secret = \"hunter2\"\n").unwrap();
+    let output = Command::new(BIN)
+        .args(["--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("orgs.acme.client_secret") && stderr.contains("client_secret_env"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+
+    let missing = Command::new(BIN)
+        .env("TOKENBROKER_CONFIG", dir.path().join("nope.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read config file"));
+}
+
+#[test]
+fn help_explains_demo_mode_and_the_sandbox() {
+    let output = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    assert!(
+        help.contains("demo mode") && help.contains("--config") && help.contains("sandbox"),
+        "{help}"
+    );
+}
