@@ -14,7 +14,7 @@ use reqwest::Url;
 use serde::Deserialize;
 
 use crate::{
-    broker::{Credentials, OrgSettings},
+    broker::{CachePolicy, Credentials, OrgSettings, RenewalPolicy},
     secret::{AccessToken, ClientSecret},
     upstream,
 };
@@ -36,6 +36,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Timeout of each request to the platform (`upstream.request_timeout`).
     pub request_timeout: Duration,
+    /// Renewal timing and the user-token cache's bounds (`[renewal]`, `[cache]`).
+    pub cache: CachePolicy,
     /// The organizations, sorted by name.
     pub orgs: Vec<OrgSettings>,
 }
@@ -98,7 +100,39 @@ struct RawConfig {
     #[serde(default)]
     upstream: RawUpstream,
     #[serde(default)]
+    renewal: RawRenewal,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
     orgs: BTreeMap<String, RawOrg>,
+}
+
+/// `[renewal]`: when tokens are renewed ahead of expiry, and how failures back off.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRenewal {
+    /// Renew at this fraction of a token's lifetime, 0 < f <= 1. Default 0.5.
+    fraction: Option<f64>,
+    /// ± this fraction of the planned renewal time, 0 to 0.5. Default 0.1.
+    jitter: Option<f64>,
+    /// Never start a renewal later than this before expiry. Default "60s".
+    safety_margin: Option<String>,
+    /// First wait after a failure; doubles per failure (full jitter). Default "500ms".
+    backoff_base: Option<String>,
+    /// Longest wait between attempts. Default "30s".
+    backoff_max: Option<String>,
+    /// Wait after the platform rejected the broker's credentials. Default "60s".
+    credentials_retry: Option<String>,
+}
+
+/// `[cache]`: how many user tokens are held, and for how long without use.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    /// Drop a user token neither watched nor used for this long. Default "15m".
+    user_idle_timeout: Option<String>,
+    /// The most user tokens held; the longest idle unwatched one goes first. Default 100000.
+    max_user_tokens: Option<usize>,
 }
 
 /// `[server]`
@@ -184,6 +218,7 @@ impl Config {
             None => DEFAULT_REQUEST_TIMEOUT,
             Some(text) => parse_duration("upstream.request_timeout", text)?,
         };
+        let cache = cache_policy(&raw.renewal, &raw.cache)?;
         if raw.orgs.is_empty() {
             return Err(error(
                 "orgs",
@@ -199,9 +234,68 @@ impl Config {
             listen,
             drain_timeout,
             request_timeout,
+            cache,
             orgs,
         })
     }
+}
+
+fn cache_policy(renewal: &RawRenewal, cache: &RawCache) -> Result<CachePolicy, ConfigError> {
+    let defaults = CachePolicy::default();
+    let duration = |key: &str, value: &Option<String>, default: Duration| match value {
+        None => Ok(default),
+        Some(text) => parse_duration(key, text),
+    };
+    let d = &defaults.renewal;
+    let fraction = renewal.fraction.unwrap_or(d.fraction);
+    if !(fraction > 0.0 && fraction <= 1.0) {
+        return Err(error(
+            "renewal.fraction",
+            format!(
+                "{fraction} is out of range; write a fraction of the lifetime above 0 and at most 1, e.g. 0.5"
+            ),
+        ));
+    }
+    let jitter = renewal.jitter.unwrap_or(d.jitter);
+    if !(0.0..=0.5).contains(&jitter) {
+        return Err(error(
+            "renewal.jitter",
+            format!("{jitter} is out of range; write 0 to 0.5, e.g. 0.1"),
+        ));
+    }
+    let policy = RenewalPolicy {
+        fraction,
+        jitter,
+        safety_margin: duration(
+            "renewal.safety_margin",
+            &renewal.safety_margin,
+            d.safety_margin,
+        )?,
+        backoff_base: duration(
+            "renewal.backoff_base",
+            &renewal.backoff_base,
+            d.backoff_base,
+        )?,
+        backoff_max: duration("renewal.backoff_max", &renewal.backoff_max, d.backoff_max)?,
+        credentials_retry: duration(
+            "renewal.credentials_retry",
+            &renewal.credentials_retry,
+            d.credentials_retry,
+        )?,
+    };
+    let max_user_tokens = cache.max_user_tokens.unwrap_or(defaults.max_user_tokens);
+    if max_user_tokens == 0 {
+        return Err(error("cache.max_user_tokens", "must be at least 1"));
+    }
+    Ok(CachePolicy {
+        renewal: policy,
+        user_idle_timeout: duration(
+            "cache.user_idle_timeout",
+            &cache.user_idle_timeout,
+            defaults.user_idle_timeout,
+        )?,
+        max_user_tokens,
+    })
 }
 
 fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
@@ -437,6 +531,14 @@ mod tests {
         };
         assert_eq!((client_id.as_str(), secret.expose()), ("acme-id", "s3cret"));
         assert!(!format!("{c:?}").contains("s3cret"));
+        assert_eq!(c.cache, CachePolicy::default());
+        let tuned = parse(&format!("{GOOD}\n[renewal]\nfraction = 0.8\nsafety_margin = '5m'\n[cache]\nuser_idle_timeout = '1h'\nmax_user_tokens = 10\n")).unwrap();
+        assert_eq!(tuned.cache.renewal.fraction, 0.8);
+        assert_eq!(tuned.cache.renewal.safety_margin, Duration::from_secs(300));
+        assert_eq!(
+            (tuned.cache.user_idle_timeout, tuned.cache.max_user_tokens),
+            (Duration::from_secs(3600), 10)
+        );
     }
 
     #[test]
@@ -491,6 +593,14 @@ mod tests {
                 "orgs.a b",
             ),
             ("[server]\nlisten='127.0.0.1:1'", "orgs"),
+            ("[renewal]\nfraction=1.5", "renewal.fraction"),
+            ("[renewal]\njitter=-0.1", "renewal.jitter"),
+            ("[renewal]\nbackoff_max='0s'", "renewal.backoff_max"),
+            ("[cache]\nmax_user_tokens=0", "cache.max_user_tokens"),
+            (
+                "[cache]\nuser_idle_timeout='later'",
+                "cache.user_idle_timeout",
+            ),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err();

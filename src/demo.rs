@@ -6,7 +6,7 @@ use std::{io, net::SocketAddr};
 use tokio::net::TcpListener;
 
 use crate::{
-    broker::{Credentials, OrgSettings},
+    broker::{CachePolicy, Credentials, OrgSettings},
     config::{Config, DEFAULT_DRAIN_TIMEOUT, DEFAULT_REQUEST_TIMEOUT},
     sandbox::{Sandbox, SandboxConfig},
     secret::ClientSecret,
@@ -40,6 +40,7 @@ pub async fn start(listen: SocketAddr) -> io::Result<(Config, Sandbox)> {
         listen,
         drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        cache: CachePolicy::default(),
         orgs: vec![settings],
     };
     Ok((config, sandbox))

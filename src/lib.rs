@@ -24,7 +24,7 @@ pub mod proto {
     tonic::include_proto!("tokenbroker.v1");
 }
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::Notify};
 
@@ -51,8 +51,28 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
+    let broker = broker(&config)?;
+    serve(broker, config.drain_timeout, listener, shutdown).await
+}
+
+/// The broker `config` describes. Must be called within a Tokio runtime.
+pub fn broker(config: &Config) -> Result<Broker, Error> {
     let upstream = Upstream::new(config.request_timeout)?;
-    let broker = Broker::new(config.orgs.clone(), upstream);
+    Ok(Broker::new(
+        config.orgs.clone(),
+        upstream,
+        config.cache.clone(),
+    ))
+}
+
+/// Serves `broker` on `listener` until `shutdown` completes, then waits up to
+/// `drain_timeout` for open calls and stops the broker's background renewal.
+pub async fn serve(
+    broker: Broker,
+    drain_timeout: Duration,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -60,7 +80,7 @@ pub async fn run(
     tracing::info!(%addr, orgs = %broker.org_names().join(","), "tokenbroker listening");
     let signalled = Arc::new(Notify::new());
     let notify = Arc::clone(&signalled);
-    let server = grpc::serve(broker, listener, async move {
+    let server = grpc::serve(broker.clone(), listener, async move {
         shutdown.await;
         notify.notify_one();
     });
@@ -68,13 +88,15 @@ pub async fn run(
     // to finish; a client that keeps its connection open gets `drain_timeout`, no more.
     let drain = async {
         signalled.notified().await;
-        tokio::time::sleep(config.drain_timeout).await;
+        tokio::time::sleep(drain_timeout).await;
     };
-    tokio::select! {
+    let result = tokio::select! {
         result = server => result,
         () = drain => {
-            tracing::warn!(drain_timeout = ?config.drain_timeout, "connections still open after the drain timeout; closing them");
+            tracing::warn!(?drain_timeout, "connections still open after the drain timeout; closing them");
             Ok(())
         }
-    }
+    };
+    broker.shutdown();
+    result
 }

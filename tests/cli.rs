@@ -90,6 +90,7 @@ async fn demo_mode_serves_tokens_with_no_config_and_stops_cleanly_on_sigterm() {
     let request = GetUserTokenRequest {
         org: String::new(),
         user_id: user.external_id.clone(),
+        ..Default::default()
     };
     let token = client
         .get_user_token(request)

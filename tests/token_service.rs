@@ -16,13 +16,17 @@ use tokio::net::TcpListener;
 use tonic::Code;
 
 fn org_request(org: &str) -> GetOrgTokenRequest {
-    GetOrgTokenRequest { org: org.into() }
+    GetOrgTokenRequest {
+        org: org.into(),
+        ..Default::default()
+    }
 }
 
 fn user_request(user: &str) -> GetUserTokenRequest {
     GetUserTokenRequest {
         org: "acme".into(),
         user_id: user.into(),
+        ..Default::default()
     }
 }
 

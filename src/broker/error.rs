@@ -1,6 +1,8 @@
 //! The broker's one error type. Each variant says what went wrong and what to do about it;
 //! the gRPC layer maps it to a status in exactly one place.
 
+use std::time::Duration;
+
 use super::TokenKey;
 use crate::upstream::UpstreamError;
 
@@ -32,7 +34,22 @@ pub enum BrokerError {
     NotRotatable { org: String },
     /// The platform is unreachable or failing, and no valid token is held for the key.
     #[error("{key}: no valid token and the platform failed: {detail}; try again shortly")]
-    Unavailable { key: String, detail: String },
+    Unavailable {
+        key: String,
+        detail: String,
+        /// How long the platform asked the broker to wait (429 `Retry-After`).
+        retry_after: Option<Duration>,
+    },
+    /// The caller asked for a token valid longer than the platform's tokens live.
+    #[error(
+        "min_valid_for {}s cannot be met: the platform's tokens for {key} live {}s; ask for less",
+        .requested.as_secs(), .lifetime.as_secs()
+    )]
+    OutOfRange {
+        key: String,
+        requested: Duration,
+        lifetime: Duration,
+    },
 }
 
 impl BrokerError {
@@ -52,9 +69,15 @@ impl BrokerError {
                 org: key.org.to_string(),
                 user: user.to_string(),
             },
+            (UpstreamError::RateLimited { retry_after }, _) => Self::Unavailable {
+                key: key.to_string(),
+                detail: e.to_string(),
+                retry_after: *retry_after,
+            },
             _ => Self::Unavailable {
                 key: key.to_string(),
                 detail: e.to_string(),
+                retry_after: None,
             },
         }
     }

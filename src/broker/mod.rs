@@ -1,30 +1,39 @@
-//! The domain: token keys, the cache, single flight, and rotation events. Knows nothing of
-//! tonic; reaches the platform only through [`crate::upstream`].
+//! The domain: token keys, the cache, single flight, background renewal and rotation
+//! events. Knows nothing of tonic; reaches the platform only through [`crate::upstream`].
 //!
 //! Every key (an org, or one user of an org) owns a [`slot::Slot`]. Reading the slot's
 //! watch channel is the cache hit; a miss or a rotation takes the slot's lock, and callers
 //! that queued behind a flight take its outcome rather than flying again. Flights run in
 //! their own task, so a caller that disconnects never cancels a request half-way (which for
-//! a refresh token would leave the broker unsure whether it was spent).
+//! a refresh token would leave the broker unsure whether it was spent). Each slot's renewal
+//! task ([`renew`]) replaces its token ahead of expiry, so callers in steady state never wait
+//! on the platform.
 
 mod error;
 mod key;
+mod renew;
+mod schedule;
 mod slot;
+mod stats;
 mod token;
 
 use std::{
     collections::HashMap,
     sync::{Arc, RwLock},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use futures::future::{BoxFuture, try_join_all};
+use rand::Rng;
 use tokio::{sync::watch, time::Instant};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use error::BrokerError;
 pub use key::{MAX_ID_LEN, TokenKey, check_id};
+pub use schedule::RenewalPolicy;
 use slot::{Flight, Slot, Turn};
+pub use stats::BrokerStats;
 pub use token::{MAX_EXPIRY_MARGIN, Reason, SharedToken, Token, usable_until};
 
 use crate::{
@@ -52,6 +61,26 @@ pub struct OrgSettings {
     pub credentials: Credentials,
 }
 
+/// How the broker keeps tokens: renewal timing and the user-token cache's bounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachePolicy {
+    pub renewal: RenewalPolicy,
+    /// A user token neither watched nor used for this long is dropped.
+    pub user_idle_timeout: Duration,
+    /// The most user tokens held; beyond it the longest idle unwatched one is dropped.
+    pub max_user_tokens: usize,
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        Self {
+            renewal: RenewalPolicy::default(),
+            user_idle_timeout: Duration::from_secs(15 * 60),
+            max_user_tokens: 100_000,
+        }
+    }
+}
+
 /// A receiver of one key's tokens: the current one, then every new one.
 pub type TokenWatch = watch::Receiver<Option<SharedToken>>;
 
@@ -65,6 +94,10 @@ pub struct Broker {
 struct Inner {
     orgs: HashMap<Arc<str>, Arc<Org>>,
     upstream: Upstream,
+    policy: CachePolicy,
+    stats: stats::Counters,
+    /// Parent of every slot's renewal: cancelled by [`Broker::shutdown`].
+    shutdown: CancellationToken,
 }
 
 #[derive(Debug)]
@@ -81,15 +114,19 @@ struct Org {
 enum Want<'a> {
     /// A token that may be handed out now.
     Usable,
-    /// A new token; with the token the caller saw rejected, none if the broker already
-    /// holds another.
+    /// A new token, because a caller asked (Refresh); with the token the caller saw
+    /// rejected, none if the broker already holds another.
     Rotation { stale: Option<&'a str> },
+    /// A new token ahead of expiry, unless `of` was replaced already.
+    Renewal { of: &'a SharedToken },
 }
 
 impl Broker {
     /// A broker for `orgs`, talking to the platform through `upstream`. Nothing is fetched
-    /// until asked for.
-    pub fn new(orgs: Vec<OrgSettings>, upstream: Upstream) -> Self {
+    /// until asked for; from then on tokens are renewed in the background. Must be called
+    /// within a Tokio runtime.
+    pub fn new(orgs: Vec<OrgSettings>, upstream: Upstream, policy: CachePolicy) -> Self {
+        let shutdown = CancellationToken::new();
         let orgs = orgs
             .into_iter()
             .map(|settings| {
@@ -99,30 +136,41 @@ impl Broker {
                     user: None,
                 };
                 let initial = match &settings.credentials {
-                    Credentials::Static(token) => Some(Arc::new(Token::new(
-                        key.clone(),
-                        token.clone(),
-                        "Bearer".into(),
-                        (Instant::now(), SystemTime::now()),
-                        None,
-                        1,
-                        Reason::Issued,
-                    ))),
+                    Credentials::Static(token) => {
+                        Some(Arc::new(Token::long_lived(key.clone(), token.clone())))
+                    }
                     Credentials::Client { .. } => None,
                 };
                 let org = Org {
                     name: Arc::clone(&name),
                     client: settings.client,
                     credentials: settings.credentials,
-                    slot: Arc::new(Slot::new(key, initial)),
+                    slot: Arc::new(Slot::new(key, initial, shutdown.child_token())),
                     users: RwLock::default(),
                 };
                 (name, Arc::new(org))
             })
-            .collect();
-        Self {
-            inner: Arc::new(Inner { orgs, upstream }),
+            .collect::<HashMap<_, _>>();
+        let broker = Self {
+            inner: Arc::new(Inner {
+                orgs,
+                upstream,
+                policy,
+                stats: stats::Counters::default(),
+                shutdown,
+            }),
+        };
+        for org in broker.inner.orgs.values() {
+            if let Credentials::Client { .. } = org.credentials {
+                broker.start_renewal(org, &org.slot);
+            }
         }
+        broker
+    }
+
+    /// Stops every background renewal. Tokens already held stay readable.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
     }
 
     /// The configured org names, sorted.
@@ -132,18 +180,39 @@ impl Broker {
         names
     }
 
+    /// What the broker has done so far.
+    pub fn stats(&self) -> BrokerStats {
+        let held = self
+            .inner
+            .orgs
+            .values()
+            .map(|o| o.users.read().unwrap_or_else(|p| p.into_inner()).len())
+            .sum();
+        self.inner.stats.snapshot(held)
+    }
+
     /// The org's token: from cache while usable, else fetched (one flight however many ask).
-    pub async fn org_token(&self, org: &str) -> Result<SharedToken, BrokerError> {
+    /// With `min_valid_for`, the token returned stays valid at least that long.
+    pub async fn org_token(
+        &self,
+        org: &str,
+        min_valid_for: Option<Duration>,
+    ) -> Result<SharedToken, BrokerError> {
         let org = self.org(org)?;
-        self.token(&org, &org.slot, Want::Usable).await
+        self.serve(&org, &org.slot, min_valid_for).await
     }
 
     /// A token acting as `user` (a person id or ExternalSourceID) of `org`.
-    pub async fn user_token(&self, org: &str, user: &str) -> Result<SharedToken, BrokerError> {
+    pub async fn user_token(
+        &self,
+        org: &str,
+        user: &str,
+        min_valid_for: Option<Duration>,
+    ) -> Result<SharedToken, BrokerError> {
         let org = self.org(org)?;
         check_id("user_id", user)?;
-        let slot = org.user_slot(user);
-        self.token(&org, &slot, Want::Usable).await
+        let slot = self.user_slot(&org, user);
+        self.serve(&org, &slot, min_valid_for).await
     }
 
     /// Rotates the org token (`user` `None`) or a user's token and returns the new one.
@@ -167,23 +236,26 @@ impl Broker {
             }
             Some(user) => {
                 check_id("user_id", user)?;
-                org.user_slot(user)
+                self.user_slot(&org, user)
             }
         };
+        slot.touch(Instant::now());
         self.token(&org, &slot, Want::Rotation { stale }).await
     }
 
     /// Receivers for the org token (`users` empty) or for each user's token, each already
-    /// holding a usable token (fetched if needed). A receiver sees every later token.
+    /// holding a token (fetched if needed). A receiver sees every later token.
     pub async fn watch(&self, org: &str, users: &[String]) -> Result<Vec<TokenWatch>, BrokerError> {
         let org = self.org(org)?;
         let slots = if users.is_empty() {
             vec![Arc::clone(&org.slot)]
         } else {
-            let mut slots = Vec::with_capacity(users.len());
             for user in users {
                 check_id("user_ids", user)?;
-                let slot = org.user_slot(user);
+            }
+            let mut slots: Vec<Arc<Slot>> = Vec::with_capacity(users.len());
+            for user in users {
+                let slot = self.user_slot(&org, user);
                 if !slots.iter().any(|s| Arc::ptr_eq(s, &slot)) {
                     slots.push(slot);
                 }
@@ -192,7 +264,7 @@ impl Broker {
         };
         // Subscribe before fetching, so no token installed in between is missed.
         let watches = slots.iter().map(|s| s.subscribe()).collect();
-        try_join_all(slots.iter().map(|s| self.token(&org, s, Want::Usable))).await?;
+        try_join_all(slots.iter().map(|s| self.serve(&org, s, None))).await?;
         Ok(watches)
     }
 
@@ -222,6 +294,62 @@ impl Broker {
             })
     }
 
+    /// A caller's request for a slot's token: the cache hit, or a wait on the platform.
+    async fn serve(
+        &self,
+        org: &Arc<Org>,
+        slot: &Arc<Slot>,
+        min_valid_for: Option<Duration>,
+    ) -> Result<SharedToken, BrokerError> {
+        let now = Instant::now();
+        slot.touch(now);
+        if let Some(token) = slot.usable(now)
+            && meets(&token, now, min_valid_for)
+        {
+            self.inner.stats.hit();
+            return Ok(token);
+        }
+        self.inner.stats.miss();
+        let token = self.usable(org, slot).await?;
+        let Some(min) = min_valid_for else {
+            return Ok(token);
+        };
+        if meets(&token, Instant::now(), Some(min)) {
+            return Ok(token);
+        }
+        let out_of_range = |lifetime| BrokerError::OutOfRange {
+            key: slot.key.to_string(),
+            requested: min,
+            lifetime,
+        };
+        let lifetime = token.lifetime.unwrap_or_default();
+        if min >= lifetime {
+            return Err(out_of_range(lifetime));
+        }
+        let renewed = self.token(org, slot, Want::Renewal { of: &token }).await?;
+        if meets(&renewed, Instant::now(), Some(min)) {
+            Ok(renewed)
+        } else {
+            Err(out_of_range(renewed.lifetime.unwrap_or_default()))
+        }
+    }
+
+    /// A token that may be handed out: usable, or, when the platform fails, one it still
+    /// accepts (during an outage callers keep getting the token until it actually expires).
+    async fn usable(&self, org: &Arc<Org>, slot: &Arc<Slot>) -> Result<SharedToken, BrokerError> {
+        match self.token(org, slot, Want::Usable).await {
+            Err(e @ BrokerError::Unavailable { .. }) => match slot.current() {
+                Some(token) if token.is_valid(Instant::now()) => {
+                    debug!(key = %slot.key, error = %e, "platform failing; handing out the still valid token");
+                    self.inner.stats.served_stale();
+                    Ok(token)
+                }
+                _ => Err(e),
+            },
+            other => other,
+        }
+    }
+
     /// The heart of the cache: a usable token at once, or one flight per key.
     async fn token(
         &self,
@@ -244,9 +372,10 @@ impl Broker {
             Turn::Mine(flight) => flight,
         };
         // Under the lock, look again: the decision to fly is made by one caller at a time.
+        let now = Instant::now();
         let current = slot.current();
         let reason = match (want, &current) {
-            (Want::Usable, Some(t)) if t.is_usable(Instant::now()) => return Ok(Arc::clone(t)),
+            (Want::Usable, Some(t)) if t.is_usable(now) => return Ok(Arc::clone(t)),
             (Want::Usable, Some(_)) => Reason::Renewed,
             (Want::Usable, None) => Reason::Issued,
             (Want::Rotation { stale: Some(stale) }, Some(t))
@@ -256,8 +385,16 @@ impl Broker {
                 return Ok(Arc::clone(t));
             }
             (Want::Rotation { .. }, Some(_)) => Reason::Forced,
-            (Want::Rotation { .. }, None) => Reason::Issued,
+            (Want::Renewal { of }, Some(t)) if !Arc::ptr_eq(of, t) => return Ok(Arc::clone(t)),
+            (Want::Renewal { .. }, Some(_)) => Reason::Renewed,
+            (Want::Rotation { .. } | Want::Renewal { .. }, None) => Reason::Issued,
         };
+        // After a failure, wait before asking the platform again: callers get the error.
+        if slot.retry_at().is_some_and(|at| now < at)
+            && let Some(e) = &flight.state.last_error
+        {
+            return Err(e.clone());
+        }
         let broker = self.clone();
         let org = Arc::clone(org);
         // The flight owns the lock and runs to the end even if every caller goes away.
@@ -267,6 +404,7 @@ impl Broker {
                 Err(BrokerError::Unavailable {
                     key: slot.key.to_string(),
                     detail: format!("the upstream request task failed: {e}"),
+                    retry_after: None,
                 })
             })
     }
@@ -279,20 +417,27 @@ impl Broker {
         reason: Reason,
     ) -> Result<SharedToken, BrokerError> {
         let slot = Arc::clone(flight.slot());
+        self.inner.stats.flight();
         let requested = (Instant::now(), SystemTime::now());
         let outcome = match self.obtain(org, &slot.key, &mut flight, reason).await {
             Ok((grant, reason)) => {
                 flight.state.generation += 1;
                 flight.state.refresh_token = grant.refresh_token;
-                let token = Token::new(
+                let renew_after = self
+                    .inner
+                    .policy
+                    .renewal
+                    .renew_after(grant.expires_in, rand::rng().random());
+                let mut token = Token::issued(
                     slot.key.clone(),
                     grant.access_token,
                     grant.token_type,
                     requested,
-                    Some(grant.expires_in),
-                    flight.state.generation,
-                    reason,
+                    grant.expires_in,
+                    renew_after,
                 );
+                token.generation = flight.state.generation;
+                token.reason = reason;
                 info!(
                     key = %slot.key,
                     generation = token.generation,
@@ -304,12 +449,32 @@ impl Broker {
                 Ok(Arc::new(token))
             }
             Err(e) => {
-                warn!(key = %slot.key, error = %e, "could not obtain a token");
+                flight.state.failures = flight.state.failures.saturating_add(1);
+                warn!(key = %slot.key, failures = flight.state.failures, error = %e, "could not obtain a token");
                 Err(e)
             }
         };
-        flight.land(&outcome);
+        let hold = outcome
+            .as_ref()
+            .err()
+            .and_then(|e| self.hold_after(e, flight.state.failures));
+        flight.land(&outcome, hold);
         outcome
+    }
+
+    /// How long to keep the platform unasked after `e`, the `failures`-th failure in a row:
+    /// rejected credentials are permanent until the configuration changes, a 429 names its
+    /// own wait, anything else transient backs off exponentially with full jitter.
+    fn hold_after(&self, e: &BrokerError, failures: u32) -> Option<Duration> {
+        let policy = &self.inner.policy.renewal;
+        match e {
+            BrokerError::CredentialsRejected { .. } => Some(policy.credentials_retry),
+            BrokerError::Unavailable { retry_after, .. } => {
+                let backoff = policy.backoff(failures, rand::rng().random());
+                Some(retry_after.map_or(backoff, |r| r.max(backoff)))
+            }
+            _ => None,
+        }
     }
 
     /// Gets a grant for the slot's key: through the refresh token when one is held, else
@@ -323,8 +488,8 @@ impl Broker {
     ) -> Result<(Grant, Reason), BrokerError> {
         // INVARIANT: a refresh token is presented at most once, ever. It is moved out of
         // the slot before it is sent, so whatever happens to the answer (success, an error,
-        // a timeout, a reset connection) it can never be sent again: on any failure the
-        // token is re-issued through the primary grant instead.
+        // a timeout, a reset connection, a 5xx after the platform spent it) it can never be
+        // sent again: on any failure the token is re-issued through the primary grant.
         let Some(refresh_token) = flight.state.refresh_token.take() else {
             return Ok((self.primary_grant(org, key).await?, reason));
         };
@@ -339,7 +504,7 @@ impl Broker {
                 return Err(BrokerError::upstream(key, &e));
             }
             Err(e) => {
-                warn!(key = %key, error = %e, "refresh token not usable; re-issuing through the primary grant");
+                warn!(key = %key, error = %e, "refresh token spent without a usable answer; re-issuing through the primary grant");
             }
         }
         Ok((self.primary_grant(org, key).await?, Reason::Reissued))
@@ -406,30 +571,19 @@ impl Broker {
         org: &'a Arc<Org>,
         want: Want<'a>,
     ) -> BoxFuture<'a, Result<SharedToken, BrokerError>> {
-        Box::pin(self.token(org, &org.slot, want))
+        Box::pin(async move {
+            match want {
+                Want::Usable => self.usable(org, &org.slot).await,
+                _ => self.token(org, &org.slot, want).await,
+            }
+        })
     }
 }
 
-impl Org {
-    fn user_slot(&self, user: &str) -> Arc<Slot> {
-        if let Some(slot) = self
-            .users
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(user)
-        {
-            return Arc::clone(slot);
-        }
-        let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
-        let user: Arc<str> = user.into();
-        Arc::clone(users.entry(Arc::clone(&user)).or_insert_with(|| {
-            Arc::new(Slot::new(
-                TokenKey {
-                    org: Arc::clone(&self.name),
-                    user: Some(user),
-                },
-                None,
-            ))
-        }))
+/// Whether `token` satisfies a caller's `min_valid_for` at `now`.
+fn meets(token: &Token, now: Instant, min_valid_for: Option<Duration>) -> bool {
+    match (min_valid_for, token.valid_for(now)) {
+        (None, _) | (Some(_), None) => true,
+        (Some(min), Some(left)) => left >= min,
     }
 }

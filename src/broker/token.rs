@@ -37,24 +37,31 @@ pub struct Token {
     pub issued_at: SystemTime,
     /// When the platform stops accepting it (wall clock); `None` for a long-lived token.
     pub expires_at: Option<SystemTime>,
-    /// Monotonic deadline after which the broker no longer hands it out.
+    /// The lifetime the platform gave it; `None` for a long-lived token.
+    pub lifetime: Option<Duration>,
+    /// Monotonic expiry, measured from when it was asked for (a conservative start: the
+    /// platform began counting no earlier).
+    pub expires: Option<Instant>,
+    /// Monotonic deadline after which it is no longer handed out while a renewal can
+    /// succeed (see [`usable_until`]).
     pub usable_until: Option<Instant>,
+    /// When the background renewal replaces it.
+    pub renew_at: Option<Instant>,
     /// 1 for a key's first token, one more for every token after it.
     pub generation: u64,
     pub reason: Reason,
 }
 
 impl Token {
-    /// A token of `lifetime`, asked for at `requested` (a conservative start: the platform
-    /// began counting no earlier than that).
-    pub(crate) fn new(
+    /// A token from the platform, asked for at `requested`, living `lifetime`, to be renewed
+    /// `renew_after` after it was asked for.
+    pub(crate) fn issued(
         key: TokenKey,
         access_token: AccessToken,
         token_type: String,
         requested: (Instant, SystemTime),
-        lifetime: Option<Duration>,
-        generation: u64,
-        reason: Reason,
+        lifetime: Duration,
+        renew_after: Duration,
     ) -> Self {
         let (mono, wall) = requested;
         Self {
@@ -62,16 +69,46 @@ impl Token {
             access_token,
             token_type,
             issued_at: wall,
-            expires_at: lifetime.map(|l| wall + l),
-            usable_until: lifetime.map(|l| usable_until(mono, l)),
-            generation,
-            reason,
+            expires_at: Some(wall + lifetime),
+            lifetime: Some(lifetime),
+            expires: Some(mono + lifetime),
+            usable_until: Some(usable_until(mono, lifetime)),
+            renew_at: Some(mono + renew_after),
+            generation: 0,
+            reason: Reason::Issued,
         }
     }
 
-    /// Whether the token may still be handed out at `now`.
+    /// A long-lived token or API key from the configuration: never expires or renews.
+    pub(crate) fn long_lived(key: TokenKey, access_token: AccessToken) -> Self {
+        Self {
+            key,
+            access_token,
+            token_type: "Bearer".into(),
+            issued_at: SystemTime::now(),
+            expires_at: None,
+            lifetime: None,
+            expires: None,
+            usable_until: None,
+            renew_at: None,
+            generation: 1,
+            reason: Reason::Issued,
+        }
+    }
+
+    /// Whether the token may be handed out at `now` in normal operation.
     pub fn is_usable(&self, now: Instant) -> bool {
         self.usable_until.is_none_or(|until| now < until)
+    }
+
+    /// Whether the platform still accepts it at `now` (an outage may hand it out until then).
+    pub fn is_valid(&self, now: Instant) -> bool {
+        self.expires.is_none_or(|e| now < e)
+    }
+
+    /// How long it stays valid from `now`; `None` for ever.
+    pub fn valid_for(&self, now: Instant) -> Option<Duration> {
+        self.expires.map(|e| e.saturating_duration_since(now))
     }
 }
 
@@ -111,31 +148,28 @@ mod tests {
             org: "acme".into(),
             user: None,
         };
-        let now = || (Instant::now(), SystemTime::now());
-        let t = Token::new(
+        let requested = (Instant::now(), SystemTime::now());
+        let hundred = Duration::from_secs(100);
+        let t = Token::issued(
             key.clone(),
             AccessToken::new("a"),
             "Bearer".into(),
-            now(),
-            Some(Duration::from_secs(100)),
-            1,
-            Reason::Issued,
+            requested,
+            hundred,
+            hundred / 2,
         );
+        assert_eq!(t.renew_at, Some(requested.0 + hundred / 2));
         assert!(t.is_usable(Instant::now()));
         tokio::time::advance(Duration::from_secs(89)).await;
         assert!(t.is_usable(Instant::now()));
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(!t.is_usable(Instant::now()));
-        let forever = Token::new(
-            key,
-            AccessToken::new("b"),
-            "Bearer".into(),
-            now(),
-            None,
-            1,
-            Reason::Issued,
-        );
+        assert!(!t.is_usable(Instant::now()) && t.is_valid(Instant::now()));
+        assert_eq!(t.valid_for(Instant::now()), Some(Duration::from_secs(10)));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(!t.is_valid(Instant::now()));
+        let forever = Token::long_lived(key, AccessToken::new("b"));
         tokio::time::advance(Duration::from_secs(10 * 365 * 24 * 3600)).await;
-        assert!(forever.is_usable(Instant::now()) && forever.expires_at.is_none());
+        assert!(forever.is_usable(Instant::now()) && forever.is_valid(Instant::now()));
+        assert!(forever.expires_at.is_none() && forever.valid_for(Instant::now()).is_none());
     }
 }

@@ -3,6 +3,7 @@
 //! server reflection v1 and v1alpha).
 
 mod convert;
+mod deadline;
 mod service;
 mod status;
 

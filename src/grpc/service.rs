@@ -6,6 +6,7 @@ use futures::Stream;
 use tokio_stream::{StreamExt, StreamMap, wrappers::WatchStream};
 use tonic::{Request, Response, Status};
 
+use super::deadline;
 use crate::{
     broker::Broker,
     proto::{
@@ -27,6 +28,21 @@ impl TokenServiceImpl {
     }
 }
 
+/// `min_valid_for` as a duration; negative or malformed is INVALID_ARGUMENT.
+fn min_valid_for(
+    value: Option<prost_types::Duration>,
+) -> Result<Option<std::time::Duration>, Status> {
+    value
+        .map(|d| {
+            std::time::Duration::try_from(d).map_err(|_| {
+                Status::invalid_argument(
+                    "min_valid_for must be a non-negative duration, e.g. \"300s\"",
+                )
+            })
+        })
+        .transpose()
+}
+
 type WatchTokensStream = Pin<Box<dyn Stream<Item = Result<WatchTokensResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -35,8 +51,13 @@ impl TokenService for TokenServiceImpl {
         &self,
         request: Request<GetOrgTokenRequest>,
     ) -> Result<Response<GetOrgTokenResponse>, Status> {
+        let deadline = deadline::of(request.metadata());
         let r = request.into_inner();
-        let token = self.broker.org_token(&r.org).await?;
+        let min_valid_for = min_valid_for(r.min_valid_for)?;
+        let token = deadline::within(deadline, async {
+            Ok(self.broker.org_token(&r.org, min_valid_for).await?)
+        })
+        .await?;
         Ok(Response::new(GetOrgTokenResponse {
             token: Some(token.as_ref().into()),
         }))
@@ -46,8 +67,16 @@ impl TokenService for TokenServiceImpl {
         &self,
         request: Request<GetUserTokenRequest>,
     ) -> Result<Response<GetUserTokenResponse>, Status> {
+        let deadline = deadline::of(request.metadata());
         let r = request.into_inner();
-        let token = self.broker.user_token(&r.org, &r.user_id).await?;
+        let min_valid_for = min_valid_for(r.min_valid_for)?;
+        let token = deadline::within(deadline, async {
+            Ok(self
+                .broker
+                .user_token(&r.org, &r.user_id, min_valid_for)
+                .await?)
+        })
+        .await?;
         Ok(Response::new(GetUserTokenResponse {
             token: Some(token.as_ref().into()),
         }))
@@ -57,10 +86,14 @@ impl TokenService for TokenServiceImpl {
         &self,
         request: Request<RefreshRequest>,
     ) -> Result<Response<RefreshResponse>, Status> {
+        let deadline = deadline::of(request.metadata());
         let r = request.into_inner();
         let user = (!r.user_id.is_empty()).then_some(r.user_id.as_str());
         let stale = (!r.stale_access_token.is_empty()).then_some(r.stale_access_token.as_str());
-        let token = self.broker.refresh(&r.org, user, stale).await?;
+        let token = deadline::within(deadline, async {
+            Ok(self.broker.refresh(&r.org, user, stale).await?)
+        })
+        .await?;
         Ok(Response::new(RefreshResponse {
             token: Some(token.as_ref().into()),
         }))
@@ -72,8 +105,12 @@ impl TokenService for TokenServiceImpl {
         &self,
         request: Request<WatchTokensRequest>,
     ) -> Result<Response<Self::WatchTokensStream>, Status> {
+        let deadline = deadline::of(request.metadata());
         let r = request.into_inner();
-        let watches = self.broker.watch(&r.org, &r.user_ids).await?;
+        let watches = deadline::within(deadline, async {
+            Ok(self.broker.watch(&r.org, &r.user_ids).await?)
+        })
+        .await?;
         let mut initial = Vec::with_capacity(watches.len());
         let mut changes = StreamMap::new();
         for (i, mut watch) in watches.into_iter().enumerate() {

@@ -13,6 +13,7 @@ impl From<BrokerError> for Status {
                 Code::FailedPrecondition
             }
             BrokerError::Unavailable { .. } => Code::Unavailable,
+            BrokerError::OutOfRange { .. } => Code::OutOfRange,
         };
         Status::new(code, e.to_string())
     }

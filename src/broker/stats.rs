@@ -1,0 +1,78 @@
+//! Counters of what the broker did, for tests now and metrics later.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of the broker's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BrokerStats {
+    /// Caller requests answered from the cache at once.
+    pub cache_hits: u64,
+    /// Caller requests that had to wait for (or start) an upstream flight.
+    pub cache_misses: u64,
+    /// Upstream request chains started, by callers or in the background.
+    pub flights: u64,
+    /// Tokens renewed ahead of expiry by the background renewal.
+    pub renewals: u64,
+    /// Background renewals that failed (each is retried with backoff).
+    pub failed_renewals: u64,
+    /// Times a still valid token was handed out because the platform failed.
+    pub served_during_outage: u64,
+    /// User tokens dropped for being idle or to respect the cap.
+    pub evictions: u64,
+    /// User token slots held now.
+    pub user_tokens: usize,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    flights: AtomicU64,
+    renewals: AtomicU64,
+    failed_renewals: AtomicU64,
+    served_stale: AtomicU64,
+    evictions: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    pub fn hit(&self) {
+        bump(&self.hits);
+    }
+    pub fn miss(&self) {
+        bump(&self.misses);
+    }
+    pub fn flight(&self) {
+        bump(&self.flights);
+    }
+    pub fn renewal(&self, ok: bool) {
+        bump(if ok {
+            &self.renewals
+        } else {
+            &self.failed_renewals
+        });
+    }
+    pub fn served_stale(&self) {
+        bump(&self.served_stale);
+    }
+    pub fn eviction(&self) {
+        bump(&self.evictions);
+    }
+
+    pub fn snapshot(&self, user_tokens: usize) -> BrokerStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        BrokerStats {
+            cache_hits: get(&self.hits),
+            cache_misses: get(&self.misses),
+            flights: get(&self.flights),
+            renewals: get(&self.renewals),
+            failed_renewals: get(&self.failed_renewals),
+            served_during_outage: get(&self.served_stale),
+            evictions: get(&self.evictions),
+            user_tokens,
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! The caller's deadline (`grpc-timeout`): a call that cannot get a token in time answers
+//! UNAVAILABLE just before the deadline, instead of tonic cancelling it at the deadline.
+//! The flight it waited on goes on, and fills the cache for the next call.
+
+use std::{future::Future, time::Duration};
+
+use tonic::{Status, metadata::MetadataMap};
+
+/// The most taken off a deadline to answer in time.
+const ANSWER_MARGIN: Duration = Duration::from_millis(50);
+
+/// Parses `grpc-timeout` (gRPC over HTTP/2: up to 8 digits and a unit, H M S m u n).
+pub fn parse(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The caller's deadline, if it sent one.
+pub fn of(metadata: &MetadataMap) -> Option<Duration> {
+    parse(metadata.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// Runs `call`, answering UNAVAILABLE shortly before `deadline` if it has not finished.
+pub async fn within<T>(
+    deadline: Option<Duration>,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let Some(deadline) = deadline else {
+        return call.await;
+    };
+    let budget = deadline.saturating_sub((deadline / 10).min(ANSWER_MARGIN));
+    tokio::time::timeout(budget, call).await.unwrap_or_else(|_| {
+        Err(Status::unavailable(format!(
+            "no token within the call's deadline ({} ms): the platform is slow or unreachable; the broker keeps trying, so retry shortly",
+            deadline.as_millis()
+        )))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_grpc_timeouts() {
+        assert_eq!(parse("1S"), Some(Duration::from_secs(1)));
+        assert_eq!(parse("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "S", "1", "1x", "123456789S", "-1S", "1.5S"] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_unavailable_before_the_deadline() {
+        let start = tokio::time::Instant::now();
+        let slow = async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok::<_, Status>(())
+        };
+        let status = within(Some(Duration::from_secs(1)), slow)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(start.elapsed(), Duration::from_millis(950));
+        assert!(within(None, async { Ok::<_, Status>(7) }).await.is_ok());
+    }
+}
