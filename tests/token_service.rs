@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::{collections::HashSet, time::Duration};
+use std::collections::HashSet;
 
 use common::{Harness, acme_toml, sandbox_config};
 use futures::future::join_all;
@@ -400,21 +400,6 @@ async fn watch_of_users_sends_one_initial_token_per_user() {
         (m.reason(), m.token.unwrap()),
         (TokenEventReason::Forced, rotated)
     );
-}
-
-#[tokio::test]
-async fn tokens_near_expiry_are_renewed_through_the_refresh_token() {
-    let mut config = sandbox_config();
-    config.token_lifetime = Duration::from_secs(1);
-    let h = Harness::with(config, acme_toml, |_| None).await;
-    let first = org_token(&h).await;
-    // A 1 s token is handed out for 0.9 s; after that the next call renews it.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let second = org_token(&h).await;
-    assert_eq!(second.generation, 2);
-    assert_ne!(second.access_token, first.access_token);
-    let stats = h.sandbox.stats();
-    assert_eq!((stats.client_credentials, stats.refresh_token), (1, 1));
 }
 
 async fn code_of<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> (Code, String) {

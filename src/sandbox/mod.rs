@@ -3,6 +3,7 @@
 //! Demo mode, the test suite and users' own tests run against it. It imports nothing of
 //! the broker.
 
+mod faults;
 mod routes;
 mod state;
 
@@ -17,6 +18,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use faults::{Fault, FaultRule, MalformedBody, Target};
 use state::State;
 pub use state::Stats;
 
@@ -101,7 +103,7 @@ impl Sandbox {
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State::new(&config)));
         let stop = CancellationToken::new();
-        let router = routes::router(Arc::clone(&state));
+        let router = routes::router(Arc::clone(&state), stop.clone());
         let shutdown = stop.clone().cancelled_owned();
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, router)
@@ -157,6 +159,16 @@ impl Sandbox {
     /// Makes every access token issued so far unusable (401 on use).
     pub fn revoke_access_tokens(&self) {
         self.lock().revoke_access_tokens();
+    }
+
+    /// Injects a fault (see [`Fault`]); the earliest added rule that hits a request applies.
+    pub fn inject(&self, rule: FaultRule) {
+        self.lock().inject(rule);
+    }
+
+    /// Removes every fault: the sandbox behaves again.
+    pub fn clear_faults(&self) {
+        self.lock().clear_faults();
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

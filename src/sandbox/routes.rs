@@ -1,36 +1,51 @@
-//! The sandbox's HTTP surface: the platform's token and grant endpoints, two API calls to
-//! check a token with, and the counters for tests.
+//! The sandbox's HTTP surface: the platform's token and grant endpoints (with any injected
+//! faults), two API calls to check a token with, and the counters and fault controls for
+//! tests.
 
 use std::{
     collections::HashMap,
+    io,
     sync::{Arc, Mutex, MutexGuard},
 };
 
 use axum::{
     Json, Router,
+    body::{Body, Bytes},
     extract::{FromRequest, Request, State as Shared},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use serde_json::json;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
-use super::state::{OauthError, State, Subject};
+use super::{
+    faults::{Fault, FaultRule, RequestKind, malformed_body},
+    state::{OauthError, State, Subject},
+};
 
-type AppState = Arc<Mutex<State>>;
+#[derive(Clone)]
+struct App {
+    state: Arc<Mutex<State>>,
+    /// Cancelled when the sandbox stops: ends hanging requests.
+    stop: CancellationToken,
+}
 
-pub fn router(state: AppState) -> Router {
+impl App {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub fn router(state: Arc<Mutex<State>>, stop: CancellationToken) -> Router {
     Router::new()
         .route("/oauth/token", post(token))
         .route("/oauth/authorization-grant", post(authorization_grant))
         .route("/api/v1/expense/me", get(me))
         .route("/api/v1/admin/organization", get(organization))
         .route("/sandbox/stats", get(stats))
-        .with_state(state)
-}
-
-fn lock(state: &AppState) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|p| p.into_inner())
+        .route("/sandbox/faults", post(inject).delete(clear))
+        .with_state(App { state, stop })
 }
 
 impl IntoResponse for OauthError {
@@ -61,71 +76,143 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .strip_prefix("Bearer ")
 }
 
-/// Counts an error answer, whatever the endpoint.
-fn answer<T: IntoResponse>(state: &AppState, result: Result<T, OauthError>) -> Response {
+/// Turns a result into a response, counting errors.
+fn answer(app: &App, result: Result<Value, OauthError>) -> Response {
     match result {
-        Ok(ok) => ok.into_response(),
+        Ok(ok) => Json(ok).into_response(),
         Err(e) => {
-            lock(state).stats.errors += 1;
+            app.lock().stats.errors += 1;
             e.into_response()
         }
     }
 }
 
-async fn token(Shared(state): Shared<AppState>, request: Request) -> Response {
-    let result = match form(request).await {
-        Err(e) => Err(e),
-        Ok(f) => {
-            let field = |name: &str| f.get(name).map(String::as_str);
-            let mut s = lock(&state);
-            match field("grant_type") {
-                Some("client_credentials") => {
-                    s.client_credentials(field("client_id"), field("client_secret"))
-                }
-                Some("refresh_token") => s.refresh(field("client_id"), field("refresh_token")),
-                Some("authorization_code") => s.exchange_code(field("client_id"), field("code")),
-                _ => Err(OauthError {
-                    status: 400,
-                    error: "unsupported_grant_type",
-                    description:
-                        "grant_type must be client_credentials, refresh_token or authorization_code"
-                            .into(),
-                }),
-            }
+/// A fault that answers before any work is done, or `None` to go on (after any latency).
+async fn before(app: &App, fault: &Option<Fault>, kind: RequestKind) -> Option<Response> {
+    let fault = fault.as_ref()?;
+    if let Some(delay) = fault.latency() {
+        tokio::time::sleep(delay).await;
+        return None;
+    }
+    let response = match fault {
+        Fault::Status { status } => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let page = format!("<html><body><h1>{status}</h1></body></html>");
+            (status, [(header::CONTENT_TYPE, "text/html")], page).into_response()
         }
+        Fault::RateLimit { retry_after_secs } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, retry_after_secs.to_string())],
+            Json(json!({"error": "rate_limited", "error_description": "too many requests"})),
+        )
+            .into_response(),
+        Fault::Hang => {
+            app.stop.cancelled().await;
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+        _ => return None,
     };
-    answer(&state, result.map(Json))
+    let mut state = app.lock();
+    state.count(kind);
+    state.stats.errors += 1;
+    Some(response)
+}
+
+/// A fault that strikes after the work is done: a broken body, or no answer at all.
+fn after(fault: &Option<Fault>, response: Result<Value, OauthError>, app: &App) -> Response {
+    match (fault, response) {
+        (Some(Fault::Malformed { body }), Ok(json)) => {
+            let (content_type, text) = malformed_body(*body, &json);
+            (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], text).into_response()
+        }
+        (Some(Fault::DropAfterCommit), _) => {
+            // Headers go out, then the body fails: the connection is cut mid-answer.
+            let lost = futures::stream::once(async {
+                Err::<Bytes, _>(io::Error::other("answer dropped by fault"))
+            });
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                Body::from_stream(lost),
+            )
+                .into_response()
+        }
+        (_, result) => answer(app, result),
+    }
+}
+
+async fn token(Shared(app): Shared<App>, request: Request) -> Response {
+    let f = match form(request).await {
+        Ok(f) => f,
+        Err(e) => return answer(&app, Err(e)),
+    };
+    let field = |name: &str| f.get(name).map(String::as_str);
+    let kind = match field("grant_type") {
+        Some("client_credentials") => RequestKind::ClientCredentials,
+        Some("refresh_token") => RequestKind::RefreshToken,
+        Some("authorization_code") => RequestKind::AuthorizationCode,
+        _ => RequestKind::OtherToken,
+    };
+    let fault = app.lock().fault_for(kind);
+    if let Some(response) = before(&app, &fault, kind).await {
+        return response;
+    }
+    let result = {
+        let mut s = app.lock();
+        let pair = match kind {
+            RequestKind::ClientCredentials => {
+                s.client_credentials(field("client_id"), field("client_secret"))
+            }
+            RequestKind::RefreshToken => s.refresh(field("client_id"), field("refresh_token")),
+            RequestKind::AuthorizationCode => s.exchange_code(field("client_id"), field("code")),
+            _ => Err(OauthError {
+                status: 400,
+                error: "unsupported_grant_type",
+                description:
+                    "grant_type must be client_credentials, refresh_token or authorization_code"
+                        .into(),
+            }),
+        };
+        pair.map(|p| serde_json::to_value(p).unwrap_or(Value::Null))
+    };
+    after(&fault, result, &app)
 }
 
 async fn authorization_grant(
-    Shared(state): Shared<AppState>,
+    Shared(app): Shared<App>,
     headers: HeaderMap,
     request: Request,
 ) -> Response {
+    let kind = RequestKind::AuthorizationGrant;
+    let fault = app.lock().fault_for(kind);
+    if let Some(response) = before(&app, &fault, kind).await {
+        return response;
+    }
     let result = match form(request).await {
         Err(e) => {
-            lock(&state).stats.authorization_grant += 1;
+            app.lock().count(kind);
             Err(e)
         }
-        Ok(f) => lock(&state)
+        Ok(f) => app
+            .lock()
             .authorization_grant(bearer(&headers), f.get("user_id").map(String::as_str))
-            .map(|code| Json(json!({ "code": code }))),
+            .map(|code| json!({ "code": code })),
     };
-    answer(&state, result)
+    after(&fault, result, &app)
 }
 
 /// The Expense API's first call: who the user token acts as.
-async fn me(Shared(state): Shared<AppState>, headers: HeaderMap) -> Response {
+async fn me(Shared(app): Shared<App>, headers: HeaderMap) -> Response {
     let result = {
-        let mut s = lock(&state);
+        let mut s = app.lock();
         s.stats.api += 1;
         match s.authenticate(bearer(&headers)) {
-            Some(Subject::User { org, user }) => Ok(Json(json!({
+            Some(Subject::User { org, user }) => Ok(json!({
                 "personId": user.person_id,
                 "externalSourceId": user.external_id,
                 "name": user.name,
                 "organization": &*org,
-            }))),
+            })),
             Some(Subject::Org { .. }) => Err(OauthError {
                 status: 403,
                 error: "insufficient_scope",
@@ -134,16 +221,16 @@ async fn me(Shared(state): Shared<AppState>, headers: HeaderMap) -> Response {
             None => Err(unauthorized()),
         }
     };
-    answer(&state, result)
+    answer(&app, result)
 }
 
 /// An admin API call: which organization the org token belongs to.
-async fn organization(Shared(state): Shared<AppState>, headers: HeaderMap) -> Response {
+async fn organization(Shared(app): Shared<App>, headers: HeaderMap) -> Response {
     let result = {
-        let mut s = lock(&state);
+        let mut s = app.lock();
         s.stats.api += 1;
         match s.authenticate(bearer(&headers)) {
-            Some(Subject::Org { org }) => Ok(Json(json!({ "organization": &*org }))),
+            Some(Subject::Org { org }) => Ok(json!({ "organization": &*org })),
             Some(Subject::User { .. }) => Err(OauthError {
                 status: 403,
                 error: "insufficient_scope",
@@ -152,7 +239,7 @@ async fn organization(Shared(state): Shared<AppState>, headers: HeaderMap) -> Re
             None => Err(unauthorized()),
         }
     };
-    answer(&state, result)
+    answer(&app, result)
 }
 
 fn unauthorized() -> OauthError {
@@ -163,6 +250,19 @@ fn unauthorized() -> OauthError {
     }
 }
 
-async fn stats(Shared(state): Shared<AppState>) -> Response {
-    Json(lock(&state).stats.clone()).into_response()
+async fn stats(Shared(app): Shared<App>) -> Response {
+    Json(app.lock().stats.clone()).into_response()
+}
+
+/// `POST /sandbox/faults` with a JSON [`FaultRule`], e.g.
+/// `{"kind": "status", "status": 503, "target": "refresh_token", "times": 1}`.
+async fn inject(Shared(app): Shared<App>, Json(rule): Json<FaultRule>) -> StatusCode {
+    app.lock().inject(rule);
+    StatusCode::NO_CONTENT
+}
+
+/// `DELETE /sandbox/faults`: behave again.
+async fn clear(Shared(app): Shared<App>) -> StatusCode {
+    app.lock().clear_faults();
+    StatusCode::NO_CONTENT
 }

@@ -12,7 +12,10 @@ use rand::RngCore;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{SandboxConfig, SandboxUser};
+use super::{
+    SandboxConfig, SandboxUser,
+    faults::{Fault, FaultRule, RequestKind},
+};
 
 /// Requests the sandbox saw, by kind, and every single-use violation. Tests assert on these.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -129,6 +132,7 @@ pub struct State {
     codes: HashMap<String, Code>,
     revoked_families: HashSet<u64>,
     next_family: u64,
+    faults: Vec<FaultRule>,
     pub stats: Stats,
 }
 
@@ -164,6 +168,7 @@ impl State {
             codes: HashMap::new(),
             revoked_families: HashSet::new(),
             next_family: 0,
+            faults: Vec::new(),
             stats: Stats::default(),
         }
     }
@@ -352,6 +357,41 @@ impl State {
         for record in self.refresh.values_mut() {
             record.revoked = true;
         }
+    }
+
+    /// Adds a fault; the earliest added rule that hits a request applies.
+    pub fn inject(&mut self, rule: FaultRule) {
+        self.faults.push(rule);
+    }
+
+    /// Removes every fault.
+    pub fn clear_faults(&mut self) {
+        self.faults.clear();
+    }
+
+    /// The fault for a request of `kind`, if any; counts down rules with a limit.
+    pub fn fault_for(&mut self, kind: RequestKind) -> Option<Fault> {
+        let i = self.faults.iter().position(|r| r.target.hits(kind))?;
+        let fault = self.faults[i].fault.clone();
+        if let Some(times) = &mut self.faults[i].times {
+            *times = times.saturating_sub(1);
+            if *times == 0 {
+                self.faults.remove(i);
+            }
+        }
+        Some(fault)
+    }
+
+    /// Counts a request of `kind` that a fault answered before any work was done.
+    pub fn count(&mut self, kind: RequestKind) {
+        let counter = match kind {
+            RequestKind::ClientCredentials => &mut self.stats.client_credentials,
+            RequestKind::RefreshToken => &mut self.stats.refresh_token,
+            RequestKind::AuthorizationCode => &mut self.stats.authorization_code,
+            RequestKind::AuthorizationGrant => &mut self.stats.authorization_grant,
+            RequestKind::OtherToken => return,
+        };
+        *counter += 1;
     }
 
     /// Makes every access token issued so far unusable.

@@ -5,6 +5,7 @@
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use tokenbroker::{
+    broker::Broker,
     config::Config,
     proto::token_service_client::TokenServiceClient,
     sandbox::{Sandbox, SandboxConfig, SandboxOrg, SandboxUser},
@@ -39,6 +40,7 @@ pub fn acme_toml(sandbox: &Sandbox) -> String {
 
 pub struct Harness {
     pub sandbox: Sandbox,
+    pub broker: Broker,
     pub addr: SocketAddr,
     pub client: TokenServiceClient<Channel>,
     stop: Option<oneshot::Sender<()>>,
@@ -77,14 +79,21 @@ impl Harness {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(tokenbroker::run(config, listener, async {
-            let _ = stopped.await;
-        }));
+        let broker = tokenbroker::broker(&config).unwrap();
+        let server = tokio::spawn(tokenbroker::serve(
+            broker.clone(),
+            config.drain_timeout,
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let client = TokenServiceClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
         Self {
             sandbox,
+            broker,
             addr,
             client,
             stop: Some(stop),

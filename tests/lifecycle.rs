@@ -1,0 +1,536 @@
+//! Token lifecycle against the sandbox over real sockets: renewal ahead of expiry, the
+//! user-token cache's bounds, min_valid_for, and every platform fault the sandbox can inject.
+
+mod common;
+
+use std::{
+    future::Future,
+    time::{Duration, SystemTime},
+};
+
+use common::{Harness, acme_toml, sandbox_config};
+use tokenbroker::{
+    proto::{
+        GetOrgTokenRequest, GetUserTokenRequest, RefreshRequest, Token, TokenEventReason,
+        WatchTokensRequest,
+    },
+    sandbox::{Fault, FaultRule, MalformedBody, SandboxConfig, Target},
+};
+use tonic::{Code, Request, Status};
+
+/// Short holds after failures, so tests see recovery quickly.
+const FAST_BACKOFF: &str = "[renewal]\nbackoff_base = \"50ms\"\nbackoff_max = \"200ms\"\n";
+
+fn lifetime(secs: u64) -> SandboxConfig {
+    let mut config = sandbox_config();
+    config.token_lifetime = Duration::from_secs(secs);
+    config
+}
+
+async fn start(sandbox: SandboxConfig, extra_toml: &'static str) -> Harness {
+    Harness::with(
+        sandbox,
+        move |s| format!("{extra_toml}\n{}", acme_toml(s)),
+        |_| None,
+    )
+    .await
+}
+
+fn org_request(min_valid_for: Option<Duration>) -> GetOrgTokenRequest {
+    GetOrgTokenRequest {
+        org: "acme".into(),
+        min_valid_for: min_valid_for.map(|d| d.try_into().unwrap()),
+    }
+}
+
+fn user_request(user: &str) -> GetUserTokenRequest {
+    GetUserTokenRequest {
+        org: "acme".into(),
+        user_id: user.into(),
+        ..Default::default()
+    }
+}
+
+async fn org_token(h: &Harness) -> Result<Token, Status> {
+    Ok(h.client
+        .clone()
+        .get_org_token(org_request(None))
+        .await?
+        .into_inner()
+        .token
+        .unwrap())
+}
+
+async fn user_token(h: &Harness, user: &str) -> Result<Token, Status> {
+    Ok(h.client
+        .clone()
+        .get_user_token(user_request(user))
+        .await?
+        .into_inner()
+        .token
+        .unwrap())
+}
+
+/// Seconds from now until `token` expires (negative once expired).
+fn seconds_left(token: &Token) -> f64 {
+    let expires = token.expires_at.unwrap();
+    let expires =
+        SystemTime::UNIX_EPOCH + Duration::new(expires.seconds as u64, expires.nanos as u32);
+    match expires.duration_since(SystemTime::now()) {
+        Ok(left) => left.as_secs_f64(),
+        Err(past) => -past.duration().as_secs_f64(),
+    }
+}
+
+/// Retries `call` for up to 5 s until it succeeds.
+async fn eventually<T, F: Future<Output = Result<T, Status>>>(mut call: impl FnMut() -> F) -> T {
+    let mut last = None;
+    for _ in 0..100 {
+        match call().await {
+            Ok(value) => return value,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never recovered: {last:?}");
+}
+
+#[tokio::test]
+async fn with_two_second_tokens_for_twenty_seconds_no_caller_waits_and_every_token_works() {
+    let h = start(lifetime(2), "").await;
+    let users: Vec<String> = (1..=3).map(|i| h.user(i).person_id).collect();
+    let mut watch = h
+        .client
+        .clone()
+        .watch_tokens(WatchTokensRequest {
+            org: "acme".into(),
+            user_ids: vec![users[0].clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    org_token(&h).await.unwrap();
+    for user in &users {
+        user_token(&h, user).await.unwrap();
+    }
+    let cold = h.broker.stats().cache_misses;
+
+    let started = std::time::Instant::now();
+    let mut handed_out = 0;
+    let mut checked = 0;
+    while started.elapsed() < Duration::from_secs(20) {
+        let mut tokens = vec![org_token(&h).await.unwrap()];
+        for user in &users {
+            tokens.push(user_token(&h, user).await.unwrap());
+        }
+        for token in &tokens {
+            assert!(
+                seconds_left(token) > 0.0,
+                "handed out an expired token: {token:?}"
+            );
+        }
+        handed_out += tokens.len();
+        if handed_out % 40 == 0 {
+            // The platform accepts what the broker hands out.
+            let (status, me) = h
+                .call_api("/api/v1/expense/me", &tokens[1].access_token)
+                .await;
+            assert_eq!(
+                (status, me["personId"].as_str()),
+                (200, Some(users[0].as_str()))
+            );
+            let (status, _) = h
+                .call_api("/api/v1/admin/organization", &tokens[0].access_token)
+                .await;
+            assert_eq!(status, 200);
+            checked += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stats = h.broker.stats();
+    assert_eq!(
+        stats.cache_misses, cold,
+        "no caller waited on the platform after the first fetch: {stats:?}"
+    );
+    assert_eq!(stats.failed_renewals, 0, "{stats:?}");
+    // About one renewal per key per second: four keys over twenty seconds.
+    assert!(stats.renewals >= 40, "{stats:?}");
+    assert!(checked >= 5 && handed_out >= 400, "{checked} {handed_out}");
+    let sandbox = h.sandbox.stats();
+    assert_eq!(
+        sandbox.refresh_token, stats.renewals,
+        "every renewal used its refresh token once"
+    );
+    assert_eq!(
+        (sandbox.client_credentials, sandbox.authorization_grant),
+        (1, 3)
+    );
+
+    // The watcher saw every rotation of its key, in order.
+    let mut last = 0;
+    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(100), watch.message())
+        .await
+        .unwrap_or(Ok(None))
+    {
+        let reason = message.reason();
+        let token = message.token.unwrap();
+        assert!(token.generation > last);
+        if last > 0 {
+            assert_eq!(reason, TokenEventReason::Renewed);
+        }
+        last = token.generation;
+    }
+    assert!(last >= 10, "watcher saw generation {last}");
+}
+
+#[tokio::test]
+async fn idle_user_tokens_are_dropped_and_the_cap_drops_the_longest_idle_first() {
+    let h = start(
+        sandbox_config(),
+        "[cache]\nuser_idle_timeout = \"1s\"\nmax_user_tokens = 3\n",
+    )
+    .await;
+    let user = |i| h.user(i).person_id;
+    for i in [1, 2, 3] {
+        user_token(&h, &user(i)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    user_token(&h, &user(1)).await.unwrap(); // user 2 is now the longest idle
+    user_token(&h, &user(4)).await.unwrap();
+    let stats = h.broker.stats();
+    assert_eq!((stats.user_tokens, stats.evictions), (3, 1));
+    let grants = h.sandbox.stats().authorization_grant;
+    user_token(&h, &user(1)).await.unwrap();
+    assert_eq!(
+        h.sandbox.stats().authorization_grant,
+        grants,
+        "user 1 was kept"
+    );
+    user_token(&h, &user(2)).await.unwrap();
+    assert_eq!(
+        h.sandbox.stats().authorization_grant,
+        grants + 1,
+        "user 2 was dropped"
+    );
+
+    // A watched user stays; the rest go once idle for a second.
+    let _watch = h
+        .client
+        .clone()
+        .watch_tokens(WatchTokensRequest {
+            org: "acme".into(),
+            user_ids: vec![user(4)],
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(h.broker.stats().user_tokens, 1);
+    let grants = h.sandbox.stats().authorization_grant;
+    user_token(&h, &user(4)).await.unwrap();
+    assert_eq!(h.sandbox.stats().authorization_grant, grants);
+}
+
+#[tokio::test]
+async fn min_valid_for_renews_first_or_says_what_the_platform_allows() {
+    let h = start(lifetime(10), "").await;
+    let mut c = h.client.clone();
+    let first = c
+        .get_org_token(org_request(Some(Duration::from_secs(5))))
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    assert_eq!(first.generation, 1);
+
+    let status = c
+        .get_org_token(org_request(Some(Duration::from_secs(20))))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange);
+    assert!(
+        status.message().contains("live 10s"),
+        "{}",
+        status.message()
+    );
+    let negative = GetOrgTokenRequest {
+        org: "acme".into(),
+        min_valid_for: Some(prost_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        }),
+    };
+    assert_eq!(
+        c.get_org_token(negative).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // About 9.4 s are left of the first token, less than asked: a new one is fetched first.
+    let second = c
+        .get_org_token(org_request(Some(Duration::from_millis(9_600))))
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    assert_eq!(second.generation, 2);
+    assert!(seconds_left(&second) >= 9.0);
+    // Without min_valid_for, the cached token is fine.
+    assert_eq!(org_token(&h).await.unwrap(), second);
+    assert_eq!(h.sandbox.stats().refresh_token, 1);
+
+    let user = h.user(1).person_id;
+    let mut request = user_request(&user);
+    request.min_valid_for = Some(Duration::from_secs(11).try_into().unwrap());
+    assert_eq!(
+        c.get_user_token(request).await.unwrap_err().code(),
+        Code::OutOfRange
+    );
+}
+
+#[tokio::test]
+async fn server_errors_are_unavailable_and_the_broker_recovers() {
+    let h = start(sandbox_config(), FAST_BACKOFF).await;
+    h.sandbox.inject(FaultRule::always(
+        Fault::Status { status: 503 },
+        Target::Any,
+    ));
+    let status = org_token(&h).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("HTTP 503"),
+        "{}",
+        status.message()
+    );
+    h.sandbox.clear_faults();
+    let token = eventually(|| org_token(&h)).await;
+    assert_eq!(token.generation, 1);
+}
+
+#[tokio::test]
+async fn throttling_is_honoured_no_request_before_retry_after() {
+    let h = start(sandbox_config(), FAST_BACKOFF).await;
+    h.sandbox.inject(FaultRule::times(
+        Fault::RateLimit {
+            retry_after_secs: 1,
+        },
+        Target::ClientCredentials,
+        1,
+    ));
+    let started = std::time::Instant::now();
+    let status = org_token(&h).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(status.message().contains("429"), "{}", status.message());
+    // Within the Retry-After window callers get the same answer without a request.
+    for _ in 0..5 {
+        assert_eq!(org_token(&h).await.unwrap_err().code(), Code::Unavailable);
+    }
+    if started.elapsed() < Duration::from_secs(1) {
+        assert_eq!(h.sandbox.stats().client_credentials, 1);
+    }
+    let token = eventually(|| org_token(&h)).await;
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(token.generation, 1);
+    assert_eq!(h.sandbox.stats().client_credentials, 2);
+}
+
+#[tokio::test]
+async fn a_slow_platform_is_waited_for() {
+    let h = start(sandbox_config(), "").await;
+    h.sandbox.inject(FaultRule::always(
+        Fault::Latency { millis: 300 },
+        Target::Any,
+    ));
+    let user = h.user(2).external_id;
+    assert_eq!(user_token(&h, &user).await.unwrap().user_id, user);
+}
+
+#[tokio::test]
+async fn a_hanging_platform_answers_unavailable_within_the_callers_deadline() {
+    let h = start(sandbox_config(), "[upstream]\nrequest_timeout = \"400ms\"\n[renewal]\nbackoff_base = \"10ms\"\nbackoff_max = \"10ms\"\n").await;
+    h.sandbox
+        .inject(FaultRule::always(Fault::Hang, Target::Any));
+    // The broker's own request timeout.
+    let status = org_token(&h).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("did not answer within 0.4s"),
+        "{}",
+        status.message()
+    );
+    // A caller deadline shorter than that: UNAVAILABLE before the deadline, not CANCELLED.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut request = Request::new(user_request(&h.user(1).person_id));
+    request.set_timeout(Duration::from_millis(200));
+    let status = h.client.clone().get_user_token(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("deadline"),
+        "{}",
+        status.message()
+    );
+    h.sandbox.clear_faults();
+    eventually(|| org_token(&h)).await;
+}
+
+#[tokio::test]
+async fn malformed_answers_are_unavailable_and_a_numeric_string_lifetime_is_fine() {
+    let h = start(sandbox_config(), FAST_BACKOFF).await;
+    for body in [
+        MalformedBody::Html,
+        MalformedBody::Garbage,
+        MalformedBody::MissingExpiresIn,
+        MalformedBody::AbsurdExpiresIn,
+    ] {
+        h.sandbox.inject(FaultRule::times(
+            Fault::Malformed { body },
+            Target::ClientCredentials,
+            1,
+        ));
+        let status = org_token(&h).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{body:?}");
+        assert!(
+            status.message().contains("could not be used"),
+            "{body:?}: {}",
+            status.message()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    h.sandbox.inject(FaultRule::times(
+        Fault::Malformed {
+            body: MalformedBody::StringExpiresIn,
+        },
+        Target::ClientCredentials,
+        1,
+    ));
+    let token = eventually(|| org_token(&h)).await;
+    assert!((3500.0..=3600.0).contains(&seconds_left(&token)));
+    // Garbage from the grant endpoint too.
+    h.sandbox.inject(FaultRule::times(
+        Fault::Malformed {
+            body: MalformedBody::Html,
+        },
+        Target::AuthorizationGrant,
+        1,
+    ));
+    let user = h.user(1).person_id;
+    assert_eq!(
+        user_token(&h, &user).await.unwrap_err().code(),
+        Code::Unavailable
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    eventually(|| user_token(&h, &user)).await;
+}
+
+#[tokio::test]
+async fn an_answer_lost_after_the_platform_spent_the_refresh_token_is_never_retried_with_it() {
+    let h = start(sandbox_config(), "").await;
+    let user = h.user(1).person_id;
+    let org1 = org_token(&h).await.unwrap();
+    let user1 = user_token(&h, &user).await.unwrap();
+    h.sandbox.inject(FaultRule::times(
+        Fault::DropAfterCommit,
+        Target::RefreshToken,
+        2,
+    ));
+
+    let refresh = |user: &str, stale: &str| RefreshRequest {
+        org: "acme".into(),
+        user_id: user.into(),
+        stale_access_token: stale.into(),
+    };
+    let org2 = h
+        .client
+        .clone()
+        .refresh(refresh("", &org1.access_token))
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    let user2 = h
+        .client
+        .clone()
+        .refresh(refresh(&user, &user1.access_token))
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    assert_eq!((org2.generation, user2.generation), (2, 2));
+    let (status, me) = h.call_api("/api/v1/expense/me", &user2.access_token).await;
+    assert_eq!(
+        (status, me["personId"].as_str()),
+        (200, Some(user.as_str()))
+    );
+
+    let stats = h.sandbox.stats();
+    // Each refresh token was spent by the platform, its answer lost, and never sent again:
+    // the broker went back to client credentials and to a new authorization grant.
+    assert_eq!(stats.refresh_token, 2);
+    assert_eq!(stats.refresh_token_reuse, 0);
+    assert_eq!(
+        (stats.client_credentials, stats.authorization_grant),
+        (2, 2)
+    );
+    // The new tokens carry new refresh tokens, which work.
+    let org3 = h
+        .client
+        .clone()
+        .refresh(refresh("", ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    assert_eq!(org3.generation, 3);
+    assert_eq!(h.sandbox.stats().refresh_token, 3);
+}
+
+#[tokio::test]
+async fn rejected_credentials_are_not_hammered() {
+    let h = Harness::with(sandbox_config(), acme_toml, |name| {
+        (name == "ACME_SECRET").then(|| "wrong".to_owned())
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(
+            org_token(&h).await.unwrap_err().code(),
+            Code::FailedPrecondition
+        );
+    }
+    assert_eq!(h.sandbox.stats().client_credentials, 1);
+}
+
+#[tokio::test]
+async fn during_an_outage_callers_get_the_valid_token_until_it_expires() {
+    let h = start(lifetime(3), FAST_BACKOFF).await;
+    let token = org_token(&h).await.unwrap();
+    h.sandbox.inject(FaultRule::always(
+        Fault::Status { status: 502 },
+        Target::Any,
+    ));
+    let mut served = 0;
+    while seconds_left(&token) > 0.05 {
+        let now = org_token(&h)
+            .await
+            .unwrap_or_else(|e| panic!("caller error while a valid token is held: {e:?}"));
+        assert_eq!(now.access_token, token.access_token);
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served > 20);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(org_token(&h).await.unwrap_err().code(), Code::Unavailable);
+    let stats = h.broker.stats();
+    assert!(
+        stats.failed_renewals > 0 && stats.served_during_outage > 0,
+        "{stats:?}"
+    );
+
+    h.sandbox.clear_faults();
+    let renewed = eventually(|| org_token(&h)).await;
+    assert_eq!(renewed.generation, 2);
+    assert!(seconds_left(&renewed) > 1.0);
+}
