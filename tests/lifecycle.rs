@@ -359,6 +359,18 @@ async fn a_hanging_platform_answers_unavailable_within_the_callers_deadline() {
         "{}",
         status.message()
     );
+    // The broker itself stays healthy.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", h.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let check = tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    };
+    assert_eq!(health.check(check).await.unwrap().into_inner().status, 1);
     // A caller deadline shorter than that: UNAVAILABLE before the deadline, not CANCELLED.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut request = Request::new(user_request(&h.user(1).person_id));

@@ -196,3 +196,42 @@ async fn counters_are_served_for_users_own_tests() {
     let _ = Harness::direct_org_token(&s).await;
     assert_eq!(s.stats().client_credentials, 2);
 }
+
+#[tokio::test]
+async fn faults_can_be_switched_over_http() {
+    let s = start().await;
+    let http = reqwest::Client::new();
+    let faults = format!("{}/sandbox/faults", s.base_url());
+    let rule = serde_json::json!({"kind": "status", "status": 503, "target": "client_credentials", "times": 1});
+    assert_eq!(
+        http.post(&faults)
+            .json(&rule)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        204
+    );
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", "acme-client"),
+        ("client_secret", "acme-secret-Zq8+"),
+    ];
+    assert_eq!(post(&s.token_url(), &form, None).await.0, 503);
+    assert_eq!(
+        post(&s.token_url(), &form, None).await.0,
+        200,
+        "the rule was for one request"
+    );
+    let rule = serde_json::json!({"kind": "rate_limit", "retry_after_secs": 9});
+    http.post(&faults).json(&rule).send().await.unwrap();
+    let response = http.post(s.token_url()).form(&form).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    assert_eq!(response.headers()["retry-after"], "9");
+    assert_eq!(
+        http.delete(&faults).send().await.unwrap().status().as_u16(),
+        204
+    );
+    assert_eq!(post(&s.token_url(), &form, None).await.0, 200);
+}

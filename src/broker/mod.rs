@@ -457,23 +457,25 @@ impl Broker {
         let hold = outcome
             .as_ref()
             .err()
-            .and_then(|e| self.hold_after(e, flight.state.failures));
+            .map(|e| self.hold_after(e, flight.state.failures));
         flight.land(&outcome, hold);
         outcome
     }
 
     /// How long to keep the platform unasked after `e`, the `failures`-th failure in a row:
     /// rejected credentials are permanent until the configuration changes, a 429 names its
-    /// own wait, anything else transient backs off exponentially with full jitter.
-    fn hold_after(&self, e: &BrokerError, failures: u32) -> Option<Duration> {
+    /// own wait, anything else backs off exponentially with full jitter (so that neither
+    /// callers nor the renewal task hammer the platform, even about an unknown user).
+    fn hold_after(&self, e: &BrokerError, failures: u32) -> Duration {
         let policy = &self.inner.policy.renewal;
+        let backoff = policy.backoff(failures, rand::rng().random());
         match e {
-            BrokerError::CredentialsRejected { .. } => Some(policy.credentials_retry),
-            BrokerError::Unavailable { retry_after, .. } => {
-                let backoff = policy.backoff(failures, rand::rng().random());
-                Some(retry_after.map_or(backoff, |r| r.max(backoff)))
-            }
-            _ => None,
+            BrokerError::CredentialsRejected { .. } => policy.credentials_retry,
+            BrokerError::Unavailable {
+                retry_after: Some(wait),
+                ..
+            } => backoff.max(*wait),
+            _ => backoff,
         }
     }
 
