@@ -27,6 +27,29 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a shutdown waits for open calls and connections by default.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Bounds on WatchTokens (`[watch]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchLimits {
+    /// The most keys one stream may watch (`watch.max_keys_per_stream`).
+    pub max_keys_per_stream: usize,
+    /// The most open streams per connection (`watch.max_streams_per_connection`).
+    pub max_streams_per_connection: usize,
+}
+
+impl Default for WatchLimits {
+    fn default() -> Self {
+        Self {
+            max_keys_per_stream: 1000,
+            max_streams_per_connection: 1000,
+        }
+    }
+}
+
+/// The default HTTP/2 ping interval on idle connections.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// The default wait for a ping's answer.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A validated configuration, ready to run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -34,6 +57,12 @@ pub struct Config {
     pub listen: SocketAddr,
     /// How long a shutdown waits for open calls to finish (`server.drain_timeout`).
     pub drain_timeout: Duration,
+    /// HTTP/2 pings to idle connections, to find dead clients (`server.keepalive_interval`).
+    pub keepalive_interval: Duration,
+    /// A connection whose ping is not answered within this is closed (`server.keepalive_timeout`).
+    pub keepalive_timeout: Duration,
+    /// Bounds on WatchTokens (`[watch]`).
+    pub watch: WatchLimits,
     /// Timeout of each request to the platform (`upstream.request_timeout`).
     pub request_timeout: Duration,
     /// Renewal timing and the user-token cache's bounds (`[renewal]`, `[cache]`).
@@ -104,6 +133,8 @@ struct RawConfig {
     #[serde(default)]
     cache: RawCache,
     #[serde(default)]
+    watch: RawWatch,
+    #[serde(default)]
     orgs: BTreeMap<String, RawOrg>,
 }
 
@@ -143,6 +174,20 @@ struct RawServer {
     listen: Option<String>,
     /// How long a shutdown waits for open calls to finish, e.g. `"10s"`. Default 10 s.
     drain_timeout: Option<String>,
+    /// HTTP/2 ping interval on idle connections. Default "30s".
+    keepalive_interval: Option<String>,
+    /// How long a ping may go unanswered before the connection is closed. Default "10s".
+    keepalive_timeout: Option<String>,
+}
+
+/// `[watch]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    /// The most keys one WatchTokens stream may watch. Default 1000.
+    max_keys_per_stream: Option<usize>,
+    /// The most open WatchTokens streams per connection. Default 1000.
+    max_streams_per_connection: Option<usize>,
 }
 
 /// `[upstream]`
@@ -214,6 +259,39 @@ impl Config {
             None => DEFAULT_DRAIN_TIMEOUT,
             Some(text) => parse_duration("server.drain_timeout", text)?,
         };
+        let keepalive_interval = match raw.server.keepalive_interval.as_deref() {
+            None => DEFAULT_KEEPALIVE_INTERVAL,
+            Some(text) => parse_duration("server.keepalive_interval", text)?,
+        };
+        let keepalive_timeout = match raw.server.keepalive_timeout.as_deref() {
+            None => DEFAULT_KEEPALIVE_TIMEOUT,
+            Some(text) => parse_duration("server.keepalive_timeout", text)?,
+        };
+        let defaults = WatchLimits::default();
+        let watch = WatchLimits {
+            max_keys_per_stream: raw
+                .watch
+                .max_keys_per_stream
+                .unwrap_or(defaults.max_keys_per_stream),
+            max_streams_per_connection: raw
+                .watch
+                .max_streams_per_connection
+                .unwrap_or(defaults.max_streams_per_connection),
+        };
+        for (key, value) in [
+            ("watch.max_keys_per_stream", watch.max_keys_per_stream),
+            (
+                "watch.max_streams_per_connection",
+                watch.max_streams_per_connection,
+            ),
+        ] {
+            if value == 0 || value > 100_000 {
+                return Err(error(
+                    key,
+                    format!("{value} is out of range; write 1 to 100000"),
+                ));
+            }
+        }
         let request_timeout = match raw.upstream.request_timeout.as_deref() {
             None => DEFAULT_REQUEST_TIMEOUT,
             Some(text) => parse_duration("upstream.request_timeout", text)?,
@@ -233,6 +311,9 @@ impl Config {
         Ok(Self {
             listen,
             drain_timeout,
+            keepalive_interval,
+            keepalive_timeout,
+            watch,
             request_timeout,
             cache,
             orgs,
@@ -597,6 +678,14 @@ mod tests {
             ("[renewal]\njitter=-0.1", "renewal.jitter"),
             ("[renewal]\nbackoff_max='0s'", "renewal.backoff_max"),
             ("[cache]\nmax_user_tokens=0", "cache.max_user_tokens"),
+            (
+                "[watch]\nmax_keys_per_stream=0",
+                "watch.max_keys_per_stream",
+            ),
+            (
+                "[server]\nkeepalive_timeout='x'",
+                "server.keepalive_timeout",
+            ),
             (
                 "[cache]\nuser_idle_timeout='later'",
                 "cache.user_idle_timeout",

@@ -7,7 +7,10 @@ use tokio::net::TcpListener;
 
 use crate::{
     broker::{CachePolicy, Credentials, OrgSettings},
-    config::{Config, DEFAULT_DRAIN_TIMEOUT, DEFAULT_REQUEST_TIMEOUT},
+    config::{
+        Config, DEFAULT_DRAIN_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
+        DEFAULT_REQUEST_TIMEOUT, WatchLimits,
+    },
     sandbox::{Sandbox, SandboxConfig},
     secret::ClientSecret,
     upstream,
@@ -39,6 +42,9 @@ pub async fn start(listen: SocketAddr) -> io::Result<(Config, Sandbox)> {
     let config = Config {
         listen,
         drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+        keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+        watch: WatchLimits::default(),
         request_timeout: DEFAULT_REQUEST_TIMEOUT,
         cache: CachePolicy::default(),
         orgs: vec![settings],

@@ -24,9 +24,10 @@ pub mod proto {
     tonic::include_proto!("tokenbroker.v1");
 }
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc};
 
 use tokio::{net::TcpListener, sync::Notify};
+use tokio_util::sync::CancellationToken;
 
 use crate::{broker::Broker, config::Config, upstream::Upstream};
 
@@ -52,7 +53,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let broker = broker(&config)?;
-    serve(broker, config.drain_timeout, listener, shutdown).await
+    serve(broker, config, listener, shutdown).await
 }
 
 /// The broker `config` describes. Must be called within a Tokio runtime.
@@ -65,11 +66,12 @@ pub fn broker(config: &Config) -> Result<Broker, Error> {
     ))
 }
 
-/// Serves `broker` on `listener` until `shutdown` completes, then waits up to
-/// `drain_timeout` for open calls and stops the broker's background renewal.
+/// Serves `broker` on `listener` with `config`'s server settings until `shutdown`
+/// completes. Then every watch stream ends with UNAVAILABLE, open calls get up to
+/// `drain_timeout` to finish, and the broker's background renewal stops.
 pub async fn serve(
     broker: Broker,
-    drain_timeout: Duration,
+    config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
@@ -78,10 +80,25 @@ pub async fn serve(
         .map(|a| a.to_string())
         .unwrap_or_default();
     tracing::info!(%addr, orgs = %broker.org_names().join(","), "tokenbroker listening");
+    let drain_timeout = config.drain_timeout;
     let signalled = Arc::new(Notify::new());
     let notify = Arc::clone(&signalled);
-    let server = grpc::serve(broker.clone(), listener, async move {
+    let streams_end = CancellationToken::new();
+    let options = grpc::ServiceOptions {
+        limits: config.watch.clone(),
+        shutdown: streams_end.clone(),
+    };
+    let http2 = grpc::Http2 {
+        keepalive_interval: config.keepalive_interval,
+        keepalive_timeout: config.keepalive_timeout,
+        // Room for every watch stream a connection may hold, plus calls beside them.
+        max_concurrent_streams: u32::try_from(config.watch.max_streams_per_connection + 256)
+            .unwrap_or(u32::MAX),
+    };
+    let server = grpc::serve(broker.clone(), options, http2, listener, async move {
         shutdown.await;
+        tracing::info!("shutting down: ending watch streams, draining calls");
+        streams_end.cancel();
         notify.notify_one();
     });
     // After the shutdown signal the server stops accepting and waits for open connections

@@ -16,6 +16,7 @@ mod schedule;
 mod slot;
 mod stats;
 mod token;
+mod watch_events;
 
 use std::{
     collections::HashMap,
@@ -34,7 +35,10 @@ pub use key::{MAX_ID_LEN, TokenKey, check_id};
 pub use schedule::RenewalPolicy;
 use slot::{Flight, Slot, Turn};
 pub use stats::BrokerStats;
-pub use token::{MAX_EXPIRY_MARGIN, Reason, SharedToken, Token, usable_until};
+pub use token::{
+    Gone, GoneReason, Held, MAX_EXPIRY_MARGIN, Reason, SharedToken, Token, usable_until,
+};
+pub use watch_events::{TokenEvents, WatchEvent};
 
 use crate::{
     secret::{AccessToken, AuthCode, ClientSecret},
@@ -82,7 +86,7 @@ impl Default for CachePolicy {
 }
 
 /// A receiver of one key's tokens: the current one, then every new one.
-pub type TokenWatch = watch::Receiver<Option<SharedToken>>;
+pub type TokenWatch = watch::Receiver<Held>;
 
 /// The token broker. Cheap to clone: clones share one cache.
 #[derive(Debug, Clone)]
@@ -95,7 +99,7 @@ struct Inner {
     orgs: HashMap<Arc<str>, Arc<Org>>,
     upstream: Upstream,
     policy: CachePolicy,
-    stats: stats::Counters,
+    stats: Arc<stats::Counters>,
     /// Parent of every slot's renewal: cancelled by [`Broker::shutdown`].
     shutdown: CancellationToken,
 }
@@ -156,7 +160,7 @@ impl Broker {
                 orgs,
                 upstream,
                 policy,
-                stats: stats::Counters::default(),
+                stats: Arc::default(),
                 shutdown,
             }),
         };
@@ -182,13 +186,13 @@ impl Broker {
 
     /// What the broker has done so far.
     pub fn stats(&self) -> BrokerStats {
-        let held = self
-            .inner
-            .orgs
-            .values()
-            .map(|o| o.users.read().unwrap_or_else(|p| p.into_inner()).len())
-            .sum();
-        self.inner.stats.snapshot(held)
+        let (mut held, mut watchers) = (0, 0);
+        for org in self.inner.orgs.values() {
+            let users = org.users.read().unwrap_or_else(|p| p.into_inner());
+            held += users.len();
+            watchers += org.slot.watchers() + users.values().map(|s| s.watchers()).sum::<usize>();
+        }
+        self.inner.stats.snapshot(held, watchers)
     }
 
     /// The org's token: from cache while usable, else fetched (one flight however many ask).
@@ -243,9 +247,9 @@ impl Broker {
         self.token(&org, &slot, Want::Rotation { stale }).await
     }
 
-    /// Receivers for the org token (`users` empty) or for each user's token, each already
-    /// holding a token (fetched if needed). A receiver sees every later token.
-    pub async fn watch(&self, org: &str, users: &[String]) -> Result<Vec<TokenWatch>, BrokerError> {
+    /// The events of the org token (`users` empty) or of each user's token: first each
+    /// key's current token (fetched if needed), then every new token and every loss.
+    pub async fn watch(&self, org: &str, users: &[String]) -> Result<TokenEvents, BrokerError> {
         let org = self.org(org)?;
         let slots = if users.is_empty() {
             vec![Arc::clone(&org.slot)]
@@ -263,9 +267,13 @@ impl Broker {
             slots
         };
         // Subscribe before fetching, so no token installed in between is missed.
-        let watches = slots.iter().map(|s| s.subscribe()).collect();
+        let receivers = slots.iter().map(|s| s.subscribe()).collect();
         try_join_all(slots.iter().map(|s| self.serve(&org, s, None))).await?;
-        Ok(watches)
+        Ok(TokenEvents::new(
+            slots,
+            receivers,
+            Arc::clone(&self.inner.stats),
+        ))
     }
 
     fn org(&self, name: &str) -> Result<Arc<Org>, BrokerError> {

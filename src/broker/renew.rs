@@ -1,13 +1,16 @@
 //! Keeping tokens fresh: one background task per held key renews its token ahead of expiry
 //! (at the time [`super::RenewalPolicy`] chose when it was issued), backs off after
-//! failures, and drops user tokens that nobody watches or used within the idle window.
+//! failures, announces a token that expired unrenewed to its watchers, and drops user
+//! tokens that nobody watches or used within the idle window.
 
 use std::sync::Arc;
 
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, warn};
 
-use super::{Broker, Org, Slot, TokenKey, Want};
+use super::{
+    Broker, BrokerError, Gone, GoneReason, Held, Org, SharedToken, Slot, TokenKey, TokenWatch, Want,
+};
 
 impl Broker {
     /// The slot of `user` in `org`, created (with its renewal task) on first use. At the
@@ -59,26 +62,42 @@ impl Broker {
     }
 
     /// The renewal loop of one slot, until it is cancelled or its user token is dropped.
-    async fn renew(self, org: Arc<Org>, slot: Arc<Slot>, mut changes: super::TokenWatch) {
+    async fn renew(self, org: Arc<Org>, slot: Arc<Slot>, mut changes: TokenWatch) {
         let idle_timeout = self.inner.policy.user_idle_timeout;
         let is_user = slot.key.user.is_some();
+        // The last renewal's error, while the current token is not renewed.
+        let mut failure: Option<BrokerError> = None;
         loop {
-            let token = changes.borrow_and_update().clone();
-            // Renew at the token's planned time, but not before a failure's hold ends.
-            let due = token
-                .as_ref()
-                .and_then(|t| t.renew_at)
-                .map(|at| slot.retry_at().map_or(at, |retry| retry.max(at)));
-            let idle_at = is_user.then(|| slot.last_used() + idle_timeout);
-            let wake = due.into_iter().chain(idle_at).min();
+            let held = changes.borrow_and_update().clone();
+            let retry_at = slot.retry_at();
+            let due = match &held {
+                // The token's planned renewal, but not before a failure's hold ends.
+                Held::Token(t) => t.renew_at.map(|at| retry_at.map_or(at, |r| r.max(at))),
+                // A lost token of a key someone needs is asked for again, at the failures' pace.
+                Held::Gone(_) if !is_user || slot.watchers() > 0 => {
+                    Some(retry_at.unwrap_or_else(Instant::now))
+                }
+                Held::Gone(_) | Held::Empty => None,
+            };
+            let expiry = match (&held, &failure) {
+                (Held::Token(t), Some(_)) => t.expires,
+                _ => None,
+            };
+            let idle_at =
+                (is_user && slot.watchers() == 0).then(|| slot.last_used() + idle_timeout);
+            let wake = [due, expiry, idle_at].into_iter().flatten().min();
             tokio::select! {
                 () = slot.renewal.cancelled() => return,
                 changed = changes.changed() => {
                     if changed.is_err() {
                         return;
                     }
+                    if let Held::Token(_) = *changes.borrow() {
+                        failure = None;
+                    }
                     continue;
                 }
+                () = slot.unwatched.notified() => continue,
                 () = sleep_until_or_forever(wake) => {}
             }
             let now = Instant::now();
@@ -86,16 +105,35 @@ impl Broker {
                 self.drop_user_slot(&org, &slot);
                 return;
             }
-            let (Some(token), Some(due)) = (token, due) else {
-                continue;
-            };
-            if now < due {
+            if let (Held::Token(token), Some(e)) = (&held, &failure)
+                && !token.is_valid(now)
+            {
+                announce_gone(&slot, token, e);
                 continue;
             }
-            let renewed = Box::pin(self.token(&org, &slot, Want::Renewal { of: &token })).await;
+            if !due.is_some_and(|d| now >= d) {
+                continue;
+            }
+            let renewed = match &held {
+                Held::Token(token) => {
+                    Box::pin(self.token(&org, &slot, Want::Renewal { of: token })).await
+                }
+                Held::Gone(_) | Held::Empty => {
+                    Box::pin(self.token(&org, &slot, Want::Usable)).await
+                }
+            };
             self.inner.stats.renewal(renewed.is_ok());
-            if let Err(e) = renewed {
-                warn!(key = %slot.key, error = %e, "background renewal failed; will retry");
+            match renewed {
+                Ok(_) => failure = None,
+                Err(e) => {
+                    warn!(key = %slot.key, error = %e, "background renewal failed; will retry");
+                    if let Held::Token(token) = &held
+                        && !token.is_valid(Instant::now())
+                    {
+                        announce_gone(&slot, token, &e);
+                    }
+                    failure = Some(e);
+                }
             }
         }
     }
@@ -110,6 +148,25 @@ impl Broker {
             self.inner.stats.eviction();
         }
         slot.renewal.cancel();
+    }
+}
+
+/// Tells the key's watchers that `expired` is gone and why.
+fn announce_gone(slot: &Slot, expired: &SharedToken, error: &BrokerError) {
+    let reason = match error {
+        BrokerError::UnknownUser { .. }
+        | BrokerError::CredentialsRejected { .. }
+        | BrokerError::NotRotatable { .. } => GoneReason::Revoked,
+        _ => GoneReason::Unavailable,
+    };
+    let gone = Gone {
+        key: slot.key.clone(),
+        reason,
+        detail: error.to_string(),
+        generation: expired.generation,
+    };
+    if slot.announce_gone(expired, gone) {
+        warn!(key = %slot.key, ?reason, error = %error, "token expired and could not be renewed");
     }
 }
 

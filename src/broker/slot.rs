@@ -8,19 +8,19 @@ use std::sync::{
 };
 
 use tokio::{
-    sync::{Mutex as AsyncMutex, OwnedMutexGuard, watch},
+    sync::{Mutex as AsyncMutex, Notify, OwnedMutexGuard, watch},
     time::{Duration, Instant},
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{BrokerError, SharedToken, TokenKey};
+use super::{BrokerError, Gone, Held, SharedToken, TokenKey};
 use crate::secret::RefreshToken;
 
 /// A key's current token and the machinery to replace it.
 #[derive(Debug)]
 pub(crate) struct Slot {
     pub key: TokenKey,
-    current: watch::Sender<Option<SharedToken>>,
+    current: watch::Sender<Held>,
     state: Arc<AsyncMutex<FlightState>>,
     /// Flights finished so far. A caller that saw this change while it waited for the lock
     /// takes that flight's outcome instead of starting another: this is what turns a
@@ -33,6 +33,8 @@ pub(crate) struct Slot {
     last_used_ms: AtomicU64,
     /// Stops this slot's background renewal.
     pub renewal: CancellationToken,
+    /// Wakes the renewal task when a watcher leaves (the idle countdown starts then).
+    pub unwatched: Notify,
 }
 
 /// What only the flight holding the lock may touch.
@@ -69,7 +71,7 @@ impl Slot {
         let generation = token.as_ref().map_or(0, |t| t.generation);
         Self {
             key,
-            current: watch::Sender::new(token),
+            current: watch::Sender::new(token.map_or(Held::Empty, Held::Token)),
             state: Arc::new(AsyncMutex::new(FlightState {
                 generation,
                 ..FlightState::default()
@@ -79,26 +81,44 @@ impl Slot {
             created: Instant::now(),
             last_used_ms: AtomicU64::new(0),
             renewal,
+            unwatched: Notify::new(),
         }
     }
 
     /// The current token, usable or not.
     pub fn current(&self) -> Option<SharedToken> {
-        self.current.borrow().clone()
+        self.current.borrow().token().cloned()
     }
 
     /// The current token if it may be handed out at `now`: the cache hit.
     pub fn usable(&self, now: Instant) -> Option<SharedToken> {
         self.current
             .borrow()
-            .as_ref()
+            .token()
             .filter(|t| t.is_usable(now))
             .cloned()
     }
 
     /// A receiver that sees every token installed from now on (latest value only).
-    pub fn subscribe(&self) -> watch::Receiver<Option<SharedToken>> {
+    pub fn subscribe(&self) -> watch::Receiver<Held> {
         self.current.subscribe()
+    }
+
+    /// Announces that `expired` could not be renewed, unless a newer token replaced it.
+    pub fn announce_gone(&self, expired: &SharedToken, gone: Gone) -> bool {
+        self.current.send_if_modified(|held| match held {
+            Held::Token(t) if Arc::ptr_eq(t, expired) => {
+                *held = Held::Gone(Arc::new(gone));
+                true
+            }
+            _ => false,
+        })
+    }
+
+    /// A watcher left: the idle countdown starts now.
+    pub fn unwatch(&self) {
+        self.touch(Instant::now());
+        self.unwatched.notify_one();
     }
 
     /// Receivers other than the slot's own renewal task: the WatchTokens streams.
@@ -158,7 +178,9 @@ impl Flight {
             Ok(token) => {
                 self.state.last_error = None;
                 self.state.failures = 0;
-                self.slot.current.send_replace(Some(Arc::clone(token)));
+                self.slot
+                    .current
+                    .send_replace(Held::Token(Arc::clone(token)));
                 None
             }
             Err(e) => {

@@ -21,6 +21,10 @@ pub struct BrokerStats {
     pub evictions: u64,
     /// User token slots held now.
     pub user_tokens: usize,
+    /// WatchTokens streams open now.
+    pub watch_streams: u64,
+    /// Subscriptions held now, over all keys (one per key per stream).
+    pub watchers: usize,
 }
 
 #[derive(Debug, Default)]
@@ -32,6 +36,7 @@ pub(crate) struct Counters {
     failed_renewals: AtomicU64,
     served_stale: AtomicU64,
     evictions: AtomicU64,
+    streams: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -62,7 +67,14 @@ impl Counters {
         bump(&self.evictions);
     }
 
-    pub fn snapshot(&self, user_tokens: usize) -> BrokerStats {
+    pub fn stream_opened(&self) {
+        bump(&self.streams);
+    }
+    pub fn stream_closed(&self) {
+        self.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self, user_tokens: usize, watchers: usize) -> BrokerStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         BrokerStats {
             cache_hits: get(&self.hits),
@@ -73,6 +85,8 @@ impl Counters {
             served_during_outage: get(&self.served_stale),
             evictions: get(&self.evictions),
             user_tokens,
+            watch_streams: get(&self.streams),
+            watchers,
         }
     }
 }

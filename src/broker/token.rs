@@ -121,6 +121,48 @@ pub fn usable_until(requested: Instant, lifetime: Duration) -> Instant {
 /// A shared, immutable token: what the cache holds and callers receive.
 pub type SharedToken = Arc<Token>;
 
+/// What a key's channel holds: what its watchers see.
+#[derive(Debug, Clone, Default)]
+pub enum Held {
+    /// No token yet.
+    #[default]
+    Empty,
+    /// The current token.
+    Token(SharedToken),
+    /// The token expired and could not be renewed.
+    Gone(Arc<Gone>),
+}
+
+impl Held {
+    /// The token, if one is held.
+    pub fn token(&self) -> Option<&SharedToken> {
+        match self {
+            Self::Token(token) => Some(token),
+            Self::Empty | Self::Gone(_) => None,
+        }
+    }
+}
+
+/// A key whose token expired while it could not be renewed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gone {
+    pub key: TokenKey,
+    pub reason: GoneReason,
+    /// The last renewal's error, for people.
+    pub detail: String,
+    /// The generation of the token that expired.
+    pub generation: u64,
+}
+
+/// Why a key has no token any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoneReason {
+    /// The platform refused: the user was removed, or the broker's credentials were revoked.
+    Revoked,
+    /// The platform was unreachable or failing until the token expired.
+    Unavailable,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,13 +6,14 @@ mod convert;
 mod deadline;
 mod service;
 mod status;
+mod watch;
 
-use std::future::Future;
+use std::{future::Future, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-pub use service::TokenServiceImpl;
+pub use service::{ServiceOptions, TokenServiceImpl};
 
 use crate::{broker::Broker, proto};
 
@@ -20,9 +21,22 @@ use crate::{broker::Broker, proto};
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/tokenbroker_descriptor.bin"));
 
+/// HTTP/2 settings of the server.
+#[derive(Debug, Clone)]
+pub struct Http2 {
+    /// Ping idle connections this often, to find dead clients.
+    pub keepalive_interval: Duration,
+    /// Close a connection whose ping is not answered within this.
+    pub keepalive_timeout: Duration,
+    /// Concurrent streams (calls and watches) per connection.
+    pub max_concurrent_streams: u32,
+}
+
 /// Serves the broker's gRPC API on `listener` until `shutdown` completes.
 pub async fn serve(
     broker: Broker,
+    options: ServiceOptions,
+    http2: Http2,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), crate::Error> {
@@ -42,8 +56,12 @@ pub async fn serve(
         .map_err(crate::Error::Reflection)?;
 
     tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(http2.keepalive_interval))
+        .http2_keepalive_timeout(Some(http2.keepalive_timeout))
+        .max_concurrent_streams(Some(http2.max_concurrent_streams))
+        .tcp_nodelay(true)
         .add_service(proto::token_service_server::TokenServiceServer::new(
-            TokenServiceImpl::new(broker),
+            TokenServiceImpl::new(broker, options),
         ))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -1,18 +1,20 @@
 //! `tokenbroker.v1.TokenService`: unpacks requests, calls the broker, packs answers.
 
-use std::pin::Pin;
+use std::sync::Arc;
 
-use futures::Stream;
-use tokio_stream::{StreamExt, StreamMap, wrappers::WatchStream};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::deadline;
+use super::{
+    deadline,
+    watch::{ConnectionStreams, WatchResponses},
+};
 use crate::{
     broker::Broker,
+    config::WatchLimits,
     proto::{
         GetOrgTokenRequest, GetOrgTokenResponse, GetUserTokenRequest, GetUserTokenResponse,
-        RefreshRequest, RefreshResponse, TokenEventReason, WatchTokensRequest, WatchTokensResponse,
-        token_service_server::TokenService,
+        RefreshRequest, RefreshResponse, WatchTokensRequest, token_service_server::TokenService,
     },
 };
 
@@ -20,11 +22,25 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct TokenServiceImpl {
     broker: Broker,
+    options: ServiceOptions,
+    streams: Arc<ConnectionStreams>,
+}
+
+/// What the service needs besides the broker.
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    pub limits: WatchLimits,
+    /// Cancelled when the server shuts down: every watch stream ends with UNAVAILABLE.
+    pub shutdown: CancellationToken,
 }
 
 impl TokenServiceImpl {
-    pub fn new(broker: Broker) -> Self {
-        Self { broker }
+    pub fn new(broker: Broker, options: ServiceOptions) -> Self {
+        Self {
+            broker,
+            options,
+            streams: Arc::default(),
+        }
     }
 }
 
@@ -42,8 +58,6 @@ fn min_valid_for(
         })
         .transpose()
 }
-
-type WatchTokensStream = Pin<Box<dyn Stream<Item = Result<WatchTokensResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl TokenService for TokenServiceImpl {
@@ -99,38 +113,40 @@ impl TokenService for TokenServiceImpl {
         }))
     }
 
-    type WatchTokensStream = WatchTokensStream;
+    type WatchTokensStream = WatchResponses;
 
     async fn watch_tokens(
         &self,
         request: Request<WatchTokensRequest>,
     ) -> Result<Response<Self::WatchTokensStream>, Status> {
         let deadline = deadline::of(request.metadata());
+        let peer = request.remote_addr();
         let r = request.into_inner();
-        let watches = deadline::within(deadline, async {
+        let limits = &self.options.limits;
+        if r.user_ids.len() > limits.max_keys_per_stream {
+            return Err(Status::resource_exhausted(format!(
+                "{} user_ids in one stream; the limit is {} (watch.max_keys_per_stream): split them over several streams",
+                r.user_ids.len(),
+                limits.max_keys_per_stream
+            )));
+        }
+        let permit = self
+            .streams
+            .acquire(peer, limits.max_streams_per_connection)
+            .ok_or_else(|| {
+                Status::resource_exhausted(format!(
+                    "this connection already has {} open WatchTokens streams (watch.max_streams_per_connection): close some, or open another connection",
+                    limits.max_streams_per_connection
+                ))
+            })?;
+        let events = deadline::within(deadline, async {
             Ok(self.broker.watch(&r.org, &r.user_ids).await?)
         })
         .await?;
-        let mut initial = Vec::with_capacity(watches.len());
-        let mut changes = StreamMap::new();
-        for (i, mut watch) in watches.into_iter().enumerate() {
-            // The newest token at this instant; every later one arrives as a change.
-            if let Some(token) = watch.borrow_and_update().clone() {
-                initial.push(Ok(WatchTokensResponse {
-                    token: Some(token.as_ref().into()),
-                    reason: TokenEventReason::Initial.into(),
-                }));
-            }
-            changes.insert(i, WatchStream::from_changes(watch));
-        }
-        let changes = changes.filter_map(|(_, token)| {
-            let token = token?;
-            Some(Ok(WatchTokensResponse {
-                reason: TokenEventReason::from(token.reason).into(),
-                token: Some(token.as_ref().into()),
-            }))
-        });
-        let stream = tokio_stream::iter(initial).chain(changes);
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(WatchResponses::new(
+            events,
+            self.options.shutdown.clone(),
+            permit,
+        )))
     }
 }

@@ -82,7 +82,7 @@ impl Harness {
         let broker = tokenbroker::broker(&config).unwrap();
         let server = tokio::spawn(tokenbroker::serve(
             broker.clone(),
-            config.drain_timeout,
+            config,
             listener,
             async {
                 let _ = stopped.await;
