@@ -111,7 +111,7 @@ impl Broker {
                 announce_gone(&slot, token, e);
                 continue;
             }
-            if !due.is_some_and(|d| now >= d) {
+            if due.is_none_or(|d| now < d) {
                 continue;
             }
             let renewed = match &held {
