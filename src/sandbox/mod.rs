@@ -161,6 +161,18 @@ impl Sandbox {
         self.lock().revoke_access_tokens();
     }
 
+    /// Removes a user (by person id or ExternalSourceID) from `org`, as an administrator
+    /// would: no new codes, and its tokens stop working.
+    pub fn remove_user(&self, org: &str, id: &str) -> bool {
+        self.lock().remove_user(org, id)
+    }
+
+    /// Revokes a client's credentials: client credentials and refresh answer
+    /// `invalid_client`; tokens already issued work until they expire.
+    pub fn revoke_client(&self, client_id: &str) -> bool {
+        self.lock().revoke_client(client_id)
+    }
+
     /// Injects a fault (see [`Fault`]); the earliest added rule that hits a request applies.
     pub fn inject(&self, rule: FaultRule) {
         self.lock().inject(rule);

@@ -133,6 +133,8 @@ pub struct State {
     revoked_families: HashSet<u64>,
     next_family: u64,
     faults: Vec<FaultRule>,
+    /// Person ids of users removed from the platform: their tokens stop working.
+    removed_users: HashSet<String>,
     pub stats: Stats,
 }
 
@@ -169,6 +171,7 @@ impl State {
             revoked_families: HashSet::new(),
             next_family: 0,
             faults: Vec::new(),
+            removed_users: HashSet::new(),
             stats: Stats::default(),
         }
     }
@@ -225,6 +228,11 @@ impl State {
         }
         if record.revoked || self.revoked_families.contains(&record.family) {
             return Err(oauth_error(400, "invalid_grant", "refresh token revoked"));
+        }
+        if let Subject::User { user, .. } = &record.subject
+            && self.removed_users.contains(&user.person_id)
+        {
+            return Err(oauth_error(400, "invalid_grant", "the user was removed"));
         }
         if record.subject.org() != &client_org {
             return Err(oauth_error(
@@ -347,7 +355,8 @@ impl State {
     pub fn authenticate(&self, bearer: Option<&str>) -> Option<Subject> {
         let issued = self.access.get(bearer?)?;
         let now = Instant::now();
-        let revoked = self.revoked_families.contains(&issued.family);
+        let revoked = self.revoked_families.contains(&issued.family)
+            || matches!(&issued.subject, Subject::User { user, .. } if self.removed_users.contains(&user.person_id));
         (now < issued.expires && !revoked).then(|| issued.subject.clone())
     }
 
@@ -357,6 +366,23 @@ impl State {
         for record in self.refresh.values_mut() {
             record.revoked = true;
         }
+    }
+
+    /// Removes a user (by person id or ExternalSourceID) from `org`: no new codes, and its
+    /// tokens and refresh tokens stop working. False if there is no such user.
+    pub fn remove_user(&mut self, org: &str, id: &str) -> bool {
+        let Some(user) = self.users.get(&(Arc::from(org), id.to_owned())).cloned() else {
+            return false;
+        };
+        self.users.retain(|_, u| u.person_id != user.person_id);
+        self.removed_users.insert(user.person_id.clone());
+        true
+    }
+
+    /// Revokes a client: its secret and refresh tokens stop working (`invalid_client`);
+    /// access tokens already issued work until they expire.
+    pub fn revoke_client(&mut self, client_id: &str) -> bool {
+        self.clients.remove(client_id).is_some()
     }
 
     /// Adds a fault; the earliest added rule that hits a request applies.

@@ -146,6 +146,18 @@ impl Harness {
         (status, body)
     }
 
+    /// Stops the broker gracefully and waits for it; returns the sandbox's harness so
+    /// its final check still runs.
+    pub async fn stop_and_keep(mut self) -> Self {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+        self
+    }
+
     /// Stops the broker gracefully and waits for it.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {

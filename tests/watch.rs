@@ -1,0 +1,366 @@
+//! WatchTokens at scale and at the edges: ordering, announcements of lost tokens, keeping
+//! watched users warm, limits, release of closed streams, shutdown, thousands of subscribers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, acme_toml, sandbox_config};
+use futures::future::join_all;
+use tokenbroker::{
+    proto::{
+        GetUserTokenRequest, RefreshRequest, TokenEventReason, WatchTokensRequest,
+        WatchTokensResponse, token_service_client::TokenServiceClient,
+    },
+    sandbox::{Fault, FaultRule, SandboxConfig, Target},
+};
+use tonic::{Code, Streaming, transport::Channel};
+
+fn lifetime(secs: u64) -> SandboxConfig {
+    let mut config = sandbox_config();
+    config.token_lifetime = Duration::from_secs(secs);
+    config
+}
+
+async fn start(sandbox: SandboxConfig, extra_toml: &'static str) -> Harness {
+    Harness::with(
+        sandbox,
+        move |s| format!("{extra_toml}\n{}", acme_toml(s)),
+        |_| None,
+    )
+    .await
+}
+
+fn watch_request(users: &[String]) -> WatchTokensRequest {
+    WatchTokensRequest {
+        org: "acme".into(),
+        user_ids: users.to_vec(),
+    }
+}
+
+async fn watch(
+    client: &TokenServiceClient<Channel>,
+    users: &[String],
+) -> Streaming<WatchTokensResponse> {
+    client
+        .clone()
+        .watch_tokens(watch_request(users))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn next(stream: &mut Streaming<WatchTokensResponse>) -> WatchTokensResponse {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a message within 10 s")
+        .unwrap()
+        .expect("the stream is open")
+}
+
+/// Polls the broker until `check` holds (up to 5 s).
+async fn until(h: &Harness, what: &str, check: impl Fn(&tokenbroker::broker::BrokerStats) -> bool) {
+    for _ in 0..100 {
+        if check(&h.broker.stats()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: {:?}", h.broker.stats());
+}
+
+#[tokio::test]
+async fn generations_only_grow_and_a_reconnect_gets_the_current_token_first() {
+    let h = start(sandbox_config(), "").await;
+    let mut stream = watch(&h.client, &[]).await;
+    let first = next(&mut stream).await;
+    assert_eq!(
+        (first.reason(), first.org.as_str(), first.user_id.as_str()),
+        (TokenEventReason::Initial, "acme", "")
+    );
+    let mut last = first.token.unwrap().generation;
+    for _ in 0..5 {
+        let refresh = RefreshRequest {
+            org: "acme".into(),
+            ..Default::default()
+        };
+        h.client.clone().refresh(refresh).await.unwrap();
+    }
+    // A slow reader may skip generations, never go back.
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(200), stream.message())
+        .await
+        .map(|r| r.transpose())
+    {
+        let generation = m.token.unwrap().generation;
+        assert!(generation > last, "{generation} after {last}");
+        last = generation;
+    }
+    assert_eq!(last, 6);
+    drop(stream);
+    let mut again = watch(&h.client, &[]).await;
+    let m = next(&mut again).await;
+    assert_eq!(
+        (m.reason(), m.token.unwrap().generation),
+        (TokenEventReason::Initial, 6)
+    );
+}
+
+#[tokio::test]
+async fn a_removed_user_is_announced_revoked_when_its_token_expires() {
+    let h = start(
+        lifetime(2),
+        "[renewal]\nbackoff_base = \"50ms\"\nbackoff_max = \"200ms\"\n",
+    )
+    .await;
+    let (gone, kept) = (h.user(1).person_id, h.user(2).person_id);
+    let mut stream = watch(&h.client, &[gone.clone(), kept.clone()]).await;
+    next(&mut stream).await;
+    next(&mut stream).await;
+    assert!(h.sandbox.remove_user("acme", &gone));
+    let mut revoked = None;
+    for _ in 0..20 {
+        let m = next(&mut stream).await;
+        if m.reason() == TokenEventReason::Revoked {
+            revoked = Some(m);
+            break;
+        }
+        assert_eq!(m.user_id, kept, "only the kept user's token is renewed");
+    }
+    let m = revoked.expect("a REVOKED message");
+    assert_eq!(
+        (m.user_id.as_str(), m.org.as_str()),
+        (gone.as_str(), "acme")
+    );
+    assert!(m.token.is_none());
+    assert!(m.detail.contains("does not know user"), "{}", m.detail);
+    // The other key goes on.
+    let m = next(&mut stream).await;
+    assert_eq!(
+        (m.user_id.as_str(), m.reason()),
+        (kept.as_str(), TokenEventReason::Renewed)
+    );
+}
+
+#[tokio::test]
+async fn revoked_credentials_and_an_outage_are_announced() {
+    let h = start(lifetime(2), "[renewal]\nbackoff_base = \"50ms\"\nbackoff_max = \"200ms\"\ncredentials_retry = \"300ms\"\n").await;
+    let mut stream = watch(&h.client, &[]).await;
+    next(&mut stream).await;
+    h.sandbox.inject(FaultRule::always(
+        Fault::Status { status: 503 },
+        Target::Any,
+    ));
+    let m = loop {
+        let m = next(&mut stream).await;
+        if m.token.is_none() {
+            break m;
+        }
+    };
+    assert_eq!(m.reason(), TokenEventReason::Unavailable);
+    assert!(m.detail.contains("503"), "{}", m.detail);
+    // When the platform is back, the watcher gets a token again without asking.
+    h.sandbox.clear_faults();
+    let m = next(&mut stream).await;
+    assert!(m.token.is_some());
+
+    assert!(h.sandbox.revoke_client("acme-client"));
+    let m = loop {
+        let m = next(&mut stream).await;
+        if m.token.is_none() {
+            break m;
+        }
+    };
+    assert_eq!(m.reason(), TokenEventReason::Revoked);
+    assert!(m.detail.contains("invalid_client"), "{}", m.detail);
+}
+
+#[tokio::test]
+async fn watching_keeps_a_user_token_warm_until_the_last_watcher_leaves() {
+    let h = start(lifetime(2), "[cache]\nuser_idle_timeout = \"1s\"\n").await;
+    let user = h.user(3).external_id;
+    let mut a = watch(&h.client, std::slice::from_ref(&user)).await;
+    let mut b = watch(&h.new_client().await, std::slice::from_ref(&user)).await;
+    next(&mut a).await;
+    next(&mut b).await;
+    // Idle for 3 s, but watched: renewed, not dropped.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(h.broker.stats().user_tokens, 1);
+    assert!(h.broker.stats().renewals >= 2);
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(h.broker.stats().user_tokens, 1, "one watcher is left");
+    drop(b);
+    until(&h, "dropped a second after the last watcher left", |s| {
+        s.user_tokens == 0 && s.watchers == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn limits_answer_resource_exhausted() {
+    let h = start(
+        sandbox_config(),
+        "[watch]\nmax_keys_per_stream = 3\nmax_streams_per_connection = 2\n",
+    )
+    .await;
+    let users: Vec<String> = (1..=4).map(|i| h.user(i).person_id).collect();
+    let status = h
+        .client
+        .clone()
+        .watch_tokens(watch_request(&users))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("watch.max_keys_per_stream"),
+        "{}",
+        status.message()
+    );
+
+    let client = h.new_client().await;
+    let one = watch(&client, &users[..3]).await;
+    let _two = watch(&client, &[]).await;
+    let status = client
+        .clone()
+        .watch_tokens(watch_request(&[]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status
+            .message()
+            .contains("watch.max_streams_per_connection"),
+        "{}",
+        status.message()
+    );
+    // Another connection has its own budget; a closed stream frees its place.
+    watch(&h.new_client().await, &[]).await;
+    drop(one);
+    let mut ok = None;
+    for _ in 0..50 {
+        if let Ok(stream) = client.clone().watch_tokens(watch_request(&[])).await {
+            ok = Some(stream);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok.is_some());
+}
+
+#[tokio::test]
+async fn ten_thousand_streams_opened_and_closed_leave_no_subscriber() {
+    let h = start(sandbox_config(), "").await;
+    let users: Vec<String> = (1..=5).map(|i| h.user(i).person_id).collect();
+    let clients = [
+        h.client.clone(),
+        h.new_client().await,
+        h.new_client().await,
+        h.new_client().await,
+    ];
+    for round in 0..100 {
+        let opens = (0..100).map(|i| {
+            let client = clients[i % clients.len()].clone();
+            let keys = if i % 2 == 0 {
+                vec![]
+            } else {
+                vec![users[(round + i) % users.len()].clone()]
+            };
+            async move {
+                let mut stream = watch(&client, &keys).await;
+                next(&mut stream).await;
+            }
+        });
+        join_all(opens).await;
+    }
+    until(&h, "every closed stream released", |s| {
+        s.watch_streams == 0 && s.watchers == 0
+    })
+    .await;
+    let stats = h.broker.stats();
+    assert_eq!(stats.user_tokens, 5);
+}
+
+#[tokio::test]
+async fn two_thousand_subscribers_over_five_connections_all_get_a_forced_rotation() {
+    let h = start(sandbox_config(), "").await;
+    let mut clients = vec![h.client.clone()];
+    for _ in 0..4 {
+        clients.push(h.new_client().await);
+    }
+    let streams = join_all((0..2000).map(|i| {
+        let client = clients[i % clients.len()].clone();
+        async move {
+            let mut stream = watch(&client, &[]).await;
+            let initial = next(&mut stream).await;
+            assert_eq!(initial.token.unwrap().generation, 1);
+            stream
+        }
+    }))
+    .await;
+    assert_eq!(h.broker.stats().watch_streams, 2000);
+    let rotated = h
+        .client
+        .clone()
+        .refresh(RefreshRequest {
+            org: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    let received = join_all(
+        streams
+            .into_iter()
+            .map(|mut s| async move { next(&mut s).await }),
+    )
+    .await;
+    assert!(
+        received
+            .iter()
+            .all(|m| m.reason() == TokenEventReason::Forced && m.token.as_ref() == Some(&rotated))
+    );
+    assert_eq!(h.sandbox.stats().upstream_requests(), 2);
+}
+
+#[tokio::test]
+async fn shutdown_ends_streams_with_unavailable_and_lets_calls_finish() {
+    let h = start(sandbox_config(), "[server]\ndrain_timeout = \"5s\"\n").await;
+    let mut stream = watch(&h.client, &[]).await;
+    next(&mut stream).await;
+    h.sandbox.inject(FaultRule::always(
+        Fault::Latency { millis: 600 },
+        Target::AuthorizationGrant,
+    ));
+    let mut client = h.new_client().await;
+    let user = h.user(1).person_id;
+    let call = tokio::spawn(async move {
+        client
+            .get_user_token(GetUserTokenRequest {
+                org: "acme".into(),
+                user_id: user,
+                ..Default::default()
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopped = tokio::spawn(h.stop_and_keep());
+    let status = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("shutting down"),
+        "{}",
+        status.message()
+    );
+    let answer = call.await.unwrap().expect("the call in flight finished");
+    assert!(answer.into_inner().token.is_some());
+    drop(stream);
+    tokio::time::timeout(Duration::from_secs(5), stopped)
+        .await
+        .unwrap()
+        .unwrap();
+}
