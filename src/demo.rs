@@ -1,7 +1,7 @@
 //! Demo mode: with no configuration, the broker runs the built-in sandbox on an ephemeral
 //! loopback port and configures one org, `demo`, against it, so grpcurl works at once.
 
-use std::{io, net::SocketAddr};
+use std::io;
 
 use tokio::net::TcpListener;
 
@@ -9,7 +9,7 @@ use crate::{
     broker::{CachePolicy, Credentials, OrgSettings},
     config::{
         Config, DEFAULT_DRAIN_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
-        DEFAULT_REQUEST_TIMEOUT, WatchLimits,
+        DEFAULT_REQUEST_TIMEOUT, Listen, WatchLimits,
     },
     sandbox::{Sandbox, SandboxConfig},
     secret::ClientSecret,
@@ -18,7 +18,7 @@ use crate::{
 
 /// Starts the demo sandbox and returns it with a config whose one org points at it. Keep
 /// the sandbox alive as long as the broker runs.
-pub async fn start(listen: SocketAddr) -> io::Result<(Config, Sandbox)> {
+pub async fn start(listen: Listen) -> io::Result<(Config, Sandbox)> {
     let sandbox = Sandbox::start(
         SandboxConfig::demo(),
         TcpListener::bind("127.0.0.1:0").await?,
@@ -41,6 +41,11 @@ pub async fn start(listen: SocketAddr) -> io::Result<(Config, Sandbox)> {
     };
     let config = Config {
         listen,
+        tls: None,
+        allow_unauthenticated: false,
+        callers: vec![],
+        max_concurrent_requests: 1024,
+        max_request_bytes: 64 * 1024,
         drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
         keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
@@ -53,7 +58,11 @@ pub async fn start(listen: SocketAddr) -> io::Result<(Config, Sandbox)> {
 }
 
 /// What to type to try the demo broker listening on `addr`.
-pub fn usage(addr: SocketAddr, sandbox: &Sandbox) -> String {
+pub fn usage(addr: &str, sandbox: &Sandbox) -> String {
+    let addr = match addr.strip_prefix("unix://") {
+        Some(path) => format!("-unix {path}"),
+        None => addr.to_owned(),
+    };
     let users = sandbox.config().orgs[0].users();
     let (person, external) = users
         .first()

@@ -10,6 +10,7 @@
 //! mode and the tests run against.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod demo;
@@ -26,10 +27,17 @@ pub mod proto {
 
 use std::{future::Future, sync::Arc};
 
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::{
+    net::{TcpListener, UnixListener},
+    sync::Notify,
+};
 use tokio_util::sync::CancellationToken;
 
-use crate::{broker::Broker, config::Config, upstream::Upstream};
+use crate::{
+    broker::Broker,
+    config::{Config, Listen},
+    upstream::Upstream,
+};
 
 /// Why the broker could not start or stopped with a failure.
 #[derive(Debug, thiserror::Error)]
@@ -45,11 +53,54 @@ pub enum Error {
     Serve(tonic::transport::Error),
 }
 
+/// A bound listener: TCP, or a Unix socket.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    /// Binds `listen`. A Unix socket file left by an earlier run is replaced.
+    pub async fn bind(listen: &Listen) -> std::io::Result<Self> {
+        match listen {
+            Listen::Tcp(addr) => Ok(Self::Tcp(TcpListener::bind(addr).await?)),
+            Listen::Unix(path) => {
+                if std::fs::symlink_metadata(path).is_ok_and(|m| {
+                    use std::os::unix::fs::FileTypeExt;
+                    m.file_type().is_socket()
+                }) {
+                    std::fs::remove_file(path)?;
+                }
+                Ok(Self::Unix(UnixListener::bind(path)?))
+            }
+        }
+    }
+
+    /// The bound address, for logs.
+    pub fn local_addr(&self) -> String {
+        match self {
+            Self::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Self::Unix(l) => l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(|p| format!("unix://{}", p.display())))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl From<TcpListener> for Listener {
+    fn from(listener: TcpListener) -> Self {
+        Self::Tcp(listener)
+    }
+}
+
 /// Runs the broker for `config` on `listener` until `shutdown` completes. Tests bind
 /// `127.0.0.1:0` and call this as `main` does.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let broker = broker(&config)?;
@@ -72,13 +123,16 @@ pub fn broker(config: &Config) -> Result<Broker, Error> {
 pub async fn serve(
     broker: Broker,
     config: Config,
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let listener = listener.into();
+    let addr = listener.local_addr();
+    if !config.callers.is_empty() && config.tls.is_none() && !config.listen.is_local() {
+        tracing::warn!(
+            "callers' API keys travel in clear text: configure [server.tls] when listening beyond loopback"
+        );
+    }
     tracing::info!(%addr, orgs = %broker.org_names().join(","), "tokenbroker listening");
     let drain_timeout = config.drain_timeout;
     let signalled = Arc::new(Notify::new());
@@ -86,16 +140,22 @@ pub async fn serve(
     let streams_end = CancellationToken::new();
     let options = grpc::ServiceOptions {
         limits: config.watch.clone(),
+        gate: Arc::new(grpc::Gate::new(
+            auth::Callers::new(config.callers.clone()),
+            config.max_concurrent_requests,
+        )),
         shutdown: streams_end.clone(),
     };
-    let http2 = grpc::Http2 {
+    let settings = grpc::ServerSettings {
         keepalive_interval: config.keepalive_interval,
         keepalive_timeout: config.keepalive_timeout,
         // Room for every watch stream a connection may hold, plus calls beside them.
         max_concurrent_streams: u32::try_from(config.watch.max_streams_per_connection + 256)
             .unwrap_or(u32::MAX),
+        max_request_bytes: config.max_request_bytes,
+        tls: config.tls.clone(),
     };
-    let server = grpc::serve(broker.clone(), options, http2, listener, async move {
+    let server = grpc::serve(broker.clone(), options, settings, listener, async move {
         shutdown.await;
         tracing::info!("shutting down: ending watch streams, draining calls");
         streams_end.cancel();

@@ -5,7 +5,8 @@ use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode, tim
 
 use clap::{Parser, Subcommand};
 use tokenbroker::{
-    config::{Config, DEFAULT_LISTEN},
+    Listener,
+    config::{Config, Listen},
     demo,
     sandbox::{Sandbox, SandboxConfig, SandboxOrg},
 };
@@ -25,15 +26,19 @@ struct Cli {
     /// environment variables or files it names, never from the file itself.
     #[arg(long, env = "TOKENBROKER_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Listen address IP:PORT, overriding `server.listen` (default 127.0.0.1:50051).
+    /// Listen address, IP:PORT or unix:///path, overriding `server.listen` (default
+    /// 127.0.0.1:50051).
     #[arg(long, value_name = "ADDR")]
-    listen: Option<SocketAddr>,
+    listen: Option<Listen>,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Print the SHA-256 of an API key read from standard input: the value for a caller's
+    /// `api_key_sha256`, so the key itself never goes in the config.
+    HashKey,
     /// Run only the built-in sandbox of the platform (OAuth endpoints, strict single use),
     /// for your own tests. Org "demo", client id "demo-client", secret "demo-secret".
     Sandbox {
@@ -66,14 +71,18 @@ async fn main() -> ExitCode {
             token_lifetime,
             users,
         }) => sandbox(listen, token_lifetime, users).await,
+        Some(Command::HashKey) => hash_key(),
         None => broker(cli.config, cli.listen).await,
     }
 }
 
-async fn broker(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> ExitCode {
+async fn broker(config_path: Option<PathBuf>, listen: Option<Listen>) -> ExitCode {
     // The demo sandbox lives as long as the broker.
     let (config, _sandbox) = match config_path {
-        Some(path) => match Config::load(&path) {
+        Some(path) => match Config::load(&path).and_then(|c| match listen {
+            Some(listen) => c.with_listen(listen),
+            None => Ok(c),
+        }) {
             Ok(config) => (config, None),
             Err(e) => {
                 eprintln!("tokenbroker: invalid config {}: {e}", path.display());
@@ -81,11 +90,8 @@ async fn broker(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> Exi
             }
         },
         None => {
-            let listen = listen.unwrap_or_else(|| {
-                DEFAULT_LISTEN
-                    .parse()
-                    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051)))
-            });
+            let listen =
+                listen.unwrap_or_else(|| Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], 50051))));
             match demo::start(listen).await {
                 Ok((config, sandbox)) => (config, Some(sandbox)),
                 Err(e) => {
@@ -95,17 +101,15 @@ async fn broker(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> Exi
             }
         }
     };
-    let addr = listen.unwrap_or(config.listen);
-    let listener = match TcpListener::bind(addr).await {
+    let listener = match Listener::bind(&config.listen).await {
         Ok(l) => l,
         Err(e) => {
-            error!(%addr, error = %e, "cannot listen; is another broker running? choose another address with --listen");
+            error!(listen = %config.listen, error = %e, "cannot listen; is another broker running? choose another address with --listen");
             return ExitCode::FAILURE;
         }
     };
     if let Some(sandbox) = &_sandbox {
-        let bound = listener.local_addr().unwrap_or(addr);
-        info!("{}", demo::usage(bound, sandbox));
+        info!("{}", demo::usage(&listener.local_addr(), sandbox));
     }
     match tokenbroker::run(config, listener, shutdown_signal()).await {
         Ok(()) => {
@@ -117,6 +121,19 @@ async fn broker(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> Exi
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints the SHA-256 of the API key read from standard input, for `api_key_sha256`.
+fn hash_key() -> ExitCode {
+    let mut key = String::new();
+    if std::io::stdin().read_line(&mut key).is_err() || key.trim().is_empty() {
+        eprintln!(
+            "tokenbroker hash-key: give the API key on standard input, e.g. `printf %s \"$KEY\" | tokenbroker hash-key`"
+        );
+        return ExitCode::from(2);
+    }
+    println!("{}", tokenbroker::auth::api_key_hash(key.trim()));
+    ExitCode::SUCCESS
 }
 
 async fn sandbox(listen: SocketAddr, token_lifetime: Duration, users: u32) -> ExitCode {

@@ -96,6 +96,10 @@ secret_type!(
     /// A single-use authorization code from the grant endpoint.
     AuthCode
 );
+secret_type!(
+    /// The server's TLS private key, PEM.
+    PrivateKey
+);
 
 #[cfg(test)]
 mod tests {

@@ -184,6 +184,11 @@ impl Broker {
         names
     }
 
+    /// The configured name `name` refers to (the only org, when `name` is empty).
+    pub fn org_name(&self, name: &str) -> Result<String, BrokerError> {
+        Ok(self.org(name)?.name.to_string())
+    }
+
     /// What the broker has done so far.
     pub fn stats(&self) -> BrokerStats {
         let (mut held, mut watchers) = (0, 0);

@@ -4,40 +4,46 @@
 
 mod convert;
 mod deadline;
+mod gate;
 mod service;
 mod status;
 mod watch;
 
 use std::{future::Future, time::Duration};
 
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
+pub use gate::Gate;
 pub use service::{ServiceOptions, TokenServiceImpl};
 
-use crate::{broker::Broker, proto};
+use crate::{Listener, broker::Broker, config::TlsFiles, proto};
 
 /// The encoded descriptor set of `proto/`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/tokenbroker_descriptor.bin"));
 
-/// HTTP/2 settings of the server.
+/// Transport settings of the server.
 #[derive(Debug, Clone)]
-pub struct Http2 {
+pub struct ServerSettings {
     /// Ping idle connections this often, to find dead clients.
     pub keepalive_interval: Duration,
     /// Close a connection whose ping is not answered within this.
     pub keepalive_timeout: Duration,
     /// Concurrent streams (calls and watches) per connection.
     pub max_concurrent_streams: u32,
+    /// The largest request message accepted.
+    pub max_request_bytes: usize,
+    /// Server TLS, and mutual TLS when it names a client CA.
+    pub tls: Option<TlsFiles>,
 }
 
 /// Serves the broker's gRPC API on `listener` until `shutdown` completes.
 pub async fn serve(
     broker: Broker,
     options: ServiceOptions,
-    http2: Http2,
-    listener: TcpListener,
+    settings: ServerSettings,
+    listener: Listener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), crate::Error> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -55,18 +61,42 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(crate::Error::Reflection)?;
 
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(http2.keepalive_interval))
-        .http2_keepalive_timeout(Some(http2.keepalive_timeout))
-        .max_concurrent_streams(Some(http2.max_concurrent_streams))
-        .tcp_nodelay(true)
-        .add_service(proto::token_service_server::TokenServiceServer::new(
-            TokenServiceImpl::new(broker, options),
-        ))
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(settings.keepalive_interval))
+        .http2_keepalive_timeout(Some(settings.keepalive_timeout))
+        .max_concurrent_streams(Some(settings.max_concurrent_streams))
+        .tcp_nodelay(true);
+    if let Some(tls) = &settings.tls {
+        let mut config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&tls.cert_pem, tls.key_pem.expose()));
+        if let Some(ca) = &tls.client_ca_pem {
+            // Optional: callers may still authenticate with an API key instead.
+            config = config
+                .client_ca_root(Certificate::from_pem(ca))
+                .client_auth_optional(true);
+        }
+        builder = builder.tls_config(config).map_err(crate::Error::Serve)?;
+    }
+    let token_service = proto::token_service_server::TokenServiceServer::new(
+        TokenServiceImpl::new(broker, options),
+    )
+    .max_decoding_message_size(settings.max_request_bytes);
+    let router = builder
+        .add_service(token_service)
         .add_service(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
-        .map_err(crate::Error::Serve)
+        .add_service(reflection_v1alpha);
+    match listener {
+        Listener::Tcp(listener) => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await
+        }
+        Listener::Unix(listener) => {
+            router
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+                .await
+        }
+    }
+    .map_err(crate::Error::Serve)
 }

@@ -7,9 +7,11 @@ use tonic::{Request, Response, Status};
 
 use super::{
     deadline,
+    gate::Gate,
     watch::{ConnectionStreams, WatchResponses},
 };
 use crate::{
+    auth::Permission,
     broker::Broker,
     config::WatchLimits,
     proto::{
@@ -30,6 +32,8 @@ pub struct TokenServiceImpl {
 #[derive(Debug, Clone)]
 pub struct ServiceOptions {
     pub limits: WatchLimits,
+    /// Authentication, policy and limits.
+    pub gate: Arc<Gate>,
     /// Cancelled when the server shuts down: every watch stream ends with UNAVAILABLE.
     pub shutdown: CancellationToken,
 }
@@ -65,13 +69,17 @@ impl TokenService for TokenServiceImpl {
         &self,
         request: Request<GetOrgTokenRequest>,
     ) -> Result<Response<GetOrgTokenResponse>, Status> {
+        let admitted = self.options.gate.admit(&request)?;
         let deadline = deadline::of(request.metadata());
         let r = request.into_inner();
+        let org = self.broker.org_name(&r.org)?;
+        admitted.authorize(Permission::OrgToken, &org)?;
         let min_valid_for = min_valid_for(r.min_valid_for)?;
         let token = deadline::within(deadline, async {
-            Ok(self.broker.org_token(&r.org, min_valid_for).await?)
+            Ok(self.broker.org_token(&org, min_valid_for).await?)
         })
         .await?;
+        admitted.audit("GetOrgToken", &token);
         Ok(Response::new(GetOrgTokenResponse {
             token: Some(token.as_ref().into()),
         }))
@@ -81,16 +89,20 @@ impl TokenService for TokenServiceImpl {
         &self,
         request: Request<GetUserTokenRequest>,
     ) -> Result<Response<GetUserTokenResponse>, Status> {
+        let admitted = self.options.gate.admit(&request)?;
         let deadline = deadline::of(request.metadata());
         let r = request.into_inner();
+        let org = self.broker.org_name(&r.org)?;
+        admitted.authorize(Permission::UserToken, &org)?;
         let min_valid_for = min_valid_for(r.min_valid_for)?;
         let token = deadline::within(deadline, async {
             Ok(self
                 .broker
-                .user_token(&r.org, &r.user_id, min_valid_for)
+                .user_token(&org, &r.user_id, min_valid_for)
                 .await?)
         })
         .await?;
+        admitted.audit("GetUserToken", &token);
         Ok(Response::new(GetUserTokenResponse {
             token: Some(token.as_ref().into()),
         }))
@@ -100,14 +112,18 @@ impl TokenService for TokenServiceImpl {
         &self,
         request: Request<RefreshRequest>,
     ) -> Result<Response<RefreshResponse>, Status> {
+        let admitted = self.options.gate.admit(&request)?;
         let deadline = deadline::of(request.metadata());
         let r = request.into_inner();
+        let org = self.broker.org_name(&r.org)?;
+        admitted.authorize(Permission::Refresh, &org)?;
         let user = (!r.user_id.is_empty()).then_some(r.user_id.as_str());
         let stale = (!r.stale_access_token.is_empty()).then_some(r.stale_access_token.as_str());
         let token = deadline::within(deadline, async {
-            Ok(self.broker.refresh(&r.org, user, stale).await?)
+            Ok(self.broker.refresh(&org, user, stale).await?)
         })
         .await?;
+        admitted.audit("Refresh", &token);
         Ok(Response::new(RefreshResponse {
             token: Some(token.as_ref().into()),
         }))
@@ -119,9 +135,12 @@ impl TokenService for TokenServiceImpl {
         &self,
         request: Request<WatchTokensRequest>,
     ) -> Result<Response<Self::WatchTokensStream>, Status> {
+        let admitted = self.options.gate.admit_stream(&request)?;
         let deadline = deadline::of(request.metadata());
         let peer = request.remote_addr();
         let r = request.into_inner();
+        let org = self.broker.org_name(&r.org)?;
+        admitted.authorize(Permission::Watch, &org)?;
         let limits = &self.options.limits;
         if r.user_ids.len() > limits.max_keys_per_stream {
             return Err(Status::resource_exhausted(format!(
@@ -140,13 +159,17 @@ impl TokenService for TokenServiceImpl {
                 ))
             })?;
         let events = deadline::within(deadline, async {
-            Ok(self.broker.watch(&r.org, &r.user_ids).await?)
+            Ok(self.broker.watch(&org, &r.user_ids).await?)
         })
         .await?;
+        // The stream outlives the call's place among the calls in flight; its caller's
+        // name goes on, for the audit line of every token it sends.
+        let caller = admitted.caller.caller.name.clone();
         Ok(Response::new(WatchResponses::new(
             events,
             self.options.shutdown.clone(),
             permit,
+            caller,
         )))
     }
 }

@@ -2,7 +2,7 @@
 
 use tonic::{Code, Status};
 
-use crate::broker::BrokerError;
+use crate::{auth::AuthError, broker::BrokerError};
 
 impl From<BrokerError> for Status {
     fn from(e: BrokerError) -> Self {
@@ -14,6 +14,17 @@ impl From<BrokerError> for Status {
             }
             BrokerError::Unavailable { .. } => Code::Unavailable,
             BrokerError::OutOfRange { .. } => Code::OutOfRange,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(e: AuthError) -> Self {
+        let code = match &e {
+            AuthError::Unauthenticated(_) => Code::Unauthenticated,
+            AuthError::PermissionDenied(_) => Code::PermissionDenied,
+            AuthError::RateLimited(_) => Code::ResourceExhausted,
         };
         Status::new(code, e.to_string())
     }

@@ -68,15 +68,23 @@ impl Drop for StreamPermit {
 /// The stream tonic sends.
 pub struct WatchResponses {
     events: TokenEvents,
+    /// For the audit line of every token sent.
+    caller: String,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     ended: bool,
     _permit: StreamPermit,
 }
 
 impl WatchResponses {
-    pub fn new(events: TokenEvents, shutdown: CancellationToken, permit: StreamPermit) -> Self {
+    pub fn new(
+        events: TokenEvents,
+        shutdown: CancellationToken,
+        permit: StreamPermit,
+        caller: String,
+    ) -> Self {
         Self {
             events,
+            caller,
             shutdown: Box::pin(shutdown.cancelled_owned()),
             ended: false,
             _permit: permit,
@@ -97,9 +105,11 @@ impl Stream for WatchResponses {
                 "tokenbroker is shutting down; reconnect (to another instance, or to this one when it is back)",
             ))));
         }
-        Pin::new(&mut self.events)
-            .poll_next(cx)
-            .map(|event| event.map(|e| Ok(message(e))))
+        let polled = Pin::new(&mut self.events).poll_next(cx);
+        if let Poll::Ready(Some(WatchEvent::Initial(token) | WatchEvent::Token(token))) = &polled {
+            super::gate::audit(&self.caller, "WatchTokens", token);
+        }
+        polled.map(|event| event.map(|e| Ok(message(e))))
     }
 }
 

@@ -2,18 +2,25 @@
 //! validated [`Config`]. Every error names the key at fault and how to fix it. Secrets are
 //! never accepted in the TOML itself or on the command line.
 
+mod callers;
+mod listen;
+
 use std::{
     collections::BTreeMap,
     fmt,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
+
+pub use callers::TlsFiles;
+pub use listen::Listen;
 
 use reqwest::Url;
 use serde::Deserialize;
 
 use crate::{
+    auth::Caller,
     broker::{CachePolicy, Credentials, OrgSettings, RenewalPolicy},
     secret::{AccessToken, ClientSecret},
     upstream,
@@ -53,8 +60,19 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A validated configuration, ready to run.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The gRPC listen address (`server.listen`).
-    pub listen: SocketAddr,
+    /// The gRPC listen address (`server.listen`): `IP:PORT` or `unix:///path`.
+    pub listen: Listen,
+    /// Server TLS (`[server.tls]`), for TCP listeners.
+    pub tls: Option<TlsFiles>,
+    /// Serve a non-local address with no callers configured (`server.allow_unauthenticated`).
+    pub allow_unauthenticated: bool,
+    /// Who may ask (`[[callers]]`); empty: anyone who can reach a local listener.
+    pub callers: Vec<Caller>,
+    /// Unary calls handled at once; more answer RESOURCE_EXHAUSTED
+    /// (`server.max_concurrent_requests`).
+    pub max_concurrent_requests: usize,
+    /// The largest request message accepted, in bytes (`server.max_request_bytes`).
+    pub max_request_bytes: usize,
     /// How long a shutdown waits for open calls to finish (`server.drain_timeout`).
     pub drain_timeout: Duration,
     /// HTTP/2 pings to idle connections, to find dead clients (`server.keepalive_interval`).
@@ -135,6 +153,8 @@ struct RawConfig {
     #[serde(default)]
     watch: RawWatch,
     #[serde(default)]
+    callers: Vec<callers::RawCaller>,
+    #[serde(default)]
     orgs: BTreeMap<String, RawOrg>,
 }
 
@@ -178,6 +198,14 @@ struct RawServer {
     keepalive_interval: Option<String>,
     /// How long a ping may go unanswered before the connection is closed. Default "10s".
     keepalive_timeout: Option<String>,
+    /// Allow a non-local listen address with no `[[callers]]`. Default false.
+    allow_unauthenticated: Option<bool>,
+    /// Unary calls handled at once. Default 1024.
+    max_concurrent_requests: Option<usize>,
+    /// The largest request message accepted, in bytes. Default 65536.
+    max_request_bytes: Option<usize>,
+    /// `[server.tls]`
+    tls: Option<callers::RawTls>,
 }
 
 /// `[watch]`
@@ -246,15 +274,13 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text)
             .map_err(|e| error("", format!("invalid TOML: {}", e.to_string().trim_end())))?;
-        let listen_text = raw.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-        let listen = listen_text.parse().map_err(|_| {
-            error(
-                "server.listen",
-                format!(
-                    "{listen_text:?} is not an IP:PORT address; write e.g. \"127.0.0.1:50051\""
-                ),
-            )
-        })?;
+        let listen: Listen = raw
+            .server
+            .listen
+            .as_deref()
+            .unwrap_or(DEFAULT_LISTEN)
+            .parse()
+            .map_err(|e: String| error("server.listen", e))?;
         let drain_timeout = match raw.server.drain_timeout.as_deref() {
             None => DEFAULT_DRAIN_TIMEOUT,
             Some(text) => parse_duration("server.drain_timeout", text)?,
@@ -303,13 +329,35 @@ impl Config {
                 "no organization is configured; add an [orgs.NAME] table (see the README)",
             ));
         }
+        let org_names: Vec<String> = raw.orgs.keys().cloned().collect();
         let orgs = raw
             .orgs
             .into_iter()
             .map(|(name, org)| org_settings(name, org, env, base))
             .collect::<Result<_, _>>()?;
-        Ok(Self {
+        let callers = callers::callers(raw.callers, &org_names)?;
+        let tls = raw.server.tls.map(|t| callers::tls(t, base)).transpose()?;
+        let max_concurrent_requests = raw.server.max_concurrent_requests.unwrap_or(1024);
+        if max_concurrent_requests == 0 {
+            return Err(error(
+                "server.max_concurrent_requests",
+                "must be at least 1",
+            ));
+        }
+        let max_request_bytes = raw.server.max_request_bytes.unwrap_or(64 * 1024);
+        if !(1024..=16 * 1024 * 1024).contains(&max_request_bytes) {
+            return Err(error(
+                "server.max_request_bytes",
+                "must be 1024 to 16777216",
+            ));
+        }
+        Self {
             listen,
+            tls,
+            allow_unauthenticated: raw.server.allow_unauthenticated.unwrap_or(false),
+            callers,
+            max_concurrent_requests,
+            max_request_bytes,
             drain_timeout,
             keepalive_interval,
             keepalive_timeout,
@@ -317,7 +365,34 @@ impl Config {
             request_timeout,
             cache,
             orgs,
-        })
+        }
+        .checked()
+    }
+
+    /// The same config listening on `listen` (the `--listen` flag), checked again.
+    pub fn with_listen(mut self, listen: Listen) -> Result<Self, ConfigError> {
+        self.listen = listen;
+        self.checked()
+    }
+
+    /// Refuses what would be unsafe: tokens for anyone on the network, TLS on a Unix socket.
+    fn checked(self) -> Result<Self, ConfigError> {
+        if self.callers.is_empty() && !self.listen.is_local() && !self.allow_unauthenticated {
+            return Err(error(
+                "server.listen",
+                format!(
+                    "{} is reachable from other machines and no [[callers]] are configured, so anyone who reaches it would get tokens; add [[callers]] (see the README), listen on loopback or a Unix socket, or set server.allow_unauthenticated = true",
+                    self.listen
+                ),
+            ));
+        }
+        if self.tls.is_some() && matches!(self.listen, Listen::Unix(_)) {
+            return Err(error(
+                "server.tls",
+                "applies to TCP listeners; a Unix socket names callers by uid",
+            ));
+        }
+        Ok(self)
     }
 }
 
