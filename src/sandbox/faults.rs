@@ -24,6 +24,9 @@ pub enum Fault {
     /// Do the work (spending a refresh token or code), then drop the connection without an
     /// answer.
     DropAfterCommit,
+    /// Answer `307 Temporary Redirect` to `location`, before doing anything. A client that
+    /// follows it would send its credentials there.
+    Redirect { location: String },
 }
 
 /// The broken bodies a [`Fault::Malformed`] can send.

@@ -173,6 +173,11 @@ impl Sandbox {
         self.lock().revoke_client(client_id)
     }
 
+    /// Every access token, refresh token and code issued (and not yet forgotten).
+    pub fn issued_secrets(&self) -> Vec<String> {
+        self.lock().issued_secrets()
+    }
+
     /// Injects a fault (see [`Fault`]); the earliest added rule that hits a request applies.
     pub fn inject(&self, rule: FaultRule) {
         self.lock().inject(rule);

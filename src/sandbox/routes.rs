@@ -106,6 +106,12 @@ async fn before(app: &App, fault: &Option<Fault>, kind: RequestKind) -> Option<R
             Json(json!({"error": "rate_limited", "error_description": "too many requests"})),
         )
             .into_response(),
+        Fault::Redirect { location } => (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, location.clone())],
+            "",
+        )
+            .into_response(),
         Fault::Hang => {
             app.stop.cancelled().await;
             StatusCode::SERVICE_UNAVAILABLE.into_response()

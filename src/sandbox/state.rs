@@ -385,6 +385,17 @@ impl State {
         self.clients.remove(client_id).is_some()
     }
 
+    /// Every access token, refresh token and code issued and still on record, for tests
+    /// that check none of them leaked (expired access tokens may have been forgotten).
+    pub fn issued_secrets(&self) -> Vec<String> {
+        self.access
+            .keys()
+            .chain(self.refresh.keys())
+            .chain(self.codes.keys())
+            .cloned()
+            .collect()
+    }
+
     /// Adds a fault; the earliest added rule that hits a request applies.
     pub fn inject(&mut self, rule: FaultRule) {
         self.faults.push(rule);
