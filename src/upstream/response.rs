@@ -399,3 +399,64 @@ mod tests {
         assert!(!d.contains('\u{7}'));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Token-endpoint-like JSON: the right field names with values of any JSON type.
+    fn tokenish_json() -> impl Strategy<Value = String> {
+        let value = prop_oneof![
+            Just("null".to_owned()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|f| if f.is_finite() {
+                f.to_string()
+            } else {
+                "0".into()
+            }),
+            "\\PC{0,40}".prop_map(|s| serde_json::Value::String(s).to_string()),
+            Just("[]".to_owned()),
+            Just("{}".to_owned()),
+        ];
+        let field = prop_oneof![
+            Just("access_token"),
+            Just("expires_in"),
+            Just("refresh_token"),
+            Just("token_type"),
+            Just("code"),
+            Just("error")
+        ];
+        prop::collection::vec((field, value), 0..6).prop_map(|fields| {
+            let body: Vec<String> = fields
+                .into_iter()
+                .map(|(k, v)| format!("\"{k}\":{v}"))
+                .collect();
+            format!("{{{}}}", body.join(","))
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_give_a_grant_or_a_classified_error(status in 100u16..600, body in prop::collection::vec(any::<u8>(), 0..300), retry in prop::option::of("\\PC{0,12}")) {
+            let answer = Answer { status, retry_after: retry.as_deref(), body: &body };
+            let _ = token_answer(answer);
+            let _ = grant_answer(answer);
+        }
+
+        #[test]
+        fn tokenish_json_gives_a_usable_grant_or_an_error(status in prop_oneof![Just(200u16), Just(400), Just(401), Just(429), Just(503)], body in tokenish_json()) {
+            let answer = Answer { status, retry_after: None, body: body.as_bytes() };
+            match token_answer(answer) {
+                Ok(grant) => {
+                    prop_assert!(status == 200);
+                    prop_assert!(!grant.access_token.expose().is_empty());
+                    prop_assert!(grant.expires_in > Duration::ZERO && grant.expires_in <= MAX_EXPIRES_IN);
+                }
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+            let _ = grant_answer(answer);
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! No secret reaches a log: the broker runs through its flows and faults with every log
+//! level on, and everything it logged (and every error it answered) is searched for every
+//! secret and token the sandbox issued, the client secret and the callers' API key.
+
+mod common;
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use common::{Harness, acme_toml, sandbox_config};
+use tokenbroker::{
+    auth::api_key_hash,
+    proto::{GetOrgTokenRequest, GetUserTokenRequest, RefreshRequest, WatchTokensRequest},
+    sandbox::{Fault, FaultRule, MalformedBody, Target},
+};
+use tonic::{Request, Status};
+use tracing_subscriber::fmt::MakeWriter;
+
+const KEY: &str = "audit-key-42bd";
+
+/// Everything logged, in memory.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Capture {
+        self.clone()
+    }
+}
+
+fn keyed<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_logged_or_answered_holds_a_secret() {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("trace")
+        .with_writer(capture.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+
+    let callers = format!(
+        "[upstream]\nrequest_timeout = \"300ms\"\n[renewal]\nbackoff_base = \"10ms\"\nbackoff_max = \"20ms\"\ncredentials_retry = \"20ms\"\n\
+         [[callers]]\nname = \"payroll\"\napi_key_sha256 = [\"{}\"]\norgs = [\"*\"]\npermissions = [\"org_token\", \"user_token\", \"refresh\", \"watch\"]\n",
+        api_key_hash(KEY)
+    );
+    let h = Harness::with(
+        sandbox_config(),
+        move |s| format!("{callers}\n{}", acme_toml(s)),
+        |_| None,
+    )
+    .await;
+    let mut c = h.client.clone();
+    let mut answers: Vec<Status> = Vec::new();
+    let mut note = |r: Result<(), Status>| {
+        if let Err(status) = r {
+            answers.push(status);
+        }
+    };
+    let org = || GetOrgTokenRequest {
+        org: "acme".into(),
+        ..Default::default()
+    };
+    let user = |id: String| GetUserTokenRequest {
+        org: "acme".into(),
+        user_id: id,
+        ..Default::default()
+    };
+    let refresh = |user: &str, stale: &str| RefreshRequest {
+        org: "acme".into(),
+        user_id: user.into(),
+        stale_access_token: stale.into(),
+    };
+
+    // The flows.
+    let mut watch = c
+        .watch_tokens(keyed(WatchTokensRequest {
+            org: "acme".into(),
+            user_ids: vec![h.user(1).person_id],
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap();
+    let t = c
+        .get_org_token(keyed(org()))
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    for i in 1..=3 {
+        c.get_user_token(keyed(user(h.user(i).external_id)))
+            .await
+            .unwrap();
+    }
+    let u = c
+        .get_user_token(keyed(user(h.user(1).person_id)))
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    c.refresh(keyed(refresh("", &t.access_token)))
+        .await
+        .unwrap();
+    c.refresh(keyed(refresh(&u.user_id, &u.access_token)))
+        .await
+        .unwrap();
+    watch.message().await.unwrap();
+
+    // The faults.
+    h.sandbox.inject(FaultRule::times(
+        Fault::DropAfterCommit,
+        Target::RefreshToken,
+        1,
+    ));
+    note(c.refresh(keyed(refresh("", ""))).await.map(drop));
+    for body in [
+        MalformedBody::Html,
+        MalformedBody::Garbage,
+        MalformedBody::MissingExpiresIn,
+    ] {
+        h.sandbox.inject(FaultRule::times(
+            Fault::Malformed { body },
+            Target::Token,
+            1,
+        ));
+        note(c.refresh(keyed(refresh("", ""))).await.map(drop));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    h.sandbox.inject(FaultRule::times(
+        Fault::Status { status: 503 },
+        Target::AuthorizationGrant,
+        1,
+    ));
+    note(
+        c.get_user_token(keyed(user(h.user(9).person_id)))
+            .await
+            .map(drop),
+    );
+    h.sandbox
+        .inject(FaultRule::times(Fault::Hang, Target::Any, 1));
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    note(
+        c.get_user_token(keyed(user(h.user(10).person_id)))
+            .await
+            .map(drop),
+    );
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    note(
+        c.get_user_token(keyed(user("no-such-user".into())))
+            .await
+            .map(drop),
+    );
+    note(c.get_org_token(Request::new(org())).await.map(drop));
+    let mut wrong = keyed(org());
+    wrong
+        .metadata_mut()
+        .insert("authorization", "Bearer not-the-key".parse().unwrap());
+    note(c.get_org_token(wrong).await.map(drop));
+    h.sandbox.revoke_client("acme-client");
+    note(c.refresh(keyed(refresh("", ""))).await.map(drop));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The refresh faults were absorbed (re-issued through client credentials); these were not.
+    assert!(answers.len() >= 6, "{answers:?}");
+
+    let mut secrets = h.sandbox.issued_secrets();
+    assert!(
+        secrets.len() > 20,
+        "the run issued tokens, refresh tokens and codes"
+    );
+    secrets.push(h.sandbox.config().orgs[0].client_secret.clone());
+    secrets.push(KEY.to_owned());
+    let logged = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(logged.len() > 10_000, "the run logged at every level");
+    let answered: String = answers.iter().map(|s| format!("{s:?}\n")).collect();
+    for secret in &secrets {
+        let encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        for form in [secret.as_str(), encoded.as_str()] {
+            assert!(
+                !logged.contains(form),
+                "a secret was logged: {}…",
+                &secret[..6]
+            );
+            assert!(
+                !answered.contains(form),
+                "a secret was answered: {}…",
+                &secret[..6]
+            );
+        }
+    }
+
+    // One audit event per token handed out, with the fields that tell who got what.
+    let audit: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains("token handed out"))
+        .collect();
+    assert!(audit.len() >= 9, "{}", audit.len());
+    for field in [
+        "caller=\"payroll\"",
+        "rpc=\"GetUserToken\"",
+        "rpc=\"WatchTokens\"",
+        "rpc=\"Refresh\"",
+        "org=acme",
+        "fingerprint=",
+        "generation=2",
+    ] {
+        assert!(
+            audit.iter().any(|l| l.contains(field)),
+            "no audit line with {field}"
+        );
+    }
+}
