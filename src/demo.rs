@@ -36,7 +36,7 @@ pub async fn start(listen: Listen) -> io::Result<(Config, Sandbox)> {
         credentials: Credentials::Client {
             client_id: org.client_id.clone(),
             // The sandbox's published demo secret, not a real one.
-            secret: ClientSecret::new(org.client_secret.clone()),
+            secrets: vec![ClientSecret::new(org.client_secret.clone())],
         },
     };
     let config = Config {
@@ -46,6 +46,7 @@ pub async fn start(listen: Listen) -> io::Result<(Config, Sandbox)> {
         callers: vec![],
         max_concurrent_requests: 1024,
         max_request_bytes: 64 * 1024,
+        metrics_listen: None,
         drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
         keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,

@@ -15,6 +15,7 @@ pub mod broker;
 pub mod config;
 pub mod demo;
 pub mod grpc;
+pub mod metrics;
 pub mod sandbox;
 pub mod secret;
 pub mod upstream;
@@ -51,6 +52,39 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(tonic::transport::Error),
+    /// A listener could not be opened.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Serves Prometheus metrics of `broker` at `/metrics` on `listener` until `shutdown`.
+pub async fn serve_metrics(
+    broker: Broker,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let registry = Arc::new(metrics::registry(&broker));
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = Arc::clone(&registry);
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    metrics::render(&registry),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// A bound listener: TCP, or a Unix socket.
@@ -109,11 +143,13 @@ pub async fn run(
 
 /// The broker `config` describes. Must be called within a Tokio runtime.
 pub fn broker(config: &Config) -> Result<Broker, Error> {
-    let upstream = Upstream::new(config.request_timeout)?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    let upstream = Upstream::new(config.request_timeout, Arc::clone(&metrics))?;
     Ok(Broker::new(
         config.orgs.clone(),
         upstream,
         config.cache.clone(),
+        metrics,
     ))
 }
 
@@ -155,6 +191,21 @@ pub async fn serve(
         max_request_bytes: config.max_request_bytes,
         tls: config.tls.clone(),
     };
+    if let Some(addr) = config.metrics_listen {
+        let metrics_listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: addr.to_string(),
+                source,
+            })?;
+        tracing::info!(%addr, "metrics at /metrics");
+        let stop = streams_end.clone();
+        tokio::spawn(serve_metrics(
+            broker.clone(),
+            metrics_listener,
+            async move { stop.cancelled().await },
+        ));
+    }
     let server = grpc::serve(broker.clone(), options, settings, listener, async move {
         shutdown.await;
         tracing::info!("shutting down: ending watch streams, draining calls");

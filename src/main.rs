@@ -24,8 +24,11 @@ use tracing::{error, info};
 struct Cli {
     /// The TOML config file (see README.md, "Configuration"). Secrets are read from the
     /// environment variables or files it names, never from the file itself.
-    #[arg(long, env = "TOKENBROKER_CONFIG", value_name = "FILE")]
+    #[arg(long, env = "TOKENBROKER_CONFIG", value_name = "FILE", global = true)]
     config: Option<PathBuf>,
+    /// Log format: `text` (for people) or `json` (one object per line). Level: RUST_LOG.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
     /// Listen address, IP:PORT or unix:///path, overriding `server.listen` (default
     /// 127.0.0.1:50051).
     #[arg(long, value_name = "ADDR")]
@@ -34,8 +37,17 @@ struct Cli {
     command: Option<Command>,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Validate the config (--config FILE) and print it as the broker would run it, with
+    /// defaults filled in and secrets shown as [redacted]. Exit code 0: valid; 2: invalid.
+    CheckConfig,
     /// Print the SHA-256 of an API key read from standard input: the value for a caller's
     /// `api_key_sha256`, so the key itself never goes in the config.
     HashKey,
@@ -57,14 +69,15 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
     match cli.command {
         Some(Command::Sandbox {
             listen,
@@ -72,6 +85,7 @@ async fn main() -> ExitCode {
             users,
         }) => sandbox(listen, token_lifetime, users).await,
         Some(Command::HashKey) => hash_key(),
+        Some(Command::CheckConfig) => check_config(cli.config),
         None => broker(cli.config, cli.listen).await,
     }
 }
@@ -123,6 +137,27 @@ async fn broker(config_path: Option<PathBuf>, listen: Option<Listen>) -> ExitCod
     }
 }
 
+/// Validates the config and prints it, secrets redacted.
+fn check_config(path: Option<PathBuf>) -> ExitCode {
+    let Some(path) = path else {
+        eprintln!(
+            "tokenbroker check-config: give the file with --config FILE (or TOKENBROKER_CONFIG)"
+        );
+        return ExitCode::from(2);
+    };
+    match Config::load(&path) {
+        Ok(config) => {
+            print!("{}", config.describe());
+            eprintln!("tokenbroker: {} is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tokenbroker: invalid config {}: {e}", path.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// Prints the SHA-256 of the API key read from standard input, for `api_key_sha256`.
 fn hash_key() -> ExitCode {
     let mut key = String::new();
@@ -167,35 +202,29 @@ async fn sandbox(listen: SocketAddr, token_lifetime: Duration, users: u32) -> Ex
     ExitCode::SUCCESS
 }
 
-/// Completes on the first SIGTERM or Ctrl-C (SIGINT); a second one exits at once.
-async fn shutdown_signal() {
-    first_signal().await;
-    tokio::spawn(async {
-        first_signal().await;
-        eprintln!("tokenbroker: second signal; exiting without draining");
-        std::process::exit(130);
-    });
-}
-
-async fn first_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+/// Completes on the first SIGTERM or Ctrl-C (SIGINT); a second one exits at once. The
+/// handlers are installed when this is called, not when the future is first polled, so a
+/// signal that arrives while the server starts is not lost.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let (Ok(mut term), Ok(mut int)) = (term, int) else {
+            error!("cannot install signal handlers; stop the broker with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM; shutting down"),
+            _ = int.recv() => info!("interrupted; shutting down"),
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => info!("interrupted; shutting down"),
-        () = term => info!("SIGTERM; shutting down"),
+            eprintln!("tokenbroker: second signal; exiting without draining");
+            std::process::exit(130);
+        });
     }
 }

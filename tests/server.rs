@@ -1,13 +1,10 @@
-//! What a generic gRPC tool sees: health and server reflection (v1 and v1alpha).
+//! What a generic gRPC tool sees: server reflection (v1 and v1alpha).
 
 mod common;
 
 use common::Harness;
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
 use tonic_reflection::pb::{v1, v1alpha};
 
 async fn channel(h: &Harness) -> Channel {
@@ -16,22 +13,6 @@ async fn channel(h: &Harness) -> Channel {
         .connect()
         .await
         .unwrap()
-}
-
-#[tokio::test]
-async fn health_reports_serving() {
-    let h = Harness::start().await;
-    let mut health = HealthClient::new(channel(&h).await);
-    for service in ["", "tokenbroker.v1.TokenService"] {
-        let status = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(status.status(), ServingStatus::Serving, "{service:?}");
-    }
 }
 
 #[tokio::test]

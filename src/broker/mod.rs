@@ -20,7 +20,10 @@ mod watch_events;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -41,6 +44,7 @@ pub use token::{
 pub use watch_events::{TokenEvents, WatchEvent};
 
 use crate::{
+    metrics::Metrics,
     secret::{AccessToken, AuthCode, ClientSecret},
     upstream::{self, Grant, Upstream, UpstreamError},
 };
@@ -48,10 +52,12 @@ use crate::{
 /// How the broker proves itself to the platform for one org.
 #[derive(Debug, Clone)]
 pub enum Credentials {
-    /// OAuth client credentials: tokens are issued and rotated.
+    /// OAuth client credentials: tokens are issued and rotated. Several secrets are tried
+    /// in order (the last one that worked first), so a secret can be rotated at the
+    /// platform without downtime.
     Client {
         client_id: String,
-        secret: ClientSecret,
+        secrets: Vec<ClientSecret>,
     },
     /// A long-lived access token or API key: handed out as the org token, never rotated.
     Static(AccessToken),
@@ -73,6 +79,8 @@ pub struct CachePolicy {
     pub user_idle_timeout: Duration,
     /// The most user tokens held; beyond it the longest idle unwatched one is dropped.
     pub max_user_tokens: usize,
+    /// Fetch every org token at start (and keep trying), rather than on first use.
+    pub prefetch_org_tokens: bool,
 }
 
 impl Default for CachePolicy {
@@ -81,6 +89,7 @@ impl Default for CachePolicy {
             renewal: RenewalPolicy::default(),
             user_idle_timeout: Duration::from_secs(15 * 60),
             max_user_tokens: 100_000,
+            prefetch_org_tokens: true,
         }
     }
 }
@@ -100,6 +109,7 @@ struct Inner {
     upstream: Upstream,
     policy: CachePolicy,
     stats: Arc<stats::Counters>,
+    metrics: Arc<Metrics>,
     /// Parent of every slot's renewal: cancelled by [`Broker::shutdown`].
     shutdown: CancellationToken,
 }
@@ -111,6 +121,8 @@ struct Org {
     credentials: Credentials,
     slot: Arc<Slot>,
     users: RwLock<HashMap<Arc<str>, Arc<Slot>>>,
+    /// Index of the client secret that worked last.
+    secret_in_use: AtomicUsize,
 }
 
 /// What a caller wants from a slot.
@@ -129,7 +141,12 @@ impl Broker {
     /// A broker for `orgs`, talking to the platform through `upstream`. Nothing is fetched
     /// until asked for; from then on tokens are renewed in the background. Must be called
     /// within a Tokio runtime.
-    pub fn new(orgs: Vec<OrgSettings>, upstream: Upstream, policy: CachePolicy) -> Self {
+    pub fn new(
+        orgs: Vec<OrgSettings>,
+        upstream: Upstream,
+        policy: CachePolicy,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let shutdown = CancellationToken::new();
         let orgs = orgs
             .into_iter()
@@ -151,6 +168,7 @@ impl Broker {
                     credentials: settings.credentials,
                     slot: Arc::new(Slot::new(key, initial, shutdown.child_token())),
                     users: RwLock::default(),
+                    secret_in_use: AtomicUsize::new(0),
                 };
                 (name, Arc::new(org))
             })
@@ -161,6 +179,7 @@ impl Broker {
                 upstream,
                 policy,
                 stats: Arc::default(),
+                metrics,
                 shutdown,
             }),
         };
@@ -187,6 +206,39 @@ impl Broker {
     /// The configured name `name` refers to (the only org, when `name` is empty).
     pub fn org_name(&self, name: &str) -> Result<String, BrokerError> {
         Ok(self.org(name)?.name.to_string())
+    }
+
+    /// The metrics the broker updates.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Each org and how long its token stays valid: `None` if none is held or it is
+    /// long-lived (see [`Broker::is_ready`]).
+    pub fn org_token_expiries(&self) -> Vec<(String, Option<Duration>)> {
+        let now = Instant::now();
+        let mut expiries: Vec<_> = self
+            .inner
+            .orgs
+            .values()
+            .map(|org| {
+                (
+                    org.name.to_string(),
+                    org.slot.current().and_then(|t| t.valid_for(now)),
+                )
+            })
+            .collect();
+        expiries.sort();
+        expiries
+    }
+
+    /// Whether every configured org holds a valid token (a long-lived one counts).
+    pub fn is_ready(&self) -> bool {
+        let now = Instant::now();
+        self.inner
+            .orgs
+            .values()
+            .all(|org| org.slot.current().is_some_and(|t| t.is_valid(now)))
     }
 
     /// What the broker has done so far.
@@ -451,6 +503,7 @@ impl Broker {
                 );
                 token.generation = flight.state.generation;
                 token.reason = reason;
+                self.inner.metrics.rotation(reason.name());
                 info!(
                     key = %slot.key,
                     generation = token.generation,
@@ -531,10 +584,33 @@ impl Broker {
         let upstream = &self.inner.upstream;
         let fail = |e: UpstreamError| BrokerError::upstream(key, &e);
         match (&key.user, &org.credentials) {
-            (None, Credentials::Client { client_id, secret }) => upstream
-                .client_credentials(&org.client, client_id, secret)
-                .await
-                .map_err(fail),
+            (None, Credentials::Client { client_id, secrets }) => {
+                // The secret that worked last goes first; a rejected one passes to the next.
+                let first = org.secret_in_use.load(Ordering::Relaxed);
+                let mut last_error = None;
+                for i in (0..secrets.len()).map(|k| (first + k) % secrets.len()) {
+                    match upstream
+                        .client_credentials(&org.client, client_id, &secrets[i])
+                        .await
+                    {
+                        Ok(grant) => {
+                            if i != first {
+                                info!(org = %org.name, secret = i + 1, "switched to the next configured client secret");
+                            }
+                            org.secret_in_use.store(i, Ordering::Relaxed);
+                            return Ok(grant);
+                        }
+                        Err(e @ UpstreamError::CredentialsRejected { .. }) => last_error = Some(e),
+                        Err(e) => return Err(fail(e)),
+                    }
+                }
+                Err(last_error.map_or_else(
+                    || BrokerError::NotRotatable {
+                        org: org.name.to_string(),
+                    },
+                    fail,
+                ))
+            }
             // A static org's slot always holds its token; nothing can issue another.
             (None, Credentials::Static(_)) => Err(BrokerError::NotRotatable {
                 org: org.name.to_string(),

@@ -77,6 +77,10 @@ impl Broker {
                 Held::Gone(_) if !is_user || slot.watchers() > 0 => {
                     Some(retry_at.unwrap_or_else(Instant::now))
                 }
+                // An org token is fetched at start, and again until it is had.
+                Held::Empty if !is_user && self.inner.policy.prefetch_org_tokens => {
+                    Some(retry_at.unwrap_or_else(Instant::now))
+                }
                 Held::Gone(_) | Held::Empty => None,
             };
             let expiry = match (&held, &failure) {

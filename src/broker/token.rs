@@ -27,6 +27,18 @@ pub enum Reason {
     Reissued,
 }
 
+impl Reason {
+    /// A short name, for metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Issued => "issued",
+            Self::Renewed => "renewed",
+            Self::Forced => "forced",
+            Self::Reissued => "reissued",
+        }
+    }
+}
+
 /// One access token for one key.
 #[derive(Debug)]
 pub struct Token {

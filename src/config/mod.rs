@@ -73,6 +73,8 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     /// The largest request message accepted, in bytes (`server.max_request_bytes`).
     pub max_request_bytes: usize,
+    /// Where Prometheus metrics are served (`metrics.listen`); `None`: off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// How long a shutdown waits for open calls to finish (`server.drain_timeout`).
     pub drain_timeout: Duration,
     /// HTTP/2 pings to idle connections, to find dead clients (`server.keepalive_interval`).
@@ -155,6 +157,8 @@ struct RawConfig {
     #[serde(default)]
     callers: Vec<callers::RawCaller>,
     #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
     orgs: BTreeMap<String, RawOrg>,
 }
 
@@ -184,6 +188,8 @@ struct RawCache {
     user_idle_timeout: Option<String>,
     /// The most user tokens held; the longest idle unwatched one goes first. Default 100000.
     max_user_tokens: Option<usize>,
+    /// Fetch every org token at start and keep trying until it is had. Default true.
+    prefetch_org_tokens: Option<bool>,
 }
 
 /// `[server]`
@@ -208,6 +214,14 @@ struct RawServer {
     tls: Option<callers::RawTls>,
 }
 
+/// `[metrics]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    /// `IP:PORT` of the Prometheus `/metrics` listener. Unset: no metrics listener.
+    listen: Option<String>,
+}
+
 /// `[watch]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -226,6 +240,23 @@ struct RawUpstream {
     request_timeout: Option<String>,
 }
 
+/// A value or a list of values.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T: Clone> OneOrMany<T> {
+    fn to_vec(&self) -> Vec<T> {
+        match self {
+            Self::One(v) => vec![v.clone()],
+            Self::Many(v) => v.clone(),
+        }
+    }
+}
+
 /// `[orgs.NAME]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -238,10 +269,11 @@ struct RawOrg {
     authorization_grant_url: Option<String>,
     /// The OAuth client id.
     client_id: Option<String>,
-    /// Name of the environment variable holding the client secret.
-    client_secret_env: Option<String>,
-    /// Path of a file holding the client secret.
-    client_secret_file: Option<PathBuf>,
+    /// Name of the environment variable holding the client secret, or a list of names:
+    /// several secrets are tried in order (for rotating a secret without downtime).
+    client_secret_env: Option<OneOrMany<String>>,
+    /// Path of a file holding the client secret, or a list of paths, tried in order.
+    client_secret_file: Option<OneOrMany<PathBuf>>,
     /// Name of the environment variable holding a long-lived token or API key.
     static_token_env: Option<String>,
     /// Path of a file holding a long-lived token or API key.
@@ -337,6 +369,19 @@ impl Config {
             .collect::<Result<_, _>>()?;
         let callers = callers::callers(raw.callers, &org_names)?;
         let tls = raw.server.tls.map(|t| callers::tls(t, base)).transpose()?;
+        let metrics_listen = raw
+            .metrics
+            .listen
+            .as_deref()
+            .map(|text| {
+                text.parse().map_err(|_| {
+                    error(
+                        "metrics.listen",
+                        format!("{text:?} is not IP:PORT; write e.g. \"127.0.0.1:9090\""),
+                    )
+                })
+            })
+            .transpose()?;
         let max_concurrent_requests = raw.server.max_concurrent_requests.unwrap_or(1024);
         if max_concurrent_requests == 0 {
             return Err(error(
@@ -358,6 +403,7 @@ impl Config {
             callers,
             max_concurrent_requests,
             max_request_bytes,
+            metrics_listen,
             drain_timeout,
             keepalive_interval,
             keepalive_timeout,
@@ -367,6 +413,115 @@ impl Config {
             orgs,
         }
         .checked()
+    }
+
+    /// The effective configuration as TOML, defaults filled in and every secret shown as
+    /// `[redacted]`: what `tokenbroker check-config` prints.
+    pub fn describe(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let d = |d: Duration| format!("{:?}", humantime::format_duration(d).to_string());
+        let _ = writeln!(
+            out,
+            "[server]\nlisten = {:?}\ndrain_timeout = {}\nkeepalive_interval = {}\nkeepalive_timeout = {}",
+            self.listen.to_string(),
+            d(self.drain_timeout),
+            d(self.keepalive_interval),
+            d(self.keepalive_timeout)
+        );
+        let _ = writeln!(
+            out,
+            "allow_unauthenticated = {}\nmax_concurrent_requests = {}\nmax_request_bytes = {}",
+            self.allow_unauthenticated, self.max_concurrent_requests, self.max_request_bytes
+        );
+        if let Some(tls) = &self.tls {
+            let _ = writeln!(
+                out,
+                "\n[server.tls]\ncertificate = \"(loaded)\"\nkey = \"{}\"\nclient_ca = {}",
+                tls.key_pem,
+                if tls.client_ca_pem.is_some() {
+                    "\"(loaded): mutual TLS\""
+                } else {
+                    "\"(none)\""
+                }
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n[upstream]\nrequest_timeout = {}",
+            d(self.request_timeout)
+        );
+        let r = &self.cache.renewal;
+        let _ = writeln!(
+            out,
+            "\n[renewal]\nfraction = {}\njitter = {}\nsafety_margin = {}\nbackoff_base = {}\nbackoff_max = {}\ncredentials_retry = {}",
+            r.fraction,
+            r.jitter,
+            d(r.safety_margin),
+            d(r.backoff_base),
+            d(r.backoff_max),
+            d(r.credentials_retry)
+        );
+        let _ = writeln!(
+            out,
+            "\n[cache]\nuser_idle_timeout = {}\nmax_user_tokens = {}\nprefetch_org_tokens = {}",
+            d(self.cache.user_idle_timeout),
+            self.cache.max_user_tokens,
+            self.cache.prefetch_org_tokens
+        );
+        let _ = writeln!(
+            out,
+            "\n[watch]\nmax_keys_per_stream = {}\nmax_streams_per_connection = {}",
+            self.watch.max_keys_per_stream, self.watch.max_streams_per_connection
+        );
+        if let Some(addr) = self.metrics_listen {
+            let _ = writeln!(out, "\n[metrics]\nlisten = \"{addr}\"");
+        }
+        for org in &self.orgs {
+            let _ = writeln!(
+                out,
+                "\n[orgs.{}]\ntoken_url = {:?}\nauthorization_grant_url = {:?}",
+                org.name,
+                org.client.token_url.as_str(),
+                org.client.authorization_grant_url.as_str()
+            );
+            if let Some(id) = &org.client.client_id {
+                let _ = writeln!(out, "client_id = {id:?}");
+            }
+            match &org.credentials {
+                Credentials::Client { secrets, .. } => {
+                    let shown: Vec<String> = secrets.iter().map(|s| format!("\"{s}\"")).collect();
+                    let _ = writeln!(out, "client_secrets = [{}]", shown.join(", "));
+                }
+                Credentials::Static(token) => {
+                    let _ = writeln!(out, "static_token = \"{token}\"");
+                }
+            }
+        }
+        for caller in &self.callers {
+            let _ = writeln!(
+                out,
+                "\n[[callers]]\nname = {:?}\napi_key_sha256 = {} hash(es)\ntls_names = {:?}\nunix_uids = {:?}\norgs = {:?}\npermissions = {:?}",
+                caller.name,
+                caller.api_key_sha256.len(),
+                caller.tls_names,
+                caller.unix_uids,
+                caller.orgs,
+                caller
+                    .permissions
+                    .iter()
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>()
+            );
+            if let Some(rate) = caller.rate_limit {
+                let _ = writeln!(
+                    out,
+                    "rate_limit_per_second = {}\nrate_limit_burst = {}",
+                    rate.per_second, rate.burst
+                );
+            }
+        }
+        out
     }
 
     /// The same config listening on `listen` (the `--listen` flag), checked again.
@@ -451,6 +606,9 @@ fn cache_policy(renewal: &RawRenewal, cache: &RawCache) -> Result<CachePolicy, C
             defaults.user_idle_timeout,
         )?,
         max_user_tokens,
+        prefetch_org_tokens: cache
+            .prefetch_org_tokens
+            .unwrap_or(defaults.prefetch_org_tokens),
     })
 }
 
@@ -530,23 +688,45 @@ fn org_settings(
     let client_id = org.client_id.filter(|id| !id.trim().is_empty());
     let credentials = match given[0] {
         "client_secret_env" | "client_secret_file" => {
-            let secret = read_secret(
-                &key(given[0]),
-                org.client_secret_env.as_deref(),
-                org.client_secret_file.as_deref(),
-                env,
-                base,
-            )?;
+            let envs = org
+                .client_secret_env
+                .as_ref()
+                .map(OneOrMany::to_vec)
+                .unwrap_or_default();
+            let files = org
+                .client_secret_file
+                .as_ref()
+                .map(OneOrMany::to_vec)
+                .unwrap_or_default();
+            let mut secrets = Vec::new();
+            for var in &envs {
+                secrets.push(ClientSecret::new(read_secret(
+                    &key(given[0]),
+                    Some(var),
+                    None,
+                    env,
+                    base,
+                )?));
+            }
+            for file in &files {
+                secrets.push(ClientSecret::new(read_secret(
+                    &key(given[0]),
+                    None,
+                    Some(file),
+                    env,
+                    base,
+                )?));
+            }
+            if secrets.is_empty() {
+                return Err(error(key(given[0]), "lists no secret"));
+            }
             let Some(client_id) = client_id.clone() else {
                 return Err(error(
                     key("client_id"),
                     "is required with a client secret; copy it from the platform's API settings",
                 ));
             };
-            Credentials::Client {
-                client_id,
-                secret: ClientSecret::new(secret),
-            }
+            Credentials::Client { client_id, secrets }
         }
         _ => {
             let token = read_secret(
@@ -682,10 +862,19 @@ mod tests {
             org.client.token_url.as_str(),
             "https://expense.findity.com/api/oauth/token/"
         );
-        let Credentials::Client { client_id, secret } = &org.credentials else {
+        let Credentials::Client { client_id, secrets } = &org.credentials else {
             panic!()
         };
-        assert_eq!((client_id.as_str(), secret.expose()), ("acme-id", "s3cret"));
+        assert_eq!(
+            (client_id.as_str(), secrets[0].expose()),
+            ("acme-id", "s3cret")
+        );
+        let two = parse(&GOOD.replace(
+            "client_secret_env = \"ACME_SECRET\"",
+            "client_secret_env = [\"ACME_SECRET\", \"OTHER\"]",
+        ))
+        .unwrap_err();
+        assert!(two.message.contains("OTHER"), "{two}");
         assert!(!format!("{c:?}").contains("s3cret"));
         assert_eq!(c.cache, CachePolicy::default());
         let tuned = parse(&format!("{GOOD}\n[renewal]\nfraction = 0.8\nsafety_margin = '5m'\n[cache]\nuser_idle_timeout = '1h'\nmax_user_tokens = 10\n")).unwrap();

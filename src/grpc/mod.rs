@@ -46,10 +46,13 @@ pub async fn serve(
     listener: Listener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), crate::Error> {
+    // "" is liveness: serving while the process serves. The service's name is readiness.
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<proto::token_service_server::TokenServiceServer<TokenServiceImpl>>()
-        .await;
+    tokio::spawn(track_readiness(
+        broker.clone(),
+        health_reporter,
+        options.shutdown.clone(),
+    ));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -99,4 +102,39 @@ pub async fn serve(
         }
     }
     .map_err(crate::Error::Serve)
+}
+
+/// The health service name that reports readiness.
+pub const READINESS_SERVICE: &str = "tokenbroker.v1.TokenService";
+
+/// Keeps readiness current: SERVING while every configured org holds a valid token (a
+/// long-lived one counts), NOT_SERVING otherwise and once the server shuts down.
+async fn track_readiness(
+    broker: Broker,
+    reporter: tonic_health::server::HealthReporter,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use tonic_health::ServingStatus;
+    let mut last = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        let ready = broker.is_ready();
+        if last != Some(ready) {
+            let status = if ready {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            tracing::info!(ready, "readiness changed");
+            reporter.set_service_status(READINESS_SERVICE, status).await;
+            last = Some(ready);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                reporter.set_service_status(READINESS_SERVICE, ServingStatus::NotServing).await;
+                return;
+            }
+            _ = tick.tick() => {}
+        }
+    }
 }

@@ -63,9 +63,63 @@ fn min_valid_for(
         .transpose()
 }
 
+impl TokenServiceImpl {
+    /// Runs one RPC and records its status code and latency.
+    async fn observed<T>(
+        &self,
+        method: &'static str,
+        call: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let started = std::time::Instant::now();
+        let result = call.await;
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        };
+        self.broker
+            .metrics()
+            .rpc(method, &format!("{code:?}"), started.elapsed());
+        result
+    }
+}
+
 #[tonic::async_trait]
 impl TokenService for TokenServiceImpl {
     async fn get_org_token(
+        &self,
+        request: Request<GetOrgTokenRequest>,
+    ) -> Result<Response<GetOrgTokenResponse>, Status> {
+        self.observed("GetOrgToken", self.org_token_call(request))
+            .await
+    }
+
+    async fn get_user_token(
+        &self,
+        request: Request<GetUserTokenRequest>,
+    ) -> Result<Response<GetUserTokenResponse>, Status> {
+        self.observed("GetUserToken", self.user_token_call(request))
+            .await
+    }
+
+    async fn refresh(
+        &self,
+        request: Request<RefreshRequest>,
+    ) -> Result<Response<RefreshResponse>, Status> {
+        self.observed("Refresh", self.refresh_call(request)).await
+    }
+
+    type WatchTokensStream = WatchResponses;
+
+    async fn watch_tokens(
+        &self,
+        request: Request<WatchTokensRequest>,
+    ) -> Result<Response<Self::WatchTokensStream>, Status> {
+        self.observed("WatchTokens", self.watch_call(request)).await
+    }
+}
+
+impl TokenServiceImpl {
+    async fn org_token_call(
         &self,
         request: Request<GetOrgTokenRequest>,
     ) -> Result<Response<GetOrgTokenResponse>, Status> {
@@ -85,7 +139,7 @@ impl TokenService for TokenServiceImpl {
         }))
     }
 
-    async fn get_user_token(
+    async fn user_token_call(
         &self,
         request: Request<GetUserTokenRequest>,
     ) -> Result<Response<GetUserTokenResponse>, Status> {
@@ -108,7 +162,7 @@ impl TokenService for TokenServiceImpl {
         }))
     }
 
-    async fn refresh(
+    async fn refresh_call(
         &self,
         request: Request<RefreshRequest>,
     ) -> Result<Response<RefreshResponse>, Status> {
@@ -129,12 +183,10 @@ impl TokenService for TokenServiceImpl {
         }))
     }
 
-    type WatchTokensStream = WatchResponses;
-
-    async fn watch_tokens(
+    async fn watch_call(
         &self,
         request: Request<WatchTokensRequest>,
-    ) -> Result<Response<Self::WatchTokensStream>, Status> {
+    ) -> Result<Response<WatchResponses>, Status> {
         let admitted = self.options.gate.admit_stream(&request)?;
         let deadline = deadline::of(request.metadata());
         let peer = request.remote_addr();

@@ -58,6 +58,23 @@ fn describe(description: &Option<String>) -> String {
 }
 
 impl UpstreamError {
+    /// A short name of the kind of failure, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::CredentialsRejected { .. } => "credentials_rejected",
+            Self::InvalidGrant { .. } => "invalid_grant",
+            Self::BearerRejected => "bearer_rejected",
+            Self::UnknownUser { .. } => "unknown_user",
+            Self::Forbidden => "forbidden",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::ServerError { .. } => "server_error",
+            Self::Rejected { .. } => "rejected",
+            Self::Malformed { .. } => "malformed",
+            Self::Timeout { .. } => "timeout",
+            Self::Connection { .. } => "connection",
+        }
+    }
+
     /// Worth trying again later: the platform may answer differently once it recovers.
     pub fn is_transient(&self) -> bool {
         matches!(

@@ -5,7 +5,7 @@
 mod error;
 pub mod response;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use reqwest::{StatusCode, Url, header};
 
@@ -13,7 +13,10 @@ pub use error::UpstreamError;
 use response::Answer;
 pub use response::Grant;
 
-use crate::secret::{AccessToken, AuthCode, ClientSecret, RefreshToken};
+use crate::{
+    metrics::Metrics,
+    secret::{AccessToken, AuthCode, ClientSecret, RefreshToken},
+};
 
 /// The largest answer body read; the platform's JSON answers are a few hundred bytes.
 const MAX_BODY: usize = 64 * 1024;
@@ -34,12 +37,13 @@ pub struct Client {
 pub struct Upstream {
     http: reqwest::Client,
     timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Upstream {
     /// A client whose every request gives up after `timeout`. Redirects are never followed,
     /// so credentials go only to the configured URLs.
-    pub fn new(timeout: Duration) -> Result<Self, UpstreamError> {
+    pub fn new(timeout: Duration, metrics: Arc<Metrics>) -> Result<Self, UpstreamError> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
@@ -49,7 +53,11 @@ impl Upstream {
             .map_err(|e| UpstreamError::Connection {
                 reason: format!("could not build the HTTP client: {e}"),
             })?;
-        Ok(Self { http, timeout })
+        Ok(Self {
+            http,
+            timeout,
+            metrics,
+        })
     }
 
     /// Client credentials grant: the organization's token.
@@ -64,7 +72,8 @@ impl Upstream {
             ("client_id", client_id),
             ("client_secret", secret.expose()),
         ];
-        self.token_request(client, &form).await
+        self.token_request("client_credentials", client, &form)
+            .await
     }
 
     /// Refresh grant. Takes the refresh token by value: once sent it is spent, whatever
@@ -81,7 +90,7 @@ impl Upstream {
         if let Some(id) = &client.client_id {
             form.push(("client_id", id));
         }
-        self.token_request(client, &form).await
+        self.token_request("refresh_token", client, &form).await
     }
 
     /// Authorization grant: a single-use code that acts as `user_id` (a person id or an
@@ -97,12 +106,19 @@ impl Upstream {
             .post(client.authorization_grant_url.clone())
             .bearer_auth(bearer.expose())
             .form(&[("user_id", user_id)]);
-        let (status, retry_after, body) = self.send(request).await?;
-        response::grant_answer(Answer {
-            status: status.as_u16(),
-            retry_after: retry_after.as_deref(),
-            body: &body,
-        })
+        let started = std::time::Instant::now();
+        let answer = self
+            .send(request)
+            .await
+            .and_then(|(status, retry_after, body)| {
+                response::grant_answer(Answer {
+                    status: status.as_u16(),
+                    retry_after: retry_after.as_deref(),
+                    body: &body,
+                })
+            });
+        self.observe("authorization_grant", &answer, started);
+        answer
     }
 
     /// Code exchange: the user's token for a code from `authorization_grant`.
@@ -118,23 +134,42 @@ impl Upstream {
         if let Some(id) = &client.client_id {
             form.push(("client_id", id));
         }
-        self.token_request(client, &form).await
+        self.token_request("authorization_code", client, &form)
+            .await
+    }
+
+    fn observe<T>(
+        &self,
+        grant: &'static str,
+        answer: &Result<T, UpstreamError>,
+        started: std::time::Instant,
+    ) {
+        let outcome = answer.as_ref().map_or_else(UpstreamError::kind, |_| "ok");
+        self.metrics.upstream(grant, outcome, started.elapsed());
     }
 
     async fn token_request(
         &self,
+        grant: &'static str,
         client: &Client,
         form: &[(&str, &str)],
     ) -> Result<Grant, UpstreamError> {
         // `form` percent-encodes every value: refresh tokens hold `+`, which sent raw would
         // arrive as a space.
         let request = self.http.post(client.token_url.clone()).form(form);
-        let (status, retry_after, body) = self.send(request).await?;
-        response::token_answer(Answer {
-            status: status.as_u16(),
-            retry_after: retry_after.as_deref(),
-            body: &body,
-        })
+        let started = std::time::Instant::now();
+        let answer = self
+            .send(request)
+            .await
+            .and_then(|(status, retry_after, body)| {
+                response::token_answer(Answer {
+                    status: status.as_u16(),
+                    retry_after: retry_after.as_deref(),
+                    body: &body,
+                })
+            });
+        self.observe(grant, &answer, started);
+        answer
     }
 
     async fn send(

@@ -75,7 +75,12 @@ impl Harness {
         let secret = sandbox.config().orgs[0].client_secret.clone();
         let lookup =
             |name: &str| env(name).or_else(|| (name == SECRET_ENV).then(|| secret.clone()));
-        let config = Config::parse(text, &lookup, Path::new(".")).expect("test config is valid");
+        let mut config =
+            Config::parse(text, &lookup, Path::new(".")).expect("test config is valid");
+        // Tests count upstream requests from a cold start, unless they ask for prefetching.
+        if !text.contains("prefetch_org_tokens") {
+            config.cache.prefetch_org_tokens = false;
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();

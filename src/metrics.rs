@@ -1,0 +1,235 @@
+//! Prometheus metrics: counters and histograms the broker updates as it works, and the
+//! state (cache, streams, tokens held, org token expiry) read from the broker at each
+//! scrape. One registry per broker, no global state, so tests can run many brokers.
+
+use std::time::Duration;
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+use crate::broker::Broker;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    method: &'static str,
+    code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    grant: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GrantLabels {
+    grant: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 100 µs to about 26 s.
+    Histogram::new(exponential_buckets(0.000_1, 2.0, 19))
+}
+
+/// What the broker counts as it works.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    rpc_requests: Family<RpcLabels, Counter>,
+    rpc_seconds: Histograms<MethodLabels>,
+    upstream_requests: Family<UpstreamLabels, Counter>,
+    upstream_seconds: Histograms<GrantLabels>,
+    rotations: Family<ReasonLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            rpc_requests: Family::default(),
+            rpc_seconds: Family::new_with_constructor(latency_histogram),
+            upstream_requests: Family::default(),
+            upstream_seconds: Family::new_with_constructor(latency_histogram),
+            rotations: Family::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// One RPC answered with `code` (the gRPC status code's name) after `elapsed`.
+    pub fn rpc(&self, method: &'static str, code: &str, elapsed: Duration) {
+        self.rpc_requests
+            .get_or_create(&RpcLabels {
+                method,
+                code: code.to_owned(),
+            })
+            .inc();
+        self.rpc_seconds
+            .get_or_create(&MethodLabels { method })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// One upstream request of `grant` type, ending in `outcome` after `elapsed`.
+    pub fn upstream(&self, grant: &'static str, outcome: &'static str, elapsed: Duration) {
+        self.upstream_requests
+            .get_or_create(&UpstreamLabels { grant, outcome })
+            .inc();
+        self.upstream_seconds
+            .get_or_create(&GrantLabels { grant })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// One new token, minted for `reason`.
+    pub fn rotation(&self, reason: &'static str) {
+        self.rotations.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}
+
+/// The registry to scrape: the broker's metrics and its state.
+pub fn registry(broker: &Broker) -> Registry {
+    let metrics = broker.metrics();
+    let mut registry = Registry::with_prefix("tokenbroker");
+    registry.register(
+        "rpc_requests",
+        "gRPC calls answered, by method and status code",
+        metrics.rpc_requests.clone(),
+    );
+    registry.register(
+        "rpc_duration_seconds",
+        "gRPC call latency, by method",
+        metrics.rpc_seconds.clone(),
+    );
+    registry.register(
+        "upstream_requests",
+        "Requests to the platform, by grant and outcome",
+        metrics.upstream_requests.clone(),
+    );
+    registry.register(
+        "upstream_duration_seconds",
+        "Platform request latency, by grant",
+        metrics.upstream_seconds.clone(),
+    );
+    registry.register(
+        "rotations",
+        "New tokens, by reason",
+        metrics.rotations.clone(),
+    );
+    registry.register_collector(Box::new(State {
+        broker: broker.clone(),
+    }));
+    registry
+}
+
+/// Renders `registry` in the Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut text = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, registry);
+    text
+}
+
+/// The broker's state, read at each scrape.
+#[derive(Debug)]
+struct State {
+    broker: Broker,
+}
+
+impl Collector for State {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.broker.stats();
+        let counters = [
+            (
+                "cache_hits",
+                "Caller requests answered from the cache",
+                stats.cache_hits,
+            ),
+            (
+                "cache_misses",
+                "Caller requests that waited on the platform",
+                stats.cache_misses,
+            ),
+            (
+                "renewals",
+                "Tokens renewed ahead of expiry in the background",
+                stats.renewals,
+            ),
+            (
+                "renewals_failed",
+                "Background renewals that failed (each is retried)",
+                stats.failed_renewals,
+            ),
+            (
+                "served_during_outage",
+                "Still valid tokens handed out while the platform failed",
+                stats.served_during_outage,
+            ),
+            (
+                "user_tokens_dropped",
+                "User tokens dropped for idleness or the cap",
+                stats.evictions,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let gauges = [
+            (
+                "watch_streams",
+                "Open WatchTokens streams",
+                stats.watch_streams as i64,
+            ),
+            (
+                "watched_keys",
+                "Subscriptions over all keys (one per key per stream)",
+                stats.watchers as i64,
+            ),
+            (
+                "user_tokens_held",
+                "User token slots held",
+                stats.user_tokens as i64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        let expiries = self.broker.org_token_expiries();
+        let mut family = encoder.encode_descriptor(
+            "org_token_expiry_seconds",
+            "Seconds until each org token expires (absent: none held, or long-lived)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (org, left) in expiries {
+            let Some(left) = left else { continue };
+            let labels = [("org", org)];
+            ConstGauge::new(left.as_secs_f64()).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,261 @@
+//! What a platform team operates: liveness and readiness for Kubernetes probes, Prometheus
+//! metrics, several client secrets for rotation, `check-config`, and JSON logs.
+
+mod common;
+
+use std::{process::Command, time::Duration};
+
+use common::{Harness, acme_toml, sandbox_config};
+use tokenbroker::{
+    proto::{GetOrgTokenRequest, GetUserTokenRequest, RefreshRequest, WatchTokensRequest},
+    sandbox::{Fault, FaultRule, SandboxConfig, Target},
+};
+use tonic::transport::Endpoint;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokenbroker");
+
+async fn start(sandbox: SandboxConfig, extra_toml: &'static str) -> Harness {
+    Harness::with(
+        sandbox,
+        move |s| format!("{extra_toml}\n{}", acme_toml(s)),
+        |_| None,
+    )
+    .await
+}
+
+async fn health(h: &Harness, service: &str) -> ServingStatus {
+    let channel = Endpoint::from_shared(format!("http://{}", h.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let answer = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap();
+    answer.into_inner().status()
+}
+
+async fn until_health(h: &Harness, service: &str, want: ServingStatus) {
+    for _ in 0..60 {
+        if health(h, service).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{service:?} never became {want:?}");
+}
+
+fn org() -> GetOrgTokenRequest {
+    GetOrgTokenRequest {
+        org: "acme".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn readiness_waits_for_every_org_token_and_liveness_does_not() {
+    let h = start(sandbox_config(), "").await;
+    assert_eq!(health(&h, "").await, ServingStatus::Serving);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        health(&h, "tokenbroker.v1.TokenService").await,
+        ServingStatus::NotServing,
+        "no org token yet"
+    );
+    h.client.clone().get_org_token(org()).await.unwrap();
+    until_health(&h, "tokenbroker.v1.TokenService", ServingStatus::Serving).await;
+}
+
+#[tokio::test]
+async fn prefetching_makes_the_broker_ready_without_a_call_and_readiness_flips_when_a_token_is_lost()
+ {
+    let mut sandbox = sandbox_config();
+    sandbox.token_lifetime = Duration::from_secs(2);
+    let h = start(sandbox, "[cache]\nprefetch_org_tokens = true\n[renewal]\nbackoff_base = \"50ms\"\nbackoff_max = \"200ms\"\n").await;
+    until_health(&h, "tokenbroker.v1.TokenService", ServingStatus::Serving).await;
+    assert_eq!(
+        h.sandbox.stats().client_credentials,
+        1,
+        "fetched at start, not on a call"
+    );
+    h.sandbox.inject(FaultRule::always(
+        Fault::Status { status: 503 },
+        Target::Any,
+    ));
+    until_health(&h, "tokenbroker.v1.TokenService", ServingStatus::NotServing).await;
+    assert_eq!(
+        health(&h, "").await,
+        ServingStatus::Serving,
+        "alive all along"
+    );
+    h.sandbox.clear_faults();
+    until_health(&h, "tokenbroker.v1.TokenService", ServingStatus::Serving).await;
+}
+
+#[tokio::test]
+async fn metrics_count_calls_cache_upstream_rotations_streams_and_expiry() {
+    let h = start(sandbox_config(), "").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(tokenbroker::serve_metrics(
+        h.broker.clone(),
+        listener,
+        std::future::pending(),
+    ));
+    let mut c = h.client.clone();
+    c.get_org_token(org()).await.unwrap();
+    c.get_org_token(org()).await.unwrap();
+    c.get_user_token(GetUserTokenRequest {
+        org: "acme".into(),
+        user_id: h.user(1).person_id,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    c.refresh(RefreshRequest {
+        org: "acme".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    c.get_org_token(GetOrgTokenRequest {
+        org: "nope".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_err();
+    let _watch = c
+        .watch_tokens(WatchTokensRequest {
+            org: "acme".into(),
+            user_ids: vec![],
+        })
+        .await
+        .unwrap();
+
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "tokenbroker_rpc_requests_total{method=\"GetOrgToken\",code=\"Ok\"} 2",
+        "tokenbroker_rpc_requests_total{method=\"GetOrgToken\",code=\"NotFound\"} 1",
+        "tokenbroker_rpc_requests_total{method=\"Refresh\",code=\"Ok\"} 1",
+        "tokenbroker_upstream_requests_total{grant=\"client_credentials\",outcome=\"ok\"} 1",
+        "tokenbroker_upstream_requests_total{grant=\"authorization_grant\",outcome=\"ok\"} 1",
+        "tokenbroker_upstream_requests_total{grant=\"refresh_token\",outcome=\"ok\"} 1",
+        "tokenbroker_rotations_total{reason=\"forced\"} 1",
+        "tokenbroker_rotations_total{reason=\"issued\"} 2",
+        "tokenbroker_cache_hits_total 2",
+        "tokenbroker_watch_streams 1",
+        "tokenbroker_user_tokens_held 1",
+        "tokenbroker_rpc_duration_seconds_count{method=\"GetUserToken\"} 1",
+    ] {
+        assert!(text.contains(line), "no {line:?} in\n{text}");
+    }
+    let expiry = text
+        .lines()
+        .find(|l| l.starts_with("tokenbroker_org_token_expiry_seconds{org=\"acme\"}"))
+        .expect("org expiry gauge");
+    let seconds: f64 = expiry.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((3500.0..=3600.0).contains(&seconds), "{expiry}");
+}
+
+#[tokio::test]
+async fn several_client_secrets_are_tried_in_order_and_the_working_one_is_kept() {
+    let h = Harness::with(
+        sandbox_config(),
+        |s| {
+            acme_toml(s).replace(
+                "client_secret_env = \"ACME_SECRET\"",
+                "client_secret_env = [\"OLD_SECRET\", \"ACME_SECRET\"]",
+            )
+        },
+        |name| (name == "OLD_SECRET").then(|| "retired-secret".to_owned()),
+    )
+    .await;
+    let mut c = h.client.clone();
+    c.get_org_token(org()).await.unwrap();
+    assert_eq!(
+        h.sandbox.stats().client_credentials,
+        2,
+        "the first secret was refused, the second worked"
+    );
+    // The next primary grant starts with the secret that worked.
+    h.sandbox.revoke_refresh_tokens();
+    c.refresh(RefreshRequest {
+        org: "acme".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(h.sandbox.stats().client_credentials, 3);
+}
+
+#[test]
+fn check_config_prints_the_effective_config_with_secrets_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), "very-secret-value\n").unwrap();
+    let path = dir.path().join("broker.toml");
+    std::fs::write(&path, "[orgs.acme]\nenvironment = \"production\"\nclient_id = \"acme-id\"\nclient_secret_file = \"secret\"\n").unwrap();
+    let output = Command::new(BIN)
+        .args(["check-config", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        shown.contains("[orgs.acme]") && shown.contains("client_secrets = [\"[redacted]\"]"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("request_timeout = \"10s\"") && shown.contains("max_user_tokens = 100000"),
+        "{shown}"
+    );
+    assert!(!shown.contains("very-secret-value"));
+
+    std::fs::write(&path, "[orgs.acme]\nenvironment = \"staging\"\n").unwrap();
+    let output = Command::new(BIN)
+        .args(["check-config", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("environment"));
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let mut seen = Vec::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        let json: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let done = json["fields"]["message"] == "tokenbroker listening";
+        seen.push(json);
+        if done {
+            break;
+        }
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        seen.iter()
+            .all(|j| j["level"].is_string() && j["timestamp"].is_string())
+    );
+}
