@@ -137,27 +137,128 @@ pub async fn run(
     listener: impl Into<Listener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
-    let broker = broker(&config)?;
-    serve(broker, config, listener, shutdown).await
+    Server::new(config)?.serve(listener, shutdown).await
 }
 
-/// The broker `config` describes. Must be called within a Tokio runtime.
-pub fn broker(config: &Config) -> Result<Broker, Error> {
-    let metrics = Arc::new(metrics::Metrics::default());
-    let upstream = Upstream::new(config.request_timeout, Arc::clone(&metrics))?;
-    Ok(Broker::new(
-        config.orgs.clone(),
-        upstream,
-        config.cache.clone(),
-        metrics,
-    ))
+/// A broker ready to serve: its cache, its gate (callers and limits), its config.
+pub struct Server {
+    broker: Broker,
+    gate: Arc<grpc::Gate>,
+    config: Config,
+}
+
+impl Server {
+    /// The broker `config` describes. Must be called within a Tokio runtime.
+    pub fn new(config: Config) -> Result<Self, Error> {
+        let metrics = Arc::new(metrics::Metrics::default());
+        let upstream = Upstream::new(config.request_timeout, Arc::clone(&metrics))?;
+        let broker = Broker::new(config.orgs.clone(), upstream, config.cache.clone(), metrics);
+        let gate = Arc::new(grpc::Gate::new(
+            auth::Callers::new(config.callers.clone()),
+            config.max_concurrent_requests,
+        ));
+        Ok(Self {
+            broker,
+            gate,
+            config,
+        })
+    }
+
+    /// The broker behind the server.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// A handle that applies new configs to the running server.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            broker: self.broker.clone(),
+            gate: Arc::clone(&self.gate),
+            running: Arc::new(std::sync::Mutex::new(self.config.clone())),
+        }
+    }
+
+    /// Serves on `listener` until `shutdown` completes; see [`serve`].
+    pub async fn serve(
+        self,
+        listener: impl Into<Listener>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), Error> {
+        serve(self.broker, self.gate, self.config, listener, shutdown).await
+    }
+}
+
+/// Applies a new config to a running server: orgs (added, removed, new endpoints or
+/// secrets) and callers change at once; what needs a restart is named and kept.
+#[derive(Clone)]
+pub struct Reloader {
+    broker: Broker,
+    gate: Arc<grpc::Gate>,
+    running: Arc<std::sync::Mutex<Config>>,
+}
+
+impl Reloader {
+    /// Applies `new`; returns the settings that changed but need a restart.
+    pub async fn apply(&self, new: Config) -> Vec<&'static str> {
+        let changes = self.broker.reload_orgs(new.orgs.clone()).await;
+        self.gate
+            .set_callers(auth::Callers::new(new.callers.clone()));
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let old = &*running;
+        let mut restart = Vec::new();
+        let checks: [(&'static str, bool); 9] = [
+            ("server.listen", old.listen != new.listen),
+            (
+                "server.tls",
+                old.tls.as_ref().map(|t| &t.cert_pem) != new.tls.as_ref().map(|t| &t.cert_pem),
+            ),
+            (
+                "server.keepalive_*",
+                (old.keepalive_interval, old.keepalive_timeout)
+                    != (new.keepalive_interval, new.keepalive_timeout),
+            ),
+            (
+                "server.max_concurrent_requests",
+                old.max_concurrent_requests != new.max_concurrent_requests,
+            ),
+            (
+                "server.max_request_bytes",
+                old.max_request_bytes != new.max_request_bytes,
+            ),
+            (
+                "upstream.request_timeout",
+                old.request_timeout != new.request_timeout,
+            ),
+            ("[renewal] and [cache]", old.cache != new.cache),
+            ("[watch]", old.watch != new.watch),
+            ("metrics.listen", old.metrics_listen != new.metrics_listen),
+        ];
+        for (key, changed) in checks {
+            if changed {
+                restart.push(key);
+            }
+        }
+        if !restart.is_empty() {
+            tracing::warn!(keys = ?restart, "these settings changed but take effect only after a restart");
+        }
+        tracing::info!(
+            added = ?changes.added,
+            removed = ?changes.removed,
+            updated = ?changes.updated,
+            callers = new.callers.len(),
+            "config reloaded"
+        );
+        *running = new;
+        restart
+    }
 }
 
 /// Serves `broker` on `listener` with `config`'s server settings until `shutdown`
 /// completes. Then every watch stream ends with UNAVAILABLE, open calls get up to
 /// `drain_timeout` to finish, and the broker's background renewal stops.
-pub async fn serve(
+async fn serve(
     broker: Broker,
+    gate: Arc<grpc::Gate>,
     config: Config,
     listener: impl Into<Listener>,
     shutdown: impl Future<Output = ()> + Send,
@@ -176,10 +277,7 @@ pub async fn serve(
     let streams_end = CancellationToken::new();
     let options = grpc::ServiceOptions {
         limits: config.watch.clone(),
-        gate: Arc::new(grpc::Gate::new(
-            auth::Callers::new(config.callers.clone()),
-            config.max_concurrent_requests,
-        )),
+        gate,
         shutdown: streams_end.clone(),
     };
     let settings = grpc::ServerSettings {

@@ -91,9 +91,10 @@ async fn main() -> ExitCode {
 }
 
 async fn broker(config_path: Option<PathBuf>, listen: Option<Listen>) -> ExitCode {
+    let config_path_for_reload = config_path.clone();
     // The demo sandbox lives as long as the broker.
     let (config, _sandbox) = match config_path {
-        Some(path) => match Config::load(&path).and_then(|c| match listen {
+        Some(path) => match Config::load(&path).and_then(|c| match listen.clone() {
             Some(listen) => c.with_listen(listen),
             None => Ok(c),
         }) {
@@ -104,8 +105,9 @@ async fn broker(config_path: Option<PathBuf>, listen: Option<Listen>) -> ExitCod
             }
         },
         None => {
-            let listen =
-                listen.unwrap_or_else(|| Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], 50051))));
+            let listen = listen
+                .clone()
+                .unwrap_or_else(|| Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], 50051))));
             match demo::start(listen).await {
                 Ok((config, sandbox)) => (config, Some(sandbox)),
                 Err(e) => {
@@ -125,7 +127,17 @@ async fn broker(config_path: Option<PathBuf>, listen: Option<Listen>) -> ExitCod
     if let Some(sandbox) = &_sandbox {
         info!("{}", demo::usage(&listener.local_addr(), sandbox));
     }
-    match tokenbroker::run(config, listener, shutdown_signal()).await {
+    let server = match tokenbroker::Server::new(config) {
+        Ok(server) => server,
+        Err(e) => {
+            error!(error = %e, "tokenbroker failed to start");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(path) = config_path_for_reload {
+        tokio::spawn(reload_on_change(path, listen, server.reloader()));
+    }
+    match server.serve(listener, shutdown_signal()).await {
         Ok(()) => {
             info!("stopped");
             ExitCode::SUCCESS
@@ -133,6 +145,48 @@ async fn broker(config_path: Option<PathBuf>, listen: Option<Listen>) -> ExitCod
         Err(e) => {
             error!(error = %e, "tokenbroker failed");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Re-reads the config on SIGHUP, and when the file changes (checked every 2 s). A config
+/// that does not load is refused with its reason, and the running one stays.
+async fn reload_on_change(path: PathBuf, listen: Option<Listen>, reloader: tokenbroker::Reloader) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let stamp = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = stamp(&path);
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            error!(error = %e, "cannot handle SIGHUP; reload by changing the file");
+            None
+        }
+    };
+    let mut poll = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        let why = tokio::select! {
+            _ = async { match &mut hangup { Some(s) => s.recv().await, None => std::future::pending().await } } => "SIGHUP",
+            _ = poll.tick() => {
+                let now = stamp(&path);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                "the config file changed"
+            }
+        };
+        let loaded = Config::load(&path).and_then(|c| match &listen {
+            Some(listen) => c.with_listen(listen.clone()),
+            None => Ok(c),
+        });
+        match loaded {
+            Ok(config) => {
+                info!(reason = why, "reloading the config");
+                reloader.apply(config).await;
+            }
+            Err(e) => {
+                error!(reason = why, error = %e, "config reload refused; the running config stays")
+            }
         }
     }
 }

@@ -259,3 +259,261 @@ fn json_logs_are_one_object_per_line() {
             .all(|j| j["level"].is_string() && j["timestamp"].is_string())
     );
 }
+
+fn keyed<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    request
+}
+
+fn with_caller(
+    key: &str,
+    sandbox: &tokenbroker::sandbox::Sandbox,
+    extra_org: Option<&str>,
+) -> String {
+    let mut toml = format!(
+        "[[callers]]\nname = \"svc\"\napi_key_sha256 = [\"{}\"]\norgs = [\"*\"]\npermissions = [\"org_token\", \"refresh\", \"watch\"]\n{}",
+        tokenbroker::auth::api_key_hash(key),
+        acme_toml(sandbox)
+    );
+    if let Some(name) = extra_org {
+        toml.push_str(&format!(
+            "[orgs.{name}]\ntoken_url = \"{}\"\nauthorization_grant_url = \"{}\"\nclient_id = \"acme-client\"\nclient_secret_env = [\"RETIRED\", \"ACME_SECRET\"]\n",
+            sandbox.token_url(),
+            sandbox.authorization_grant_url()
+        ));
+    }
+    toml
+}
+
+#[tokio::test]
+async fn a_reload_adds_and_removes_orgs_and_swaps_callers_while_streams_of_kept_orgs_stay_open() {
+    let h = Harness::with(
+        sandbox_config(),
+        |s| with_caller("key-one", s, None),
+        |_| None,
+    )
+    .await;
+    let mut c = h.client.clone();
+    let mut acme_watch = c
+        .watch_tokens(keyed(
+            WatchTokensRequest {
+                org: "acme".into(),
+                user_ids: vec![],
+            },
+            "key-one",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    acme_watch.message().await.unwrap();
+
+    let env = |n: &str| match n {
+        "ACME_SECRET" => Some(h.sandbox.config().orgs[0].client_secret.clone()),
+        "RETIRED" => Some("retired".to_owned()),
+        _ => None,
+    };
+    let parse = |text: String| {
+        let mut config =
+            tokenbroker::config::Config::parse(&text, &env, std::path::Path::new(".")).unwrap();
+        config.cache.prefetch_org_tokens = false; // as the harness started it
+        config
+    };
+    let restart = h
+        .reloader
+        .apply(parse(with_caller("key-two", &h.sandbox, Some("globex"))))
+        .await;
+    assert!(restart.is_empty(), "{restart:?}");
+
+    assert_eq!(
+        c.get_org_token(keyed(org(), "key-one"))
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::Unauthenticated
+    );
+    let globex = GetOrgTokenRequest {
+        org: "globex".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        c.get_org_token(keyed(globex.clone(), "key-two"))
+            .await
+            .unwrap()
+            .into_inner()
+            .token
+            .unwrap()
+            .org,
+        "globex"
+    );
+    let mut globex_watch = c
+        .watch_tokens(keyed(
+            WatchTokensRequest {
+                org: "globex".into(),
+                user_ids: vec![],
+            },
+            "key-two",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    globex_watch.message().await.unwrap();
+
+    // The acme stream opened before the reload is still there and still gets rotations.
+    c.refresh(keyed(
+        RefreshRequest {
+            org: "acme".into(),
+            ..Default::default()
+        },
+        "key-two",
+    ))
+    .await
+    .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), acme_watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.token.unwrap().generation, 2);
+
+    // Removing globex tells its watchers and refuses it from then on.
+    h.reloader
+        .apply(parse(with_caller("key-two", &h.sandbox, None)))
+        .await;
+    let m = tokio::time::timeout(Duration::from_secs(5), globex_watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.reason(), tokenbroker::proto::TokenEventReason::Revoked);
+    assert!(m.detail.contains("removed"), "{}", m.detail);
+    assert_eq!(
+        c.get_org_token(keyed(globex, "key-two"))
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::NotFound
+    );
+}
+
+#[tokio::test]
+async fn sighup_and_a_changed_file_reload_the_config_and_a_bad_one_is_refused() {
+    let sandbox = tokenbroker::sandbox::Sandbox::start(
+        sandbox_config(),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("secret"),
+        &sandbox.config().orgs[0].client_secret,
+    )
+    .unwrap();
+    let org_toml = |name: &str| {
+        format!(
+            "[orgs.{name}]\ntoken_url = \"{}\"\nauthorization_grant_url = \"{}\"\nclient_id = \"acme-client\"\nclient_secret_file = \"secret\"\n",
+            sandbox.token_url(),
+            sandbox.authorization_grant_url()
+        )
+    };
+    let path = dir.path().join("broker.toml");
+    std::fs::write(&path, org_toml("acme")).unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |needle: &str| loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no {needle:?}"));
+        if line.contains(needle) {
+            return line;
+        }
+    };
+    let line = wait_for("tokenbroker listening");
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .unwrap()
+        .to_owned();
+    let mut c = tokenbroker::proto::token_service_client::TokenServiceClient::connect(format!(
+        "http://{addr}"
+    ))
+    .await
+    .unwrap();
+    let ask = |org: &str| GetOrgTokenRequest {
+        org: org.into(),
+        ..Default::default()
+    };
+    assert!(c.get_org_token(ask("acme")).await.is_ok());
+    assert_eq!(
+        c.get_org_token(ask("globex")).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+
+    std::fs::write(
+        &path,
+        format!("{}\n{}", org_toml("acme"), org_toml("globex")),
+    )
+    .unwrap();
+    let hup = |child: &std::process::Child| {
+        Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap()
+    };
+    hup(&child);
+    wait_for("config reloaded");
+    assert_eq!(
+        c.get_org_token(ask("globex"))
+            .await
+            .unwrap()
+            .into_inner()
+            .token
+            .unwrap()
+            .org,
+        "globex"
+    );
+
+    std::fs::write(&path, "[orgs.acme]\nenvironment = \"nowhere\"\n").unwrap();
+    hup(&child);
+    wait_for("config reload refused");
+    assert!(
+        c.get_org_token(ask("globex")).await.is_ok(),
+        "the running config stays"
+    );
+
+    // Without a signal: the file's change is noticed.
+    std::fs::write(&path, org_toml("acme")).unwrap();
+    wait_for("config reloaded");
+    assert_eq!(
+        c.get_org_token(ask("globex")).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    drop(c);
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+}

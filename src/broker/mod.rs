@@ -11,6 +11,7 @@
 
 mod error;
 mod key;
+mod reload;
 mod renew;
 mod schedule;
 mod slot;
@@ -35,6 +36,7 @@ use tracing::{debug, info, warn};
 
 pub use error::BrokerError;
 pub use key::{MAX_ID_LEN, TokenKey, check_id};
+pub use reload::OrgChanges;
 pub use schedule::RenewalPolicy;
 use slot::{Flight, Slot, Turn};
 pub use stats::BrokerStats;
@@ -105,7 +107,7 @@ pub struct Broker {
 
 #[derive(Debug)]
 struct Inner {
-    orgs: HashMap<Arc<str>, Arc<Org>>,
+    orgs: RwLock<HashMap<Arc<str>, Arc<Org>>>,
     upstream: Upstream,
     policy: CachePolicy,
     stats: Arc<stats::Counters>,
@@ -117,12 +119,30 @@ struct Inner {
 #[derive(Debug)]
 struct Org {
     name: Arc<str>,
-    client: upstream::Client,
-    credentials: Credentials,
+    /// Where and how to ask the platform; swapped whole by a reload.
+    config: RwLock<Arc<OrgConfig>>,
     slot: Arc<Slot>,
     users: RwLock<HashMap<Arc<str>, Arc<Slot>>>,
     /// Index of the client secret that worked last.
     secret_in_use: AtomicUsize,
+}
+
+/// An org's endpoints and credentials.
+#[derive(Debug)]
+struct OrgConfig {
+    client: upstream::Client,
+    credentials: Credentials,
+}
+
+impl Org {
+    /// The org's current endpoints and credentials.
+    fn config(&self) -> Arc<OrgConfig> {
+        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn is_static(&self) -> bool {
+        matches!(self.config().credentials, Credentials::Static(_))
+    }
 }
 
 /// What a caller wants from a slot.
@@ -147,48 +167,65 @@ impl Broker {
         policy: CachePolicy,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let shutdown = CancellationToken::new();
-        let orgs = orgs
-            .into_iter()
-            .map(|settings| {
-                let name: Arc<str> = settings.name.into();
-                let key = TokenKey {
-                    org: Arc::clone(&name),
-                    user: None,
-                };
-                let initial = match &settings.credentials {
-                    Credentials::Static(token) => {
-                        Some(Arc::new(Token::long_lived(key.clone(), token.clone())))
-                    }
-                    Credentials::Client { .. } => None,
-                };
-                let org = Org {
-                    name: Arc::clone(&name),
-                    client: settings.client,
-                    credentials: settings.credentials,
-                    slot: Arc::new(Slot::new(key, initial, shutdown.child_token())),
-                    users: RwLock::default(),
-                    secret_in_use: AtomicUsize::new(0),
-                };
-                (name, Arc::new(org))
-            })
-            .collect::<HashMap<_, _>>();
         let broker = Self {
             inner: Arc::new(Inner {
-                orgs,
+                orgs: RwLock::default(),
                 upstream,
                 policy,
                 stats: Arc::default(),
                 metrics,
-                shutdown,
+                shutdown: CancellationToken::new(),
             }),
         };
-        for org in broker.inner.orgs.values() {
-            if let Credentials::Client { .. } = org.credentials {
-                broker.start_renewal(org, &org.slot);
-            }
+        for settings in orgs {
+            broker.add_org(settings);
         }
         broker
+    }
+
+    /// Adds an org (replacing any of that name) and starts renewing its token.
+    fn add_org(&self, settings: OrgSettings) -> Arc<Org> {
+        let name: Arc<str> = settings.name.into();
+        let key = TokenKey {
+            org: Arc::clone(&name),
+            user: None,
+        };
+        let initial = match &settings.credentials {
+            Credentials::Static(token) => {
+                Some(Arc::new(Token::long_lived(key.clone(), token.clone())))
+            }
+            Credentials::Client { .. } => None,
+        };
+        let org = Arc::new(Org {
+            name: Arc::clone(&name),
+            config: RwLock::new(Arc::new(OrgConfig {
+                client: settings.client,
+                credentials: settings.credentials,
+            })),
+            slot: Arc::new(Slot::new(key, initial, self.inner.shutdown.child_token())),
+            users: RwLock::default(),
+            secret_in_use: AtomicUsize::new(0),
+        });
+        self.inner
+            .orgs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, Arc::clone(&org));
+        if !org.is_static() {
+            self.start_renewal(&org, &org.slot);
+        }
+        org
+    }
+
+    /// Every org now configured.
+    fn all_orgs(&self) -> Vec<Arc<Org>> {
+        self.inner
+            .orgs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Stops every background renewal. Tokens already held stay readable.
@@ -198,7 +235,7 @@ impl Broker {
 
     /// The configured org names, sorted.
     pub fn org_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.inner.orgs.keys().map(|n| n.to_string()).collect();
+        let mut names: Vec<String> = self.all_orgs().iter().map(|o| o.name.to_string()).collect();
         names.sort();
         names
     }
@@ -218,9 +255,8 @@ impl Broker {
     pub fn org_token_expiries(&self) -> Vec<(String, Option<Duration>)> {
         let now = Instant::now();
         let mut expiries: Vec<_> = self
-            .inner
-            .orgs
-            .values()
+            .all_orgs()
+            .iter()
             .map(|org| {
                 (
                     org.name.to_string(),
@@ -235,16 +271,15 @@ impl Broker {
     /// Whether every configured org holds a valid token (a long-lived one counts).
     pub fn is_ready(&self) -> bool {
         let now = Instant::now();
-        self.inner
-            .orgs
-            .values()
+        self.all_orgs()
+            .iter()
             .all(|org| org.slot.current().is_some_and(|t| t.is_valid(now)))
     }
 
     /// What the broker has done so far.
     pub fn stats(&self) -> BrokerStats {
         let (mut held, mut watchers) = (0, 0);
-        for org in self.inner.orgs.values() {
+        for org in self.all_orgs() {
             let users = org.users.read().unwrap_or_else(|p| p.into_inner());
             held += users.len();
             watchers += org.slot.watchers() + users.values().map(|s| s.watchers()).sum::<usize>();
@@ -288,7 +323,7 @@ impl Broker {
         let org = self.org(org)?;
         let slot = match user {
             None => {
-                if let Credentials::Static(_) = org.credentials {
+                if org.is_static() {
                     return Err(BrokerError::NotRotatable {
                         org: org.name.to_string(),
                     });
@@ -334,13 +369,17 @@ impl Broker {
     }
 
     fn org(&self, name: &str) -> Result<Arc<Org>, BrokerError> {
-        let orgs = &self.inner.orgs;
+        let orgs = self.inner.orgs.read().unwrap_or_else(|p| p.into_inner());
         if name.is_empty()
             && orgs.len() == 1
             && let Some(org) = orgs.values().next()
         {
             return Ok(Arc::clone(org));
         }
+        if let Some(org) = orgs.get(name) {
+            return Ok(Arc::clone(org));
+        }
+        drop(orgs);
         if name.is_empty() {
             return Err(BrokerError::InvalidArgument {
                 field: "org",
@@ -351,12 +390,10 @@ impl Broker {
             });
         }
         check_id("org", name)?;
-        orgs.get(name)
-            .cloned()
-            .ok_or_else(|| BrokerError::UnknownOrg {
-                org: name.to_owned(),
-                known: self.org_names().join(", "),
-            })
+        Err(BrokerError::UnknownOrg {
+            org: name.to_owned(),
+            known: self.org_names().join(", "),
+        })
     }
 
     /// A caller's request for a slot's token: the cache hit, or a wait on the platform.
@@ -564,7 +601,7 @@ impl Broker {
         match self
             .inner
             .upstream
-            .refresh(&org.client, refresh_token)
+            .refresh(&org.config().client, refresh_token)
             .await
         {
             Ok(grant) => return Ok((grant, reason)),
@@ -583,14 +620,15 @@ impl Broker {
     async fn primary_grant(&self, org: &Arc<Org>, key: &TokenKey) -> Result<Grant, BrokerError> {
         let upstream = &self.inner.upstream;
         let fail = |e: UpstreamError| BrokerError::upstream(key, &e);
-        match (&key.user, &org.credentials) {
+        let config = org.config();
+        match (&key.user, &config.credentials) {
             (None, Credentials::Client { client_id, secrets }) => {
                 // The secret that worked last goes first; a rejected one passes to the next.
                 let first = org.secret_in_use.load(Ordering::Relaxed);
                 let mut last_error = None;
                 for i in (0..secrets.len()).map(|k| (first + k) % secrets.len()) {
                     match upstream
-                        .client_credentials(&org.client, client_id, &secrets[i])
+                        .client_credentials(&config.client, client_id, &secrets[i])
                         .await
                     {
                         Ok(grant) => {
@@ -618,7 +656,7 @@ impl Broker {
             (Some(user), _) => {
                 let code = self.authorization_grant(org, key, user).await?;
                 upstream
-                    .exchange_code(&org.client, code)
+                    .exchange_code(&config.client, code)
                     .await
                     .map_err(fail)
             }
@@ -635,19 +673,20 @@ impl Broker {
         user: &str,
     ) -> Result<AuthCode, BrokerError> {
         let upstream = &self.inner.upstream;
+        let config = org.config();
         let bearer = self.org_slot_token(org, Want::Usable).await?;
         let answer = match upstream
-            .authorization_grant(&org.client, &bearer.access_token, user)
+            .authorization_grant(&config.client, &bearer.access_token, user)
             .await
         {
             Err(UpstreamError::BearerRejected)
-                if matches!(org.credentials, Credentials::Client { .. }) =>
+                if matches!(config.credentials, Credentials::Client { .. }) =>
             {
                 info!(org = %org.name, "the grant endpoint rejected the org token; rotating it once");
                 let stale = Some(bearer.access_token.expose());
                 let bearer = self.org_slot_token(org, Want::Rotation { stale }).await?;
                 upstream
-                    .authorization_grant(&org.client, &bearer.access_token, user)
+                    .authorization_grant(&config.client, &bearer.access_token, user)
                     .await
             }
             other => other,

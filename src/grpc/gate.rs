@@ -3,7 +3,7 @@
 //! and, once the org is known, whether it may do this. Also the audit line for every token
 //! handed out.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Status, transport::server::UdsConnectInfo};
@@ -17,7 +17,8 @@ use crate::{
 /// Authentication, policy and limits for the service.
 #[derive(Debug)]
 pub struct Gate {
-    callers: Callers,
+    /// Swapped whole by a reload.
+    callers: RwLock<Arc<Callers>>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
 }
@@ -31,7 +32,7 @@ pub struct Admitted {
 impl Gate {
     pub fn new(callers: Callers, max_in_flight: usize) -> Self {
         Self {
-            callers,
+            callers: RwLock::new(Arc::new(callers)),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
         }
@@ -55,12 +56,20 @@ impl Gate {
     /// Streams are bounded per connection instead of by the calls in flight.
     pub fn admit_stream<T>(&self, request: &Request<T>) -> Result<Admitted, Status> {
         let presented = presented(request);
-        let caller = self.callers.authenticate(&presented)?;
+        let callers = Arc::clone(&self.callers.read().unwrap_or_else(|p| p.into_inner()));
+        let caller = callers.authenticate(&presented)?;
         caller.admit()?;
         Ok(Admitted {
             caller,
             _permit: None,
         })
+    }
+}
+
+impl Gate {
+    /// Replaces the callers (a reload). Calls in flight finish as they began.
+    pub fn set_callers(&self, callers: Callers) {
+        *self.callers.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(callers);
     }
 }
 

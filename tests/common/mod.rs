@@ -41,6 +41,7 @@ pub fn acme_toml(sandbox: &Sandbox) -> String {
 pub struct Harness {
     pub sandbox: Sandbox,
     pub broker: Broker,
+    pub reloader: tokenbroker::Reloader,
     pub addr: SocketAddr,
     pub client: TokenServiceClient<Channel>,
     stop: Option<oneshot::Sender<()>>,
@@ -84,21 +85,19 @@ impl Harness {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let broker = tokenbroker::broker(&config).unwrap();
-        let server = tokio::spawn(tokenbroker::serve(
-            broker.clone(),
-            config,
-            listener,
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let server = tokenbroker::Server::new(config).unwrap();
+        let broker = server.broker().clone();
+        let reloader = server.reloader();
+        let server = tokio::spawn(server.serve(listener, async {
+            let _ = stopped.await;
+        }));
         let client = TokenServiceClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
         Self {
             sandbox,
             broker,
+            reloader,
             addr,
             client,
             stop: Some(stop),
