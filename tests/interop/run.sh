@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs the Python, Node and grpcurl clients against a real broker (demo mode, in front of
+# its built-in sandbox). Needs: cargo, python3 with grpcio + grpcio-tools, node with
+# tests/interop/node's packages installed, grpcurl (see .ci/run for the installs).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+cargo build --quiet --manifest-path "$root/Cargo.toml" --bin tokenbroker
+log=$(mktemp)
+"$root/target/debug/tokenbroker" --listen 127.0.0.1:0 > "$log" 2>&1 &
+broker=$!
+trap 'kill $broker 2>/dev/null || true' EXIT
+for _ in $(seq 100); do grep -q "tokenbroker listening" "$log" && break; sleep 0.1; done
+BROKER=$(grep -o 'addr=[0-9.:]*' "$log" | tail -1 | cut -d= -f2)
+SANDBOX=$(grep -o 'built-in sandbox at http://[0-9.:]*' "$log" | head -1 | awk '{print $4}')
+[ -n "$BROKER" ] && [ -n "$SANDBOX" ] || { echo "the broker did not start:"; cat "$log"; exit 1; }
+export BROKER SANDBOX
+echo "broker at $BROKER, sandbox at $SANDBOX"
+
+failed=0
+python3 "$here/python/client.py" || failed=$((failed + 1))
+node "$here/node/client.js" || failed=$((failed + 1))
+"$here/grpcurl.sh" || failed=$((failed + 1))
+# The README's examples run too, so they cannot rot.
+cd "$root"
+python3 examples/python/get_token.py > /dev/null || { echo "examples/python failed"; failed=$((failed + 1)); }
+NODE_PATH="$here/node/node_modules" node examples/node/get_token.js > /dev/null || { echo "examples/node failed"; failed=$((failed + 1)); }
+examples/grpcurl.sh > /dev/null 2>&1 || { echo "examples/grpcurl.sh failed"; failed=$((failed + 1)); }
+echo "interop: $((6 - failed)) passed, $failed failed"
+[ "$failed" -eq 0 ]
