@@ -102,7 +102,7 @@ impl TokenServiceImpl {
         };
         self.broker
             .metrics()
-            .rpc(method, &format!("{code:?}"), started.elapsed());
+            .rpc(method, code_name(code), started.elapsed());
         result
     }
 }
