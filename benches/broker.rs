@@ -113,7 +113,7 @@ impl Process {
     fn start(args: &[&str], needle: &str) -> Self {
         let mut child = Command::new(BIN)
             .args(args)
-            .env("RUST_LOG", "warn,tokenbroker=info,tokenbroker::audit=warn")
+            .env("RUST_LOG", "info") // as deployed: an audit line per token handed out
             .env("DEMO_SECRET", "demo-secret")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())

@@ -483,7 +483,7 @@ impl Broker {
             (Want::Rotation { stale: Some(stale) }, Some(t))
                 if t.access_token.expose() != stale =>
             {
-                debug!(key = %slot.key, fingerprint = %t.access_token.fingerprint(), "refresh names an already replaced token; returning the current one");
+                debug!(key = %slot.key, fingerprint = %t.fingerprint, "refresh names an already replaced token; returning the current one");
                 return Ok(Arc::clone(t));
             }
             (Want::Rotation { .. }, Some(_)) => Reason::Forced,
@@ -544,7 +544,7 @@ impl Broker {
                 info!(
                     key = %slot.key,
                     generation = token.generation,
-                    fingerprint = %token.access_token.fingerprint(),
+                    fingerprint = %token.fingerprint,
                     expires_in_s = grant.expires_in.as_secs(),
                     ?reason,
                     "new token"

@@ -8,7 +8,7 @@ use std::{
 use tokio::time::Instant;
 
 use super::TokenKey;
-use crate::secret::AccessToken;
+use crate::secret::{AccessToken, Fingerprint};
 
 /// The most a token's usable life is cut short before its expiry, so that a caller has
 /// time to use what it was handed.
@@ -44,6 +44,8 @@ impl Reason {
 pub struct Token {
     pub key: TokenKey,
     pub access_token: AccessToken,
+    /// The access token's fingerprint, computed once: every audit line names it.
+    pub fingerprint: Fingerprint,
     pub token_type: String,
     /// When the broker asked the platform for it (wall clock, for callers).
     pub issued_at: SystemTime,
@@ -78,6 +80,7 @@ impl Token {
         let (mono, wall) = requested;
         Self {
             key,
+            fingerprint: access_token.fingerprint(),
             access_token,
             token_type,
             issued_at: wall,
@@ -95,6 +98,7 @@ impl Token {
     pub(crate) fn long_lived(key: TokenKey, access_token: AccessToken) -> Self {
         Self {
             key,
+            fingerprint: access_token.fingerprint(),
             access_token,
             token_type: "Bearer".into(),
             issued_at: SystemTime::now(),

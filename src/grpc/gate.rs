@@ -93,7 +93,7 @@ pub fn audit(caller: &str, rpc: &'static str, token: &Token) {
         rpc,
         org = %token.key.org,
         user_id = token.key.user.as_deref().unwrap_or(""),
-        fingerprint = %token.access_token.fingerprint(),
+        fingerprint = %token.fingerprint,
         generation = token.generation,
         "token handed out"
     );
