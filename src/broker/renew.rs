@@ -180,3 +180,4 @@ async fn sleep_until_or_forever(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
