@@ -5,7 +5,7 @@ mod common;
 
 use std::{os::unix::fs::MetadataExt, path::Path};
 
-use common::{Harness, acme_toml, sandbox_config};
+use common::{Harness, acme_toml, sandbox_config, with_key};
 use futures::future::join_all;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
 use tokenbroker::{
@@ -37,14 +37,6 @@ async fn start(toml: String) -> Harness {
         |_| None,
     )
     .await
-}
-
-fn with_key<T>(message: T, key: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {key}").parse().unwrap());
-    request
 }
 
 fn org() -> GetOrgTokenRequest {

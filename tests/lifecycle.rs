@@ -8,33 +8,18 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use common::{Harness, acme_toml, sandbox_config};
+use common::{Harness, acme_toml, lifetime, sandbox_config};
 use tokenbroker::{
     proto::{
         GetOrgTokenRequest, GetUserTokenRequest, RefreshRequest, Token, TokenEventReason,
         WatchTokensRequest,
     },
-    sandbox::{Fault, FaultRule, MalformedBody, SandboxConfig, Target},
+    sandbox::{Fault, FaultRule, MalformedBody, Target},
 };
 use tonic::{Code, Request, Status};
 
 /// Short holds after failures, so tests see recovery quickly.
 const FAST_BACKOFF: &str = "[renewal]\nbackoff_base = \"50ms\"\nbackoff_max = \"200ms\"\n";
-
-fn lifetime(secs: u64) -> SandboxConfig {
-    let mut config = sandbox_config();
-    config.token_lifetime = Duration::from_secs(secs);
-    config
-}
-
-async fn start(sandbox: SandboxConfig, extra_toml: &'static str) -> Harness {
-    Harness::with(
-        sandbox,
-        move |s| format!("{extra_toml}\n{}", acme_toml(s)),
-        |_| None,
-    )
-    .await
-}
 
 fn org_request(min_valid_for: Option<Duration>) -> GetOrgTokenRequest {
     GetOrgTokenRequest {
@@ -97,7 +82,7 @@ async fn eventually<T, F: Future<Output = Result<T, Status>>>(mut call: impl FnM
 
 #[tokio::test]
 async fn with_two_second_tokens_for_twenty_seconds_no_caller_waits_and_every_token_works() {
-    let h = start(lifetime(2), "").await;
+    let h = Harness::with_extra(lifetime(2), "").await;
     let users: Vec<String> = (1..=3).map(|i| h.user(i).person_id).collect();
     let mut watch = h
         .client
@@ -186,7 +171,7 @@ async fn with_two_second_tokens_for_twenty_seconds_no_caller_waits_and_every_tok
 
 #[tokio::test]
 async fn idle_user_tokens_are_dropped_and_the_cap_drops_the_longest_idle_first() {
-    let h = start(
+    let h = Harness::with_extra(
         sandbox_config(),
         "[cache]\nuser_idle_timeout = \"1s\"\nmax_user_tokens = 3\n",
     )
@@ -233,7 +218,7 @@ async fn idle_user_tokens_are_dropped_and_the_cap_drops_the_longest_idle_first()
 
 #[tokio::test]
 async fn min_valid_for_renews_first_or_says_what_the_platform_allows() {
-    let h = start(lifetime(10), "").await;
+    let h = Harness::with_extra(lifetime(10), "").await;
     let mut c = h.client.clone();
     let first = c
         .get_org_token(org_request(Some(Duration::from_secs(5))))
@@ -292,7 +277,7 @@ async fn min_valid_for_renews_first_or_says_what_the_platform_allows() {
 
 #[tokio::test]
 async fn server_errors_are_unavailable_and_the_broker_recovers() {
-    let h = start(sandbox_config(), FAST_BACKOFF).await;
+    let h = Harness::with_extra(sandbox_config(), FAST_BACKOFF).await;
     h.sandbox.inject(FaultRule::always(
         Fault::Status { status: 503 },
         Target::Any,
@@ -311,7 +296,7 @@ async fn server_errors_are_unavailable_and_the_broker_recovers() {
 
 #[tokio::test]
 async fn throttling_is_honoured_no_request_before_retry_after() {
-    let h = start(sandbox_config(), FAST_BACKOFF).await;
+    let h = Harness::with_extra(sandbox_config(), FAST_BACKOFF).await;
     h.sandbox.inject(FaultRule::times(
         Fault::RateLimit {
             retry_after_secs: 1,
@@ -338,7 +323,7 @@ async fn throttling_is_honoured_no_request_before_retry_after() {
 
 #[tokio::test]
 async fn a_slow_platform_is_waited_for() {
-    let h = start(sandbox_config(), "").await;
+    let h = Harness::with_extra(sandbox_config(), "").await;
     h.sandbox.inject(FaultRule::always(
         Fault::Latency { millis: 300 },
         Target::Any,
@@ -349,7 +334,7 @@ async fn a_slow_platform_is_waited_for() {
 
 #[tokio::test]
 async fn a_hanging_platform_answers_unavailable_within_the_callers_deadline() {
-    let h = start(sandbox_config(), "[upstream]\nrequest_timeout = \"400ms\"\n[renewal]\nbackoff_base = \"10ms\"\nbackoff_max = \"10ms\"\n").await;
+    let h = Harness::with_extra(sandbox_config(), "[upstream]\nrequest_timeout = \"400ms\"\n[renewal]\nbackoff_base = \"10ms\"\nbackoff_max = \"10ms\"\n").await;
     h.sandbox
         .inject(FaultRule::always(Fault::Hang, Target::Any));
     // The broker's own request timeout.
@@ -389,7 +374,7 @@ async fn a_hanging_platform_answers_unavailable_within_the_callers_deadline() {
 
 #[tokio::test]
 async fn malformed_answers_are_unavailable_and_a_numeric_string_lifetime_is_fine() {
-    let h = start(sandbox_config(), FAST_BACKOFF).await;
+    let h = Harness::with_extra(sandbox_config(), FAST_BACKOFF).await;
     for body in [
         MalformedBody::Html,
         MalformedBody::Garbage,
@@ -438,7 +423,7 @@ async fn malformed_answers_are_unavailable_and_a_numeric_string_lifetime_is_fine
 
 #[tokio::test]
 async fn an_answer_lost_after_the_platform_spent_the_refresh_token_is_never_retried_with_it() {
-    let h = start(sandbox_config(), "").await;
+    let h = Harness::with_extra(sandbox_config(), "").await;
     let user = h.user(1).person_id;
     let org1 = org_token(&h).await.unwrap();
     let user1 = user_token(&h, &user).await.unwrap();
@@ -518,7 +503,7 @@ async fn rejected_credentials_are_not_hammered() {
 
 #[tokio::test]
 async fn during_an_outage_callers_get_the_valid_token_until_it_expires() {
-    let h = start(lifetime(3), FAST_BACKOFF).await;
+    let h = Harness::with_extra(lifetime(3), FAST_BACKOFF).await;
     let token = org_token(&h).await.unwrap();
     h.sandbox.inject(FaultRule::always(
         Fault::Status { status: 502 },

@@ -5,10 +5,10 @@ mod common;
 
 use std::{process::Command, time::Duration};
 
-use common::{Harness, acme_toml, sandbox_config};
+use common::{Harness, acme_toml, sandbox_config, with_key};
 use tokenbroker::{
     proto::{GetOrgTokenRequest, GetUserTokenRequest, RefreshRequest, WatchTokensRequest},
-    sandbox::{Fault, FaultRule, SandboxConfig, Target},
+    sandbox::{Fault, FaultRule, Target},
 };
 use tonic::transport::Endpoint;
 use tonic_health::pb::{
@@ -16,15 +16,6 @@ use tonic_health::pb::{
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokenbroker");
-
-async fn start(sandbox: SandboxConfig, extra_toml: &'static str) -> Harness {
-    Harness::with(
-        sandbox,
-        move |s| format!("{extra_toml}\n{}", acme_toml(s)),
-        |_| None,
-    )
-    .await
-}
 
 async fn health(h: &Harness, service: &str) -> ServingStatus {
     let channel = Endpoint::from_shared(format!("http://{}", h.addr))
@@ -60,7 +51,7 @@ fn org() -> GetOrgTokenRequest {
 
 #[tokio::test]
 async fn readiness_waits_for_every_org_token_and_liveness_does_not() {
-    let h = start(sandbox_config(), "").await;
+    let h = Harness::with_extra(sandbox_config(), "").await;
     assert_eq!(health(&h, "").await, ServingStatus::Serving);
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
@@ -77,7 +68,7 @@ async fn prefetching_makes_the_broker_ready_without_a_call_and_readiness_flips_w
  {
     let mut sandbox = sandbox_config();
     sandbox.token_lifetime = Duration::from_secs(2);
-    let h = start(sandbox, "[cache]\nprefetch_org_tokens = true\n[renewal]\nbackoff_base = \"50ms\"\nbackoff_max = \"200ms\"\n").await;
+    let h = Harness::with_extra(sandbox, "[cache]\nprefetch_org_tokens = true\n[renewal]\nbackoff_base = \"50ms\"\nbackoff_max = \"200ms\"\n").await;
     until_health(&h, "tokenbroker.v1.TokenService", ServingStatus::Serving).await;
     assert_eq!(
         h.sandbox.stats().client_credentials,
@@ -100,7 +91,7 @@ async fn prefetching_makes_the_broker_ready_without_a_call_and_readiness_flips_w
 
 #[tokio::test]
 async fn metrics_count_calls_cache_upstream_rotations_streams_and_expiry() {
-    let h = start(sandbox_config(), "").await;
+    let h = Harness::with_extra(sandbox_config(), "").await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(tokenbroker::serve_metrics(
@@ -260,14 +251,6 @@ fn json_logs_are_one_object_per_line() {
     );
 }
 
-fn keyed<T>(message: T, key: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {key}").parse().unwrap());
-    request
-}
-
 fn with_caller(
     key: &str,
     sandbox: &tokenbroker::sandbox::Sandbox,
@@ -298,7 +281,7 @@ async fn a_reload_adds_and_removes_orgs_and_swaps_callers_while_streams_of_kept_
     .await;
     let mut c = h.client.clone();
     let mut acme_watch = c
-        .watch_tokens(keyed(
+        .watch_tokens(with_key(
             WatchTokensRequest {
                 org: "acme".into(),
                 user_ids: vec![],
@@ -328,7 +311,7 @@ async fn a_reload_adds_and_removes_orgs_and_swaps_callers_while_streams_of_kept_
     assert!(restart.is_empty(), "{restart:?}");
 
     assert_eq!(
-        c.get_org_token(keyed(org(), "key-one"))
+        c.get_org_token(with_key(org(), "key-one"))
             .await
             .unwrap_err()
             .code(),
@@ -339,7 +322,7 @@ async fn a_reload_adds_and_removes_orgs_and_swaps_callers_while_streams_of_kept_
         ..Default::default()
     };
     assert_eq!(
-        c.get_org_token(keyed(globex.clone(), "key-two"))
+        c.get_org_token(with_key(globex.clone(), "key-two"))
             .await
             .unwrap()
             .into_inner()
@@ -349,7 +332,7 @@ async fn a_reload_adds_and_removes_orgs_and_swaps_callers_while_streams_of_kept_
         "globex"
     );
     let mut globex_watch = c
-        .watch_tokens(keyed(
+        .watch_tokens(with_key(
             WatchTokensRequest {
                 org: "globex".into(),
                 user_ids: vec![],
@@ -362,7 +345,7 @@ async fn a_reload_adds_and_removes_orgs_and_swaps_callers_while_streams_of_kept_
     globex_watch.message().await.unwrap();
 
     // The acme stream opened before the reload is still there and still gets rotations.
-    c.refresh(keyed(
+    c.refresh(with_key(
         RefreshRequest {
             org: "acme".into(),
             ..Default::default()
@@ -390,7 +373,7 @@ async fn a_reload_adds_and_removes_orgs_and_swaps_callers_while_streams_of_kept_
     assert_eq!(m.reason(), tokenbroker::proto::TokenEventReason::Revoked);
     assert!(m.detail.contains("removed"), "{}", m.detail);
     assert_eq!(
-        c.get_org_token(keyed(globex, "key-two"))
+        c.get_org_token(with_key(globex, "key-two"))
             .await
             .unwrap_err()
             .code(),

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Harness, acme_toml, sandbox_config};
+use common::{Harness, acme_toml, sandbox_config, with_key};
 use tokenbroker::{
     auth::api_key_hash,
     proto::{GetOrgTokenRequest, GetUserTokenRequest, RefreshRequest, WatchTokensRequest},
@@ -40,14 +40,6 @@ impl<'a> MakeWriter<'a> for Capture {
     fn make_writer(&'a self) -> Capture {
         self.clone()
     }
-}
-
-fn keyed<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
-    request
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,37 +87,40 @@ async fn nothing_logged_or_answered_holds_a_secret() {
 
     // The flows.
     let mut watch = c
-        .watch_tokens(keyed(WatchTokensRequest {
-            org: "acme".into(),
-            user_ids: vec![h.user(1).person_id],
-        }))
+        .watch_tokens(with_key(
+            WatchTokensRequest {
+                org: "acme".into(),
+                user_ids: vec![h.user(1).person_id],
+            },
+            KEY,
+        ))
         .await
         .unwrap()
         .into_inner();
     watch.message().await.unwrap();
     let t = c
-        .get_org_token(keyed(org()))
+        .get_org_token(with_key(org(), KEY))
         .await
         .unwrap()
         .into_inner()
         .token
         .unwrap();
     for i in 1..=3 {
-        c.get_user_token(keyed(user(h.user(i).external_id)))
+        c.get_user_token(with_key(user(h.user(i).external_id), KEY))
             .await
             .unwrap();
     }
     let u = c
-        .get_user_token(keyed(user(h.user(1).person_id)))
+        .get_user_token(with_key(user(h.user(1).person_id), KEY))
         .await
         .unwrap()
         .into_inner()
         .token
         .unwrap();
-    c.refresh(keyed(refresh("", &t.access_token)))
+    c.refresh(with_key(refresh("", &t.access_token), KEY))
         .await
         .unwrap();
-    c.refresh(keyed(refresh(&u.user_id, &u.access_token)))
+    c.refresh(with_key(refresh(&u.user_id, &u.access_token), KEY))
         .await
         .unwrap();
     watch.message().await.unwrap();
@@ -136,7 +131,7 @@ async fn nothing_logged_or_answered_holds_a_secret() {
         Target::RefreshToken,
         1,
     ));
-    note(c.refresh(keyed(refresh("", ""))).await.map(drop));
+    note(c.refresh(with_key(refresh("", ""), KEY)).await.map(drop));
     for body in [
         MalformedBody::Html,
         MalformedBody::Garbage,
@@ -147,7 +142,7 @@ async fn nothing_logged_or_answered_holds_a_secret() {
             Target::Token,
             1,
         ));
-        note(c.refresh(keyed(refresh("", ""))).await.map(drop));
+        note(c.refresh(with_key(refresh("", ""), KEY)).await.map(drop));
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     h.sandbox.inject(FaultRule::times(
@@ -156,7 +151,7 @@ async fn nothing_logged_or_answered_holds_a_secret() {
         1,
     ));
     note(
-        c.get_user_token(keyed(user(h.user(9).person_id)))
+        c.get_user_token(with_key(user(h.user(9).person_id), KEY))
             .await
             .map(drop),
     );
@@ -164,24 +159,24 @@ async fn nothing_logged_or_answered_holds_a_secret() {
         .inject(FaultRule::times(Fault::Hang, Target::Any, 1));
     tokio::time::sleep(Duration::from_millis(30)).await;
     note(
-        c.get_user_token(keyed(user(h.user(10).person_id)))
+        c.get_user_token(with_key(user(h.user(10).person_id), KEY))
             .await
             .map(drop),
     );
     tokio::time::sleep(Duration::from_millis(30)).await;
     note(
-        c.get_user_token(keyed(user("no-such-user".into())))
+        c.get_user_token(with_key(user("no-such-user".into()), KEY))
             .await
             .map(drop),
     );
     note(c.get_org_token(Request::new(org())).await.map(drop));
-    let mut wrong = keyed(org());
+    let mut wrong = with_key(org(), KEY);
     wrong
         .metadata_mut()
         .insert("authorization", "Bearer not-the-key".parse().unwrap());
     note(c.get_org_token(wrong).await.map(drop));
     h.sandbox.revoke_client("acme-client");
-    note(c.refresh(keyed(refresh("", ""))).await.map(drop));
+    note(c.refresh(with_key(refresh("", ""), KEY)).await.map(drop));
     tokio::time::sleep(Duration::from_millis(100)).await;
     // The refresh faults were absorbed (re-issued through client credentials); these were not.
     assert!(answers.len() >= 6, "{answers:?}");

@@ -5,31 +5,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, acme_toml, sandbox_config};
+use common::{Harness, lifetime, sandbox_config};
 use futures::future::join_all;
 use tokenbroker::{
     proto::{
         GetUserTokenRequest, RefreshRequest, TokenEventReason, WatchTokensRequest,
         WatchTokensResponse, token_service_client::TokenServiceClient,
     },
-    sandbox::{Fault, FaultRule, SandboxConfig, Target},
+    sandbox::{Fault, FaultRule, Target},
 };
 use tonic::{Code, Streaming, transport::Channel};
-
-fn lifetime(secs: u64) -> SandboxConfig {
-    let mut config = sandbox_config();
-    config.token_lifetime = Duration::from_secs(secs);
-    config
-}
-
-async fn start(sandbox: SandboxConfig, extra_toml: &'static str) -> Harness {
-    Harness::with(
-        sandbox,
-        move |s| format!("{extra_toml}\n{}", acme_toml(s)),
-        |_| None,
-    )
-    .await
-}
 
 fn watch_request(users: &[String]) -> WatchTokensRequest {
     WatchTokensRequest {
@@ -71,7 +56,7 @@ async fn until(h: &Harness, what: &str, check: impl Fn(&tokenbroker::broker::Bro
 
 #[tokio::test]
 async fn generations_only_grow_and_a_reconnect_gets_the_current_token_first() {
-    let h = start(sandbox_config(), "").await;
+    let h = Harness::with_extra(sandbox_config(), "").await;
     let mut stream = watch(&h.client, &[]).await;
     let first = next(&mut stream).await;
     assert_eq!(
@@ -107,7 +92,7 @@ async fn generations_only_grow_and_a_reconnect_gets_the_current_token_first() {
 
 #[tokio::test]
 async fn a_removed_user_is_announced_revoked_when_its_token_expires() {
-    let h = start(
+    let h = Harness::with_extra(
         lifetime(2),
         "[renewal]\nbackoff_base = \"50ms\"\nbackoff_max = \"200ms\"\n",
     )
@@ -143,7 +128,7 @@ async fn a_removed_user_is_announced_revoked_when_its_token_expires() {
 
 #[tokio::test]
 async fn revoked_credentials_and_an_outage_are_announced() {
-    let h = start(lifetime(2), "[renewal]\nbackoff_base = \"50ms\"\nbackoff_max = \"200ms\"\ncredentials_retry = \"300ms\"\n").await;
+    let h = Harness::with_extra(lifetime(2), "[renewal]\nbackoff_base = \"50ms\"\nbackoff_max = \"200ms\"\ncredentials_retry = \"300ms\"\n").await;
     let mut stream = watch(&h.client, &[]).await;
     next(&mut stream).await;
     h.sandbox.inject(FaultRule::always(
@@ -176,7 +161,7 @@ async fn revoked_credentials_and_an_outage_are_announced() {
 
 #[tokio::test]
 async fn watching_keeps_a_user_token_warm_until_the_last_watcher_leaves() {
-    let h = start(lifetime(2), "[cache]\nuser_idle_timeout = \"1s\"\n").await;
+    let h = Harness::with_extra(lifetime(2), "[cache]\nuser_idle_timeout = \"1s\"\n").await;
     let user = h.user(3).external_id;
     let mut a = watch(&h.client, std::slice::from_ref(&user)).await;
     let mut b = watch(&h.new_client().await, std::slice::from_ref(&user)).await;
@@ -198,7 +183,7 @@ async fn watching_keeps_a_user_token_warm_until_the_last_watcher_leaves() {
 
 #[tokio::test]
 async fn limits_answer_resource_exhausted() {
-    let h = start(
+    let h = Harness::with_extra(
         sandbox_config(),
         "[watch]\nmax_keys_per_stream = 3\nmax_streams_per_connection = 2\n",
     )
@@ -249,7 +234,7 @@ async fn limits_answer_resource_exhausted() {
 
 #[tokio::test]
 async fn ten_thousand_streams_opened_and_closed_leave_no_subscriber() {
-    let h = start(sandbox_config(), "").await;
+    let h = Harness::with_extra(sandbox_config(), "").await;
     let users: Vec<String> = (1..=5).map(|i| h.user(i).person_id).collect();
     let clients = [
         h.client.clone(),
@@ -282,7 +267,7 @@ async fn ten_thousand_streams_opened_and_closed_leave_no_subscriber() {
 
 #[tokio::test]
 async fn two_thousand_subscribers_over_five_connections_all_get_a_forced_rotation() {
-    let h = start(sandbox_config(), "").await;
+    let h = Harness::with_extra(sandbox_config(), "").await;
     let mut clients = vec![h.client.clone()];
     for _ in 0..4 {
         clients.push(h.new_client().await);
@@ -326,7 +311,7 @@ async fn two_thousand_subscribers_over_five_connections_all_get_a_forced_rotatio
 
 #[tokio::test]
 async fn shutdown_ends_streams_with_unavailable_and_lets_calls_finish() {
-    let h = start(sandbox_config(), "[server]\ndrain_timeout = \"5s\"\n").await;
+    let h = Harness::with_extra(sandbox_config(), "[server]\ndrain_timeout = \"5s\"\n").await;
     let mut stream = watch(&h.client, &[]).await;
     next(&mut stream).await;
     h.sandbox.inject(FaultRule::always(

@@ -180,4 +180,3 @@ async fn sleep_until_or_forever(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
-

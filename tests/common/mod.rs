@@ -29,6 +29,23 @@ pub fn sandbox_config() -> SandboxConfig {
     }
 }
 
+/// [`sandbox_config`] with tokens that live `secs` seconds.
+pub fn lifetime(secs: u64) -> SandboxConfig {
+    let mut config = sandbox_config();
+    config.token_lifetime = Duration::from_secs(secs);
+    config
+}
+
+/// A request carrying `key` as `authorization: Bearer` metadata.
+pub fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {key}").parse().expect("ASCII key"),
+    );
+    request
+}
+
 /// The broker config for one org `acme` against `sandbox`, secret from `ACME_SECRET`.
 pub fn acme_toml(sandbox: &Sandbox) -> String {
     format!(
@@ -122,6 +139,17 @@ impl Harness {
             .await
             .unwrap();
         response["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// A sandbox with `sandbox_config`, and a broker for org `acme` whose TOML starts with
+    /// `extra_toml`.
+    pub async fn with_extra(sandbox_config: SandboxConfig, extra_toml: &'static str) -> Self {
+        Self::with(
+            sandbox_config,
+            move |s| format!("{extra_toml}\n{}", acme_toml(s)),
+            |_| None,
+        )
+        .await
     }
 
     /// Another client on its own connection.
