@@ -349,3 +349,57 @@ async fn shutdown_ends_streams_with_unavailable_and_lets_calls_finish() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn keepalive_finds_a_dead_client_and_releases_its_streams() {
+    let h = Harness::with_extra(
+        sandbox_config(),
+        "[server]\nkeepalive_interval = \"200ms\"\nkeepalive_timeout = \"200ms\"\n",
+    )
+    .await;
+    // A client behind a forwarder that can go silent, as a crashed host or a cut cable would.
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let broker_addr = h.addr;
+    let freeze = std::sync::Arc::clone(&frozen);
+    tokio::spawn(async move {
+        let (client, _) = relay.accept().await.unwrap();
+        let server = tokio::net::TcpStream::connect(broker_addr).await.unwrap();
+        let (cr, cw) = client.into_split();
+        let (sr, sw) = server.into_split();
+        let pump = |mut from: tokio::net::tcp::OwnedReadHalf,
+                    mut to: tokio::net::tcp::OwnedWriteHalf,
+                    freeze: std::sync::Arc<std::sync::atomic::AtomicBool>| async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match from.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if freeze.load(std::sync::atomic::Ordering::SeqCst) {
+                    // Silent: nothing passes, nothing is closed.
+                    std::future::pending::<()>().await;
+                }
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let up = tokio::spawn(pump(cr, sw, std::sync::Arc::clone(&freeze)));
+        let down = tokio::spawn(pump(sr, cw, freeze));
+        let _ = tokio::join!(up, down);
+    });
+    let client = TokenServiceClient::connect(format!("http://{relay_addr}"))
+        .await
+        .unwrap();
+    let mut stream = watch(&client, &[]).await;
+    next(&mut stream).await;
+    assert_eq!(h.broker.stats().watch_streams, 1);
+    frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    until(&h, "the dead client's stream released", |s| {
+        s.watch_streams == 0 && s.watchers == 0
+    })
+    .await;
+}
