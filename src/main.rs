@@ -19,6 +19,9 @@ use tracing::{error, info};
 /// With no --config (and no TOKENBROKER_CONFIG) it starts in demo mode against its built-in
 /// sandbox of the platform, listening on 127.0.0.1:50051. Logs go to stderr; set the level
 /// with RUST_LOG (e.g. RUST_LOG=debug).
+///
+/// Signals: SIGHUP (or a change to the config file) reloads the config; SIGTERM or Ctrl-C
+/// ends watch streams, drains calls and exits 0; a second one exits at once.
 #[derive(Debug, Parser)]
 #[command(name = "tokenbroker", version)]
 struct Cli {
