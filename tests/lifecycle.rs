@@ -121,11 +121,7 @@ async fn with_two_second_tokens_for_twenty_seconds_no_caller_waits_and_every_tok
             .await;
         assert_eq!(status, 200);
         for (token, user) in tokens[1..].iter().zip(&users) {
-            let (status, me) = h.call_api("/api/v1/expense/me", &token.access_token).await;
-            assert_eq!(
-                (status, me["personId"].as_str()),
-                (200, Some(user.as_str()))
-            );
+            h.assert_acts_as(&token.access_token, user).await;
         }
         checked += tokens.len();
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -457,11 +453,7 @@ async fn an_answer_lost_after_the_platform_spent_the_refresh_token_is_never_retr
         .token
         .unwrap();
     assert_eq!((org2.generation, user2.generation), (2, 2));
-    let (status, me) = h.call_api("/api/v1/expense/me", &user2.access_token).await;
-    assert_eq!(
-        (status, me["personId"].as_str()),
-        (200, Some(user.as_str()))
-    );
+    h.assert_acts_as(&user2.access_token, &user).await;
 
     let stats = h.sandbox.stats();
     // Each refresh token was spent by the platform, its answer lost, and never sent again:

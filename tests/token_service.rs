@@ -199,11 +199,7 @@ async fn many_callers_over_fifty_users_cost_fifty_grants_and_fifty_exchanges() {
         (1, 50, 50)
     );
     for token in tokens.iter().step_by(97) {
-        let (status, me) = h.call_api("/api/v1/expense/me", &token.access_token).await;
-        assert_eq!(
-            (status, me["personId"].as_str()),
-            (200, Some(token.user_id.as_str()))
-        );
+        h.assert_acts_as(&token.access_token, &token.user_id).await;
     }
 }
 
@@ -227,11 +223,7 @@ async fn refresh_rotates_through_the_refresh_token_and_bumps_the_generation() {
     let u2 = refresh(&h, &user, &u1.access_token).await;
     assert_ne!(u2.access_token, u1.access_token);
     assert_eq!((u2.generation, u2.user_id.as_str()), (2, user.as_str()));
-    let (status, me) = h.call_api("/api/v1/expense/me", &u2.access_token).await;
-    assert_eq!(
-        (status, me["externalSourceId"].as_str()),
-        (200, Some(user.as_str()))
-    );
+    h.assert_acts_as(&u2.access_token, &user).await;
     let stats = h.sandbox.stats();
     assert_eq!((stats.refresh_token, stats.authorization_grant), (2, 1));
 }
@@ -287,11 +279,7 @@ async fn a_rejected_refresh_token_is_replaced_through_the_primary_grant() {
     assert_eq!(org2.generation, 2);
     let user2 = refresh(&h, &user, &user1.access_token).await;
     assert_eq!(user2.generation, 2);
-    let (status, me) = h.call_api("/api/v1/expense/me", &user2.access_token).await;
-    assert_eq!(
-        (status, me["personId"].as_str()),
-        (200, Some(user.as_str()))
-    );
+    h.assert_acts_as(&user2.access_token, &user).await;
 
     let stats = h.sandbox.stats();
     // One refresh attempt each (refused), then client credentials again for the org and a
@@ -542,11 +530,7 @@ async fn a_long_lived_token_is_handed_out_as_is_and_is_the_bearer_of_user_grants
 
     let user = h.user(5);
     let u = user_token(&h, &user.person_id).await;
-    let (status, me) = h.call_api("/api/v1/expense/me", &u.access_token).await;
-    assert_eq!(
-        (status, me["personId"].as_str()),
-        (200, Some(user.person_id.as_str()))
-    );
+    h.assert_acts_as(&u.access_token, &user.person_id).await;
     let stats = h.sandbox.stats();
     assert_eq!(
         (stats.client_credentials, stats.refresh_token),

@@ -241,8 +241,8 @@ impl Broker {
     }
 
     /// The configured name `name` refers to (the only org, when `name` is empty).
-    pub fn org_name(&self, name: &str) -> Result<String, BrokerError> {
-        Ok(self.org(name)?.name.to_string())
+    pub fn org_name(&self, name: &str) -> Result<Arc<str>, BrokerError> {
+        Ok(Arc::clone(&self.org(name)?.name))
     }
 
     /// The metrics the broker updates.

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     deadline,
-    gate::Gate,
+    gate::{Admitted, Gate},
     watch::{ConnectionStreams, WatchResponses},
 };
 use crate::{
@@ -143,6 +143,19 @@ impl TokenService for TokenServiceImpl {
 }
 
 impl TokenServiceImpl {
+    /// The org a request names (the only one, if it names none), once the caller may use
+    /// `permission` on it.
+    fn authorized_org(
+        &self,
+        admitted: &Admitted,
+        permission: Permission,
+        org: &str,
+    ) -> Result<Arc<str>, Status> {
+        let org = self.broker.org_name(org)?;
+        admitted.authorize(permission, &org)?;
+        Ok(org)
+    }
+
     async fn org_token_call(
         &self,
         request: Request<GetOrgTokenRequest>,
@@ -150,8 +163,7 @@ impl TokenServiceImpl {
         let admitted = self.options.gate.admit(&request)?;
         let deadline = deadline::of(request.metadata());
         let r = request.into_inner();
-        let org = self.broker.org_name(&r.org)?;
-        admitted.authorize(Permission::OrgToken, &org)?;
+        let org = self.authorized_org(&admitted, Permission::OrgToken, &r.org)?;
         let min_valid_for = min_valid_for(r.min_valid_for)?;
         let token = deadline::within(deadline, async {
             Ok(self.broker.org_token(&org, min_valid_for).await?)
@@ -170,8 +182,7 @@ impl TokenServiceImpl {
         let admitted = self.options.gate.admit(&request)?;
         let deadline = deadline::of(request.metadata());
         let r = request.into_inner();
-        let org = self.broker.org_name(&r.org)?;
-        admitted.authorize(Permission::UserToken, &org)?;
+        let org = self.authorized_org(&admitted, Permission::UserToken, &r.org)?;
         let min_valid_for = min_valid_for(r.min_valid_for)?;
         let token = deadline::within(deadline, async {
             Ok(self
@@ -193,8 +204,7 @@ impl TokenServiceImpl {
         let admitted = self.options.gate.admit(&request)?;
         let deadline = deadline::of(request.metadata());
         let r = request.into_inner();
-        let org = self.broker.org_name(&r.org)?;
-        admitted.authorize(Permission::Refresh, &org)?;
+        let org = self.authorized_org(&admitted, Permission::Refresh, &r.org)?;
         let user = (!r.user_id.is_empty()).then_some(r.user_id.as_str());
         let stale = (!r.stale_access_token.is_empty()).then_some(r.stale_access_token.as_str());
         let token = deadline::within(deadline, async {
@@ -215,8 +225,7 @@ impl TokenServiceImpl {
         let deadline = deadline::of(request.metadata());
         let peer = request.remote_addr();
         let r = request.into_inner();
-        let org = self.broker.org_name(&r.org)?;
-        admitted.authorize(Permission::Watch, &org)?;
+        let org = self.authorized_org(&admitted, Permission::Watch, &r.org)?;
         let limits = &self.options.limits;
         if r.user_ids.len() > limits.max_keys_per_stream {
             return Err(Status::resource_exhausted(format!(

@@ -178,6 +178,19 @@ impl Harness {
         (status, body)
     }
 
+    /// Asserts that the platform accepts `token` as a user token acting as `user` (its
+    /// person id, or its ExternalSourceID when `user` is one).
+    pub async fn assert_acts_as(&self, token: &str, user: &str) {
+        let (status, me) = self.call_api("/api/v1/expense/me", token).await;
+        assert_eq!(status, 200, "the platform refused the user token: {me}");
+        let field = if user.starts_with("EMP-") {
+            "externalSourceId"
+        } else {
+            "personId"
+        };
+        assert_eq!(me[field].as_str(), Some(user), "{me}");
+    }
+
     /// Stops the broker gracefully and waits for it; returns the sandbox's harness so
     /// its final check still runs.
     pub async fn stop_and_keep(mut self) -> Self {
