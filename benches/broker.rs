@@ -7,6 +7,11 @@
 //!     cargo bench --bench broker                    # full run (about 13 minutes)
 //!     cargo bench --bench broker -- --quick         # smoke run (seconds; CI runs it)
 //!     cargo bench --bench broker -- --soak 120      # a shorter soak
+//!     cargo bench --bench broker -- --only users    # some scenario groups: org, users,
+//!                                                   # cold, watch, soak (comma-separated)
+//!     cargo bench --bench broker -- --users 20000   # fewer user tokens held
+//!
+//! `BENCH_BROKER_WRAPPER="valgrind --tool=massif"` runs the broker under a profiler.
 //!
 //! Prints a table and writes the figures as JSON (`--out FILE`, default
 //! `target/bench/broker.json`).
@@ -45,9 +50,16 @@ struct Size {
     subscribers: usize,
     connections: usize,
     soak: Duration,
+    /// The scenario groups to run (`--only org,users,cold,watch,soak`); all when empty.
+    only: Vec<String>,
 }
 
 impl Size {
+    /// Whether the scenario group `name` runs.
+    fn runs(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == name)
+    }
+
     fn from_args() -> (Self, PathBuf) {
         let args: Vec<String> = std::env::args().collect();
         let quick = args.iter().any(|a| a == "--quick");
@@ -60,6 +72,10 @@ impl Size {
         let soak = value("--soak")
             .and_then(|s| s.parse().ok())
             .unwrap_or(if quick { 5 } else { 600 });
+        let only: Vec<String> = value("--only")
+            .map(|o| o.split(',').map(str::to_owned).collect())
+            .unwrap_or_default();
+        let users = value("--users").and_then(|s| s.parse().ok());
         let out = value("--out")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("target/bench/broker.json"));
@@ -68,26 +84,28 @@ impl Size {
                 quick,
                 rounds: 2,
                 phase: Duration::from_millis(500),
-                users_held: 2_000,
+                users_held: users.unwrap_or(2_000),
                 cold_callers: 1_000,
                 cold_users: 100,
                 refreshers: 200,
                 subscribers: 1_000,
                 connections: 10,
                 soak: Duration::from_secs(soak),
+                only: only.clone(),
             }
         } else {
             Size {
                 quick,
                 rounds: 5,
                 phase: Duration::from_secs(2),
-                users_held: 100_000,
+                users_held: users.unwrap_or(100_000),
                 cold_callers: 10_000,
                 cold_users: 1_000,
                 refreshers: 1_000,
                 subscribers: 10_000,
                 connections: 100,
                 soak: Duration::from_secs(soak),
+                only: only.clone(),
             }
         };
         (size, out)
@@ -102,6 +120,16 @@ struct Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        // SIGTERM first, so a profiler wrapping the broker writes its report.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -111,7 +139,19 @@ impl Process {
     /// Starts the binary with `args` and waits for the log line with `needle`, whose
     /// `addr=` field is the address it listens on.
     fn start(args: &[&str], needle: &str) -> Self {
-        let mut child = Command::new(BIN)
+        // BENCH_BROKER_WRAPPER (say "valgrind --tool=massif") runs the broker under a
+        // profiler; the sandbox always runs bare.
+        let wrapper = std::env::var("BENCH_BROKER_WRAPPER")
+            .ok()
+            .filter(|_| args.first() != Some(&"sandbox"));
+        let mut words: Vec<&str> = wrapper
+            .as_deref()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        words.push(BIN);
+        let mut child = Command::new(words[0])
+            .args(&words[1..])
             .args(args)
             .env("RUST_LOG", "info") // as deployed: an audit line per token handed out
             .env("DEMO_SECRET", "demo-secret")
@@ -365,370 +405,379 @@ async fn main() {
         .get_org_token(GetOrgTokenRequest::default())
         .await
         .expect("org token");
-    let org = versus_health(&chans, 64, &size, Call::OrgToken).await;
-    table.row(
-        "GetOrgToken cached, 64 callers: throughput vs Health/Check",
-        format!("{:.3}x", org["throughput_ratio"].as_f64().unwrap_or(0.0)),
-        ">= 0.95x",
-        org["throughput_ratio"].as_f64().unwrap_or(0.0) >= 0.95,
-    );
-    table.row(
-        "GetOrgToken cached, 64 callers: p99 vs Health/Check",
-        format!("{:.3}x", org["p99_ratio"].as_f64().unwrap_or(9.0)),
-        "<= 1.10x",
-        org["p99_ratio"].as_f64().unwrap_or(9.0) <= 1.10,
-    );
-    figures.insert("cached_org_token".into(), org);
+    if size.runs("org") {
+        let org = versus_health(&chans, 64, &size, Call::OrgToken).await;
+        table.row(
+            "GetOrgToken cached, 64 callers: throughput vs Health/Check",
+            format!("{:.3}x", org["throughput_ratio"].as_f64().unwrap_or(0.0)),
+            ">= 0.95x",
+            org["throughput_ratio"].as_f64().unwrap_or(0.0) >= 0.95,
+        );
+        table.row(
+            "GetOrgToken cached, 64 callers: p99 vs Health/Check",
+            format!("{:.3}x", org["p99_ratio"].as_f64().unwrap_or(9.0)),
+            "<= 1.10x",
+            org["p99_ratio"].as_f64().unwrap_or(9.0) <= 1.10,
+        );
+        figures.insert("cached_org_token".into(), org);
 
-    // Context: a direct client-credentials request (what a service does alone) vs a cached
-    // GetOrgToken, one caller each, sequential.
-    let http = reqwest::Client::new();
-    let form = [
-        ("grant_type", "client_credentials"),
-        ("client_id", "demo-client"),
-        ("client_secret", "demo-secret"),
-    ];
-    let mut direct = Vec::new();
-    for _ in 0..200 {
-        let t = Instant::now();
-        http.post(format!("http://{}/oauth/token", platform.addr))
-            .form(&form)
-            .send()
-            .await
-            .expect("direct")
-            .bytes()
-            .await
-            .expect("body");
-        direct.push(t.elapsed().as_micros() as u64);
+        // Context: a direct client-credentials request (what a service does alone) vs a cached
+        // GetOrgToken, one caller each, sequential.
+        let http = reqwest::Client::new();
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", "demo-client"),
+            ("client_secret", "demo-secret"),
+        ];
+        let mut direct = Vec::new();
+        for _ in 0..200 {
+            let t = Instant::now();
+            http.post(format!("http://{}/oauth/token", platform.addr))
+                .form(&form)
+                .send()
+                .await
+                .expect("direct")
+                .bytes()
+                .await
+                .expect("body");
+            direct.push(t.elapsed().as_micros() as u64);
+        }
+        let mut client = TokenServiceClient::new(chans[0].clone());
+        let mut cached = Vec::new();
+        for _ in 0..200 {
+            let t = Instant::now();
+            client
+                .get_org_token(GetOrgTokenRequest::default())
+                .await
+                .expect("cached");
+            cached.push(t.elapsed().as_micros() as u64);
+        }
+        direct.sort_unstable();
+        cached.sort_unstable();
+        let (d50, c50) = (percentile(&direct, 0.5), percentile(&cached, 0.5));
+        table.row(
+            "context: direct client-credentials p50 / cached GetOrgToken p50",
+            format!("{:.0}us / {:.0}us = {:.2}x", d50, c50, d50 / c50.max(1.0)),
+            "(context)",
+            true,
+        );
+        figures.insert(
+            "direct_vs_cached".into(),
+            json!({"direct_p50_us": d50, "cached_p50_us": c50, "ratio": d50 / c50.max(1.0)}),
+        );
     }
-    let mut client = TokenServiceClient::new(chans[0].clone());
-    let mut cached = Vec::new();
-    for _ in 0..200 {
-        let t = Instant::now();
-        client
-            .get_org_token(GetOrgTokenRequest::default())
-            .await
-            .expect("cached");
-        cached.push(t.elapsed().as_micros() as u64);
-    }
-    direct.sort_unstable();
-    cached.sort_unstable();
-    let (d50, c50) = (percentile(&direct, 0.5), percentile(&cached, 0.5));
-    table.row(
-        "context: direct client-credentials p50 / cached GetOrgToken p50",
-        format!("{:.0}us / {:.0}us = {:.2}x", d50, c50, d50 / c50.max(1.0)),
-        "(context)",
-        true,
-    );
-    figures.insert(
-        "direct_vs_cached".into(),
-        json!({"direct_p50_us": d50, "cached_p50_us": c50, "ratio": d50 / c50.max(1.0)}),
-    );
 
     // 2. Cached GetUserToken with many users held; memory growth over the empty broker.
-    let empty_rss = b.rss_mib();
-    let users = size.users_held;
-    let next = Arc::new(AtomicU64::new(0));
-    let fill = (0..256).map(|i| {
-        let mut c = TokenServiceClient::new(chans[i % chans.len()].clone());
-        let next = Arc::clone(&next);
-        tokio::spawn(async move {
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed) as usize;
-                if n >= users {
-                    break;
+    if size.runs("users") {
+        let empty_rss = b.rss_mib();
+        let users = size.users_held;
+        let next = Arc::new(AtomicU64::new(0));
+        let fill = (0..256).map(|i| {
+            let mut c = TokenServiceClient::new(chans[i % chans.len()].clone());
+            let next = Arc::clone(&next);
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if n >= users {
+                        break;
+                    }
+                    c.get_user_token(GetUserTokenRequest {
+                        user_id: format!("EMP-{:05}", n + 1),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("prefill");
                 }
-                c.get_user_token(GetUserTokenRequest {
-                    user_id: format!("EMP-{:05}", n + 1),
-                    ..Default::default()
-                })
-                .await
-                .expect("prefill");
-            }
-        })
-    });
-    let filling = Instant::now();
-    join_all(fill).await;
-    eprintln!(
-        "held {users} user tokens in {:.1}s",
-        filling.elapsed().as_secs_f64()
-    );
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let held_rss = b.rss_mib();
-    let growth = held_rss - empty_rss;
-    let user = versus_health(&chans, 64, &size, Call::UserToken(users)).await;
-    table.row(
-        &format!("GetUserToken cached, {users} users held: throughput vs Health"),
-        format!("{:.3}x", user["throughput_ratio"].as_f64().unwrap_or(0.0)),
-        ">= 0.90x",
-        user["throughput_ratio"].as_f64().unwrap_or(0.0) >= 0.90,
-    );
-    // The target is for 100,000 users; a smoke run holds too few to judge it.
-    table.row(
-        &format!("memory: {users} user tokens held, RSS growth"),
-        format!("{growth:.1} MiB ({empty_rss:.1} -> {held_rss:.1})"),
-        "<= 64 MiB",
-        growth <= 64.0,
-    );
-    figures.insert("cached_user_token".into(), user);
-    figures.insert("memory".into(), json!({"users_held": users, "empty_rss_mib": empty_rss, "held_rss_mib": held_rss, "growth_mib": growth}));
+            })
+        });
+        let filling = Instant::now();
+        join_all(fill).await;
+        eprintln!(
+            "held {users} user tokens in {:.1}s",
+            filling.elapsed().as_secs_f64()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let held_rss = b.rss_mib();
+        let growth = held_rss - empty_rss;
+        let user = versus_health(&chans, 64, &size, Call::UserToken(users)).await;
+        table.row(
+            &format!("GetUserToken cached, {users} users held: throughput vs Health"),
+            format!("{:.3}x", user["throughput_ratio"].as_f64().unwrap_or(0.0)),
+            ">= 0.90x",
+            user["throughput_ratio"].as_f64().unwrap_or(0.0) >= 0.90,
+        );
+        // The target is for 100,000 users; a smoke run holds too few to judge it.
+        table.row(
+            &format!("memory: {users} user tokens held, RSS growth"),
+            format!("{growth:.1} MiB ({empty_rss:.1} -> {held_rss:.1})"),
+            "<= 64 MiB",
+            growth <= 64.0,
+        );
+        figures.insert("cached_user_token".into(), user);
+        figures.insert("memory".into(), json!({"users_held": users, "empty_rss_mib": empty_rss, "held_rss_mib": held_rss, "growth_mib": growth}));
+    }
     drop(chans);
     drop(b);
 
     // 3. Cold key: many concurrent GetOrgToken, one upstream request.
-    let cold = |extra: &'static str| broker(&platform, extra);
-    let (b, _d) = cold("[cache]\nprefetch_org_tokens = false")
-        .await_ready()
-        .await;
-    let chans = channels(&b.addr, 10).await;
-    let before = stats(&platform).await;
-    let n = size.cold_callers;
-    let calls = (0..n).map(|i| {
-        let mut c = TokenServiceClient::new(chans[i % chans.len()].clone());
-        async move { c.get_org_token(GetOrgTokenRequest::default()).await.is_ok() }
-    });
-    let ok = join_all(calls).await.into_iter().filter(|ok| *ok).count();
-    let after = stats(&platform).await;
-    let upstream = count(&after, "client_credentials") - count(&before, "client_credentials")
-        + count(&after, "refresh_token")
-        - count(&before, "refresh_token");
-    table.row(
-        &format!("{n} concurrent GetOrgToken on a cold key"),
-        format!("{upstream} upstream, {ok}/{n} ok"),
-        "exactly 1",
-        upstream == 1 && ok == n,
-    );
-    figures.insert(
-        "cold_org".into(),
-        json!({"callers": n, "ok": ok, "upstream_requests": upstream}),
-    );
+    if size.runs("cold") {
+        let cold = |extra: &'static str| broker(&platform, extra);
+        let (b, _d) = cold("[cache]\nprefetch_org_tokens = false")
+            .await_ready()
+            .await;
+        let chans = channels(&b.addr, 10).await;
+        let before = stats(&platform).await;
+        let n = size.cold_callers;
+        let calls = (0..n).map(|i| {
+            let mut c = TokenServiceClient::new(chans[i % chans.len()].clone());
+            async move { c.get_org_token(GetOrgTokenRequest::default()).await.is_ok() }
+        });
+        let ok = join_all(calls).await.into_iter().filter(|ok| *ok).count();
+        let after = stats(&platform).await;
+        let upstream = count(&after, "client_credentials") - count(&before, "client_credentials")
+            + count(&after, "refresh_token")
+            - count(&before, "refresh_token");
+        table.row(
+            &format!("{n} concurrent GetOrgToken on a cold key"),
+            format!("{upstream} upstream, {ok}/{n} ok"),
+            "exactly 1",
+            upstream == 1 && ok == n,
+        );
+        figures.insert(
+            "cold_org".into(),
+            json!({"callers": n, "ok": ok, "upstream_requests": upstream}),
+        );
 
-    // 4. Cold users: each asked by 10 callers at once.
-    let before = stats(&platform).await;
-    let cold_users = size.cold_users;
-    let calls = (0..cold_users * 10).map(|i| {
-        let mut c = TokenServiceClient::new(chans[i % chans.len()].clone());
-        let user = format!("EMP-{:05}", i % cold_users + 1);
-        async move {
-            c.get_user_token(GetUserTokenRequest {
-                user_id: user,
-                ..Default::default()
-            })
-            .await
-            .is_ok()
-        }
-    });
-    let ok = join_all(calls).await.into_iter().filter(|ok| *ok).count();
-    let after = stats(&platform).await;
-    let grants = count(&after, "authorization_grant") - count(&before, "authorization_grant");
-    let exchanges = count(&after, "authorization_code") - count(&before, "authorization_code");
-    table.row(
-        &format!("{cold_users} users x 10 concurrent cold GetUserToken"),
-        format!("{grants} grants + {exchanges} exchanges"),
-        &format!("exactly {cold_users} + {cold_users}"),
-        grants == cold_users as u64 && exchanges == cold_users as u64 && ok == cold_users * 10,
-    );
-    figures.insert("cold_users".into(), json!({"users": cold_users, "callers": cold_users * 10, "ok": ok, "grants": grants, "exchanges": exchanges}));
+        // 4. Cold users: each asked by 10 callers at once.
+        let before = stats(&platform).await;
+        let cold_users = size.cold_users;
+        let calls = (0..cold_users * 10).map(|i| {
+            let mut c = TokenServiceClient::new(chans[i % chans.len()].clone());
+            let user = format!("EMP-{:05}", i % cold_users + 1);
+            async move {
+                c.get_user_token(GetUserTokenRequest {
+                    user_id: user,
+                    ..Default::default()
+                })
+                .await
+                .is_ok()
+            }
+        });
+        let ok = join_all(calls).await.into_iter().filter(|ok| *ok).count();
+        let after = stats(&platform).await;
+        let grants = count(&after, "authorization_grant") - count(&before, "authorization_grant");
+        let exchanges = count(&after, "authorization_code") - count(&before, "authorization_code");
+        table.row(
+            &format!("{cold_users} users x 10 concurrent cold GetUserToken"),
+            format!("{grants} grants + {exchanges} exchanges"),
+            &format!("exactly {cold_users} + {cold_users}"),
+            grants == cold_users as u64 && exchanges == cold_users as u64 && ok == cold_users * 10,
+        );
+        figures.insert("cold_users".into(), json!({"users": cold_users, "callers": cold_users * 10, "ok": ok, "grants": grants, "exchanges": exchanges}));
 
-    // 5. Many Refresh calls reporting one stale token: one rotation.
-    let stale = TokenServiceClient::new(chans[0].clone())
-        .get_org_token(GetOrgTokenRequest::default())
-        .await
-        .expect("org")
-        .into_inner()
-        .token
-        .expect("token")
-        .access_token;
-    let before = stats(&platform).await;
-    let calls = (0..size.refreshers).map(|i| {
-        let mut c = TokenServiceClient::new(chans[i % chans.len()].clone());
-        let stale = stale.clone();
-        async move {
-            c.refresh(RefreshRequest {
-                stale_access_token: stale,
-                ..Default::default()
-            })
+        // 5. Many Refresh calls reporting one stale token: one rotation.
+        let stale = TokenServiceClient::new(chans[0].clone())
+            .get_org_token(GetOrgTokenRequest::default())
             .await
-            .is_ok()
-        }
-    });
-    let ok = join_all(calls).await.into_iter().filter(|ok| *ok).count();
-    let after = stats(&platform).await;
-    let rotations = ["client_credentials", "refresh_token"]
-        .iter()
-        .map(|k| count(&after, k) - count(&before, k))
-        .sum::<u64>();
-    table.row(
-        &format!(
-            "{} concurrent Refresh carrying one stale token",
-            size.refreshers
-        ),
-        format!("{rotations} rotation(s)"),
-        "exactly 1",
-        rotations == 1 && ok == size.refreshers,
-    );
-    figures.insert(
-        "refresh_storm".into(),
-        json!({"callers": size.refreshers, "ok": ok, "rotations": rotations}),
-    );
-    drop(chans);
-    drop(b);
+            .expect("org")
+            .into_inner()
+            .token
+            .expect("token")
+            .access_token;
+        let before = stats(&platform).await;
+        let calls = (0..size.refreshers).map(|i| {
+            let mut c = TokenServiceClient::new(chans[i % chans.len()].clone());
+            let stale = stale.clone();
+            async move {
+                c.refresh(RefreshRequest {
+                    stale_access_token: stale,
+                    ..Default::default()
+                })
+                .await
+                .is_ok()
+            }
+        });
+        let ok = join_all(calls).await.into_iter().filter(|ok| *ok).count();
+        let after = stats(&platform).await;
+        let rotations = ["client_credentials", "refresh_token"]
+            .iter()
+            .map(|k| count(&after, k) - count(&before, k))
+            .sum::<u64>();
+        table.row(
+            &format!(
+                "{} concurrent Refresh carrying one stale token",
+                size.refreshers
+            ),
+            format!("{rotations} rotation(s)"),
+            "exactly 1",
+            rotations == 1 && ok == size.refreshers,
+        );
+        figures.insert(
+            "refresh_storm".into(),
+            json!({"callers": size.refreshers, "ok": ok, "rotations": rotations}),
+        );
+        drop(chans);
+        drop(b);
+    }
 
     // 6. Many subscribers over many connections: a forced rotation reaches them all.
-    let (b, _d) = broker(&platform, "").await_ready().await;
-    let chans = channels(&b.addr, size.connections).await;
-    let per = size.subscribers / size.connections;
-    let mut streams = Vec::with_capacity(size.subscribers);
-    for chunk in 0..size.subscribers / 500 {
-        let opened = join_all((0..500).map(|i| {
-            let mut c =
-                TokenServiceClient::new(chans[(chunk * 500 + i) / per % chans.len()].clone());
-            async move {
-                let mut s = c
-                    .watch_tokens(WatchTokensRequest::default())
-                    .await
-                    .expect("subscribe")
-                    .into_inner();
-                s.message().await.expect("initial").expect("open");
-                s
-            }
-        }))
-        .await;
-        streams.extend(opened);
+    if size.runs("watch") {
+        let (b, _d) = broker(&platform, "").await_ready().await;
+        let chans = channels(&b.addr, size.connections).await;
+        let per = size.subscribers / size.connections;
+        let mut streams = Vec::with_capacity(size.subscribers);
+        for chunk in 0..size.subscribers / 500 {
+            let opened = join_all((0..500).map(|i| {
+                let mut c =
+                    TokenServiceClient::new(chans[(chunk * 500 + i) / per % chans.len()].clone());
+                async move {
+                    let mut s = c
+                        .watch_tokens(WatchTokensRequest::default())
+                        .await
+                        .expect("subscribe")
+                        .into_inner();
+                    s.message().await.expect("initial").expect("open");
+                    s
+                }
+            }))
+            .await;
+            streams.extend(opened);
+        }
+        let started = Instant::now();
+        let waits = streams.into_iter().map(|mut s| {
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), s.message()).await {
+                    Ok(Ok(Some(_))) => Some(started.elapsed().as_micros() as u64),
+                    _ => None,
+                }
+            })
+        });
+        let waits: Vec<_> = waits.collect();
+        TokenServiceClient::new(chans[0].clone())
+            .refresh(RefreshRequest::default())
+            .await
+            .expect("forced rotation");
+        let mut delivered: Vec<u64> = join_all(waits)
+            .await
+            .into_iter()
+            .filter_map(|r| r.ok().flatten())
+            .collect();
+        delivered.sort_unstable();
+        let missing = size.subscribers - delivered.len();
+        let p99_ms = percentile(&delivered, 0.99) / 1000.0;
+        table.row(
+            &format!(
+                "{} WatchTokens subscribers over {} connections",
+                size.subscribers, size.connections
+            ),
+            format!("p99 {p99_ms:.1} ms, {missing} missing"),
+            "p99<=100ms, 0",
+            p99_ms <= 100.0 && missing == 0,
+        );
+        figures.insert("watch_fanout".into(), json!({"subscribers": size.subscribers, "connections": size.connections, "p50_ms": percentile(&delivered, 0.5) / 1000.0, "p99_ms": p99_ms, "max_ms": delivered.last().copied().unwrap_or(0) as f64 / 1000.0, "missing": missing}));
+        drop(chans);
+        drop(b);
     }
-    let started = Instant::now();
-    let waits = streams.into_iter().map(|mut s| {
-        tokio::spawn(async move {
-            match tokio::time::timeout(Duration::from_secs(10), s.message()).await {
-                Ok(Ok(Some(_))) => Some(started.elapsed().as_micros() as u64),
-                _ => None,
-            }
-        })
-    });
-    let waits: Vec<_> = waits.collect();
-    TokenServiceClient::new(chans[0].clone())
-        .refresh(RefreshRequest::default())
-        .await
-        .expect("forced rotation");
-    let mut delivered: Vec<u64> = join_all(waits)
-        .await
-        .into_iter()
-        .filter_map(|r| r.ok().flatten())
-        .collect();
-    delivered.sort_unstable();
-    let missing = size.subscribers - delivered.len();
-    let p99_ms = percentile(&delivered, 0.99) / 1000.0;
-    table.row(
-        &format!(
-            "{} WatchTokens subscribers over {} connections",
-            size.subscribers, size.connections
-        ),
-        format!("p99 {p99_ms:.1} ms, {missing} missing"),
-        "p99<=100ms, 0",
-        p99_ms <= 100.0 && missing == 0,
-    );
-    figures.insert("watch_fanout".into(), json!({"subscribers": size.subscribers, "connections": size.connections, "p50_ms": percentile(&delivered, 0.5) / 1000.0, "p99_ms": p99_ms, "max_ms": delivered.last().copied().unwrap_or(0) as f64 / 1000.0, "missing": missing}));
-    drop(chans);
-    drop(b);
     drop(platform);
 
     // 7. Soak: 1-second tokens under steady load.
-    let platform = sandbox(100, "1s");
-    let (b, _d) = broker(&platform, "").await_ready().await;
-    let chans = channels(&b.addr, 4).await;
-    let callers = 16;
-    let errors = Arc::new(AtomicU64::new(0));
-    let served = Arc::new(AtomicU64::new(0));
-    let end = Instant::now() + size.soak;
-    let load = (0..callers).map(|i| {
-        let mut c = TokenServiceClient::new(chans[i % chans.len()].clone());
-        let (errors, served) = (Arc::clone(&errors), Arc::clone(&served));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
-            while Instant::now() < end {
-                tick.tick().await;
-                let org = c.get_org_token(GetOrgTokenRequest::default()).await;
-                let user = c
-                    .get_user_token(GetUserTokenRequest {
-                        user_id: format!("EMP-{:05}", i % 10 + 1),
-                        ..Default::default()
-                    })
-                    .await;
-                for token in [
-                    org.map(|r| r.into_inner().token),
-                    user.map(|r| r.into_inner().token),
-                ] {
-                    match token {
-                        Ok(Some(t))
-                            if t.expires_at.is_some_and(|e| {
-                                e.seconds * 1000 + i64::from(e.nanos) / 1_000_000 > now_ms()
-                            }) =>
-                        {
-                            served.fetch_add(1, Ordering::Relaxed);
-                        }
-                        _ => {
-                            errors.fetch_add(1, Ordering::Relaxed);
+    if size.runs("soak") {
+        let platform = sandbox(100, "1s");
+        let (b, _d) = broker(&platform, "").await_ready().await;
+        let chans = channels(&b.addr, 4).await;
+        let callers = 16;
+        let errors = Arc::new(AtomicU64::new(0));
+        let served = Arc::new(AtomicU64::new(0));
+        let end = Instant::now() + size.soak;
+        let load = (0..callers).map(|i| {
+            let mut c = TokenServiceClient::new(chans[i % chans.len()].clone());
+            let (errors, served) = (Arc::clone(&errors), Arc::clone(&served));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                while Instant::now() < end {
+                    tick.tick().await;
+                    let org = c.get_org_token(GetOrgTokenRequest::default()).await;
+                    let user = c
+                        .get_user_token(GetUserTokenRequest {
+                            user_id: format!("EMP-{:05}", i % 10 + 1),
+                            ..Default::default()
+                        })
+                        .await;
+                    for token in [
+                        org.map(|r| r.into_inner().token),
+                        user.map(|r| r.into_inner().token),
+                    ] {
+                        match token {
+                            Ok(Some(t))
+                                if t.expires_at.is_some_and(|e| {
+                                    e.seconds * 1000 + i64::from(e.nanos) / 1_000_000 > now_ms()
+                                }) =>
+                            {
+                                served.fetch_add(1, Ordering::Relaxed);
+                            }
+                            _ => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                     }
                 }
-            }
-        })
-    });
-    let load: Vec<_> = load.collect();
-    let mut rss = Vec::new();
-    while Instant::now() < end {
-        tokio::time::sleep(Duration::from_secs(1).min(size.soak / 5)).await;
-        rss.push(b.rss_mib());
-    }
-    join_all(load).await;
-    let soak_stats = stats(&platform).await;
-    let settled: Vec<f64> = rss.iter().skip(rss.len() / 5).copied().collect();
-    let median = {
-        let mut s = settled.clone();
-        s.sort_by(|a, b| a.total_cmp(b));
-        s.get(s.len() / 2).copied().unwrap_or(0.0)
-    };
-    let spread = settled
+            })
+        });
+        let load: Vec<_> = load.collect();
+        let mut rss = Vec::new();
+        while Instant::now() < end {
+            tokio::time::sleep(Duration::from_secs(1).min(size.soak / 5)).await;
+            rss.push(b.rss_mib());
+        }
+        join_all(load).await;
+        let soak_stats = stats(&platform).await;
+        let settled: Vec<f64> = rss.iter().skip(rss.len() / 5).copied().collect();
+        let median = {
+            let mut s = settled.clone();
+            s.sort_by(|a, b| a.total_cmp(b));
+            s.get(s.len() / 2).copied().unwrap_or(0.0)
+        };
+        let spread = settled
+            .iter()
+            .map(|r| (r - median).abs() / median.max(1.0))
+            .fold(0.0, f64::max);
+        let (errors, served) = (
+            errors.load(Ordering::Relaxed),
+            served.load(Ordering::Relaxed),
+        );
+        let reuse = count(&soak_stats, "refresh_token_reuse") + count(&soak_stats, "code_reuse");
+        let upstream = [
+            "client_credentials",
+            "refresh_token",
+            "authorization_grant",
+            "authorization_code",
+        ]
         .iter()
-        .map(|r| (r - median).abs() / median.max(1.0))
-        .fold(0.0, f64::max);
-    let (errors, served) = (
-        errors.load(Ordering::Relaxed),
-        served.load(Ordering::Relaxed),
-    );
-    let reuse = count(&soak_stats, "refresh_token_reuse") + count(&soak_stats, "code_reuse");
-    let upstream = [
-        "client_credentials",
-        "refresh_token",
-        "authorization_grant",
-        "authorization_code",
-    ]
-    .iter()
-    .map(|k| count(&soak_stats, k))
-    .sum::<u64>();
-    table.row(
-        &format!(
-            "soak: 1 s tokens for {} s, {callers} callers",
-            size.soak.as_secs()
-        ),
-        format!(
-            "RSS ±{:.1}%, {errors} errors, {reuse} reuse",
-            spread * 100.0
-        ),
-        "±10%, 0, 0",
-        spread <= 0.10 && errors == 0 && reuse == 0,
-    );
-    // Without the broker each caller process keeps its own org and user token: one
-    // request chain per token lifetime each (an org token: 1 request; a user token: 2).
-    let without = callers as u64 * 3 * size.soak.as_secs();
-    table.row(
-        "context: upstream requests, broker vs each caller on its own",
-        format!("{upstream} vs ~{without}"),
-        "(context)",
-        true,
-    );
-    figures.insert("soak".into(), json!({"seconds": size.soak.as_secs(), "callers": callers, "tokens_served": served, "caller_errors": errors, "reuse": reuse, "rss_mib": rss, "rss_median_mib": median, "rss_max_deviation": spread, "upstream_requests": upstream, "upstream_requests_without_broker_estimate": without}));
-
+        .map(|k| count(&soak_stats, k))
+        .sum::<u64>();
+        table.row(
+            &format!(
+                "soak: 1 s tokens for {} s, {callers} callers",
+                size.soak.as_secs()
+            ),
+            format!(
+                "RSS ±{:.1}%, {errors} errors, {reuse} reuse",
+                spread * 100.0
+            ),
+            "±10%, 0, 0",
+            spread <= 0.10 && errors == 0 && reuse == 0,
+        );
+        // Without the broker each caller process keeps its own org and user token: one
+        // request chain per token lifetime each (an org token: 1 request; a user token: 2).
+        let without = callers as u64 * 3 * size.soak.as_secs();
+        table.row(
+            "context: upstream requests, broker vs each caller on its own",
+            format!("{upstream} vs ~{without}"),
+            "(context)",
+            true,
+        );
+        figures.insert("soak".into(), json!({"seconds": size.soak.as_secs(), "callers": callers, "tokens_served": served, "caller_errors": errors, "reuse": reuse, "rss_mib": rss, "rss_median_mib": median, "rss_max_deviation": spread, "upstream_requests": upstream, "upstream_requests_without_broker_estimate": without}));
+    }
     table.print();
     let report = json!({"quick": size.quick, "figures": figures, "rows": table.0.iter().map(|(s, m, t, ok)| json!({"scenario": s, "measured": m, "target": t, "met": ok})).collect::<Vec<_>>()});
     if let Some(dir) = out.parent() {
@@ -754,7 +803,7 @@ trait Ready {
 
 impl Ready for (Process, tempfile::TempDir) {
     async fn await_ready(self) -> (Process, tempfile::TempDir) {
-        for _ in 0..100 {
+        for _ in 0..1200 {
             if let Ok(channel) = Endpoint::from_shared(format!("http://{}", self.0.addr))
                 .expect("url")
                 .connect()

@@ -5,9 +5,9 @@
 //! watch channel is the cache hit; a miss or a rotation takes the slot's lock, and callers
 //! that queued behind a flight take its outcome rather than flying again. Flights run in
 //! their own task, so a caller that disconnects never cancels a request half-way (which for
-//! a refresh token would leave the broker unsure whether it was spent). Each slot's renewal
-//! task ([`renew`]) replaces its token ahead of expiry, so callers in steady state never wait
-//! on the platform.
+//! a refresh token would leave the broker unsure whether it was spent). One renewal timer
+//! ([`renew`], [`timer`]) replaces every token ahead of expiry, so callers in steady state
+//! never wait on the platform.
 
 mod error;
 mod key;
@@ -16,13 +16,14 @@ mod renew;
 mod schedule;
 mod slot;
 mod stats;
+mod timer;
 mod token;
 mod watch_events;
 
 use std::{
     collections::HashMap,
     sync::{
-        Arc, RwLock,
+        Arc, RwLock, Weak,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, SystemTime},
@@ -112,7 +113,9 @@ struct Inner {
     policy: CachePolicy,
     stats: Arc<stats::Counters>,
     metrics: Arc<Metrics>,
-    /// Parent of every slot's renewal: cancelled by [`Broker::shutdown`].
+    /// When each slot is next looked at by the renewal timer.
+    timer: timer::Timer,
+    /// Stops the renewal timer: cancelled by [`Broker::shutdown`].
     shutdown: CancellationToken,
 }
 
@@ -174,9 +177,11 @@ impl Broker {
                 policy,
                 stats: Arc::default(),
                 metrics,
+                timer: timer::Timer::default(),
                 shutdown: CancellationToken::new(),
             }),
         };
+        tokio::spawn(Self::run_timer(Arc::downgrade(&broker.inner)));
         for settings in orgs {
             broker.add_org(settings);
         }
@@ -196,13 +201,13 @@ impl Broker {
             }
             Credentials::Client { .. } => None,
         };
-        let org = Arc::new(Org {
+        let org = Arc::new_cyclic(|me: &Weak<Org>| Org {
             name: Arc::clone(&name),
             config: RwLock::new(Arc::new(OrgConfig {
                 client: settings.client,
                 credentials: settings.credentials,
             })),
-            slot: Arc::new(Slot::new(key, initial, self.inner.shutdown.child_token())),
+            slot: Arc::new(Slot::new(key, initial, me.clone())),
             users: RwLock::default(),
             secret_in_use: AtomicUsize::new(0),
         });
@@ -211,9 +216,7 @@ impl Broker {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name, Arc::clone(&org));
-        if !org.is_static() {
-            self.start_renewal(&org, &org.slot);
-        }
+        self.plan(&org.slot);
         org
     }
 
@@ -228,7 +231,7 @@ impl Broker {
             .collect()
     }
 
-    /// Stops every background renewal. Tokens already held stay readable.
+    /// Stops the background renewal. Tokens already held stay readable.
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
     }
@@ -361,11 +364,7 @@ impl Broker {
         // Subscribe before fetching, so no token installed in between is missed.
         let receivers = slots.iter().map(|s| s.subscribe()).collect();
         try_join_all(slots.iter().map(|s| self.serve(&org, s, None))).await?;
-        Ok(TokenEvents::new(
-            slots,
-            receivers,
-            Arc::clone(&self.inner.stats),
-        ))
+        Ok(TokenEvents::new(slots, receivers, self.clone()))
     }
 
     fn org(&self, name: &str) -> Result<Arc<Org>, BrokerError> {
@@ -492,10 +491,13 @@ impl Broker {
             (Want::Rotation { .. } | Want::Renewal { .. }, None) => Reason::Issued,
         };
         // After a failure, wait before asking the platform again: callers get the error.
-        if slot.retry_at().is_some_and(|at| now < at)
-            && let Some(e) = &flight.state.last_error
         {
-            return Err(e.clone());
+            let state = flight.state();
+            if state.retry_at.is_some_and(|at| now < at)
+                && let Some(e) = &state.last_error
+            {
+                return Err(BrokerError::clone(e));
+            }
         }
         let broker = self.clone();
         let org = Arc::clone(org);
@@ -515,16 +517,20 @@ impl Broker {
     async fn fly(
         &self,
         org: &Arc<Org>,
-        mut flight: Flight,
+        flight: Flight,
         reason: Reason,
     ) -> Result<SharedToken, BrokerError> {
         let slot = Arc::clone(flight.slot());
         self.inner.stats.flight();
         let requested = (Instant::now(), SystemTime::now());
-        let outcome = match self.obtain(org, &slot.key, &mut flight, reason).await {
+        let outcome = match self.obtain(org, &slot.key, &flight, reason).await {
             Ok((grant, reason)) => {
-                flight.state.generation += 1;
-                flight.state.refresh_token = grant.refresh_token;
+                let generation = {
+                    let mut state = flight.state();
+                    state.generation += 1;
+                    state.refresh_token = grant.refresh_token;
+                    state.generation
+                };
                 let renew_after = self
                     .inner
                     .policy
@@ -538,7 +544,7 @@ impl Broker {
                     grant.expires_in,
                     renew_after,
                 );
-                token.generation = flight.state.generation;
+                token.generation = generation;
                 token.reason = reason;
                 self.inner.metrics.rotation(reason.name());
                 info!(
@@ -552,16 +558,21 @@ impl Broker {
                 Ok(Arc::new(token))
             }
             Err(e) => {
-                flight.state.failures = flight.state.failures.saturating_add(1);
-                warn!(key = %slot.key, failures = flight.state.failures, error = %e, "could not obtain a token");
+                let failures = {
+                    let mut state = flight.state();
+                    state.failures = state.failures.saturating_add(1);
+                    state.failures
+                };
+                warn!(key = %slot.key, failures, error = %e, "could not obtain a token");
                 Err(e)
             }
         };
         let hold = outcome
             .as_ref()
             .err()
-            .map(|e| self.hold_after(e, flight.state.failures));
+            .map(|e| self.hold_after(e, flight.state().failures));
         flight.land(&outcome, hold);
+        self.plan(&slot);
         outcome
     }
 
@@ -588,14 +599,15 @@ impl Broker {
         &self,
         org: &Arc<Org>,
         key: &TokenKey,
-        flight: &mut Flight,
+        flight: &Flight,
         reason: Reason,
     ) -> Result<(Grant, Reason), BrokerError> {
         // INVARIANT: a refresh token is presented at most once, ever. It is moved out of
         // the slot before it is sent, so whatever happens to the answer (success, an error,
         // a timeout, a reset connection, a 5xx after the platform spent it) it can never be
         // sent again: on any failure the token is re-issued through the primary grant.
-        let Some(refresh_token) = flight.state.refresh_token.take() else {
+        let taken = flight.state().refresh_token.take();
+        let Some(refresh_token) = taken else {
             return Ok((self.primary_grant(org, key).await?, reason));
         };
         match self

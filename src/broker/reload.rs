@@ -103,7 +103,7 @@ impl Broker {
             .map(|(_, slot)| slot)
             .collect();
         for slot in users.iter().chain([&org.slot]) {
-            slot.renewal.cancel();
+            slot.retire();
             if let Some(token) = slot.current() {
                 let gone = Gone {
                     key: slot.key.clone(),
@@ -136,13 +136,17 @@ fn same_credentials(a: &Credentials, b: &Credentials) -> bool {
 
 /// Replaces a long-lived token in its slot as the key's next generation.
 async fn install_long_lived(slot: &Arc<Slot>, token: crate::secret::AccessToken) {
-    let mut flight = loop {
+    let flight = loop {
         if let Turn::Mine(flight) = slot.turn().await {
             break flight;
         }
     };
-    flight.state.generation += 1;
+    let generation = {
+        let mut state = flight.state();
+        state.generation += 1;
+        state.generation
+    };
     let mut long_lived = Token::long_lived(slot.key.clone(), token);
-    long_lived.generation = flight.state.generation;
+    long_lived.generation = generation;
     flight.land(&Ok(Arc::new(long_lived)), None);
 }

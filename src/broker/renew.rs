@@ -1,20 +1,108 @@
-//! Keeping tokens fresh: one background task per held key renews its token ahead of expiry
-//! (at the time [`super::RenewalPolicy`] chose when it was issued), backs off after
-//! failures, announces a token that expired unrenewed to its watchers, and drops user
-//! tokens that nobody watches or used within the idle window.
+//! Keeping tokens fresh: one timer task for the whole broker looks at each slot when it is
+//! due ([`super::timer`]), renews its token ahead of expiry (at the time
+//! [`super::RenewalPolicy`] chose when it was issued), backs off after failures, announces a
+//! token that expired unrenewed to its watchers, and drops user tokens that nobody watches
+//! or used within the idle window. What to do and when is decided by two pure functions of
+//! a slot's [`View`].
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, warn};
 
 use super::{
-    Broker, BrokerError, Gone, GoneReason, Held, Org, SharedToken, Slot, TokenKey, TokenWatch, Want,
+    Broker, BrokerError, Gone, GoneReason, Held, Inner, Org, SharedToken, Slot, TokenKey, Want,
 };
 
+/// What the renewal timer needs to know of a slot.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct View {
+    pub held: HeldKind,
+    /// A user token (idle ones are dropped); else the org token.
+    pub is_user: bool,
+    /// Some WatchTokens stream watches the key.
+    pub watched: bool,
+    /// Org tokens are fetched at start, and again until they are had.
+    pub prefetch: bool,
+    /// No flight before this, after a failure.
+    pub retry_at: Option<Instant>,
+    /// The last flight failed and no token has come since.
+    pub failing: bool,
+    /// When the key counts as idle (an unwatched user token).
+    pub idle_at: Option<Instant>,
+}
+
+/// The part of what a slot holds that timing depends on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum HeldKind {
+    Empty,
+    Token {
+        renew_at: Option<Instant>,
+        expires: Option<Instant>,
+    },
+    Gone,
+}
+
+/// What the timer does with a due slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Action {
+    /// Nothing yet: look again at [`next_wake`].
+    Wait,
+    /// Drop the idle user token.
+    Drop,
+    /// The token expired while renewals failed: tell its watchers.
+    AnnounceGone,
+    /// Renew the token, or fetch the missing one.
+    Renew,
+}
+
+impl View {
+    /// When a flight is due: the token's planned renewal, not before a failure's hold ends;
+    /// for a lost or missing token that someone needs, at the failures' pace.
+    fn due(&self, now: Instant) -> Option<Instant> {
+        let needed = match self.held {
+            HeldKind::Token { renew_at, .. } => {
+                return renew_at.map(|at| self.retry_at.map_or(at, |r| r.max(at)));
+            }
+            HeldKind::Gone => !self.is_user || self.watched,
+            HeldKind::Empty => !self.is_user && self.prefetch,
+        };
+        needed.then(|| self.retry_at.unwrap_or(now))
+    }
+
+    /// The expiry of a token that could not be renewed: its watchers are told then.
+    fn failed_expiry(&self) -> Option<Instant> {
+        match self.held {
+            HeldKind::Token { expires, .. } if self.failing => expires,
+            _ => None,
+        }
+    }
+}
+
+/// When the timer should next look at a slot in `view`.
+pub(super) fn next_wake(view: &View, now: Instant) -> Option<Instant> {
+    [view.due(now), view.failed_expiry(), view.idle_at]
+        .into_iter()
+        .flatten()
+        .min()
+}
+
+/// What to do with a slot in `view` at `now`.
+pub(super) fn action(view: &View, now: Instant) -> Action {
+    if view.idle_at.is_some_and(|at| now >= at) {
+        Action::Drop
+    } else if view.failed_expiry().is_some_and(|at| now >= at) {
+        Action::AnnounceGone
+    } else if view.due(now).is_some_and(|at| now >= at) {
+        Action::Renew
+    } else {
+        Action::Wait
+    }
+}
+
 impl Broker {
-    /// The slot of `user` in `org`, created (with its renewal task) on first use. At the
-    /// cap, the longest idle unwatched user token is dropped first.
+    /// The slot of `user` in `org`, created on first use. At the cap, the longest idle
+    /// unwatched user token is dropped first.
     pub(super) fn user_slot(&self, org: &Arc<Org>, user: &str) -> Arc<Slot> {
         if let Some(slot) = org
             .users
@@ -36,7 +124,7 @@ impl Broker {
                 .map(|(name, _)| Arc::clone(name));
             if let Some(slot) = victim.and_then(|name| users.remove(&name)) {
                 debug!(key = %slot.key, "user token cache full; dropping the longest idle token");
-                slot.renewal.cancel();
+                slot.retire();
                 self.inner.stats.eviction();
             }
         }
@@ -45,99 +133,106 @@ impl Broker {
             org: Arc::clone(&org.name),
             user: Some(Arc::clone(&user)),
         };
-        let slot = Arc::new(Slot::new(key, None, self.inner.shutdown.child_token()));
+        let slot = Arc::new(Slot::new(key, None, Arc::downgrade(org)));
         slot.touch(Instant::now());
         users.insert(user, Arc::clone(&slot));
-        drop(users);
-        self.start_renewal(org, &slot);
         slot
     }
 
-    pub(super) fn start_renewal(&self, org: &Arc<Org>, slot: &Arc<Slot>) {
-        let broker = self.clone();
-        let (org, slot) = (Arc::clone(org), Arc::clone(slot));
-        // Subscribed here, not in the task, so `watchers()` is right from the start.
-        let changes = slot.subscribe();
-        tokio::spawn(async move { broker.renew(org, slot, changes).await });
+    /// What the renewal timer needs to know of `slot` now.
+    fn view(&self, slot: &Slot) -> View {
+        let policy = &self.inner.policy;
+        let held = match slot.held() {
+            Held::Empty => HeldKind::Empty,
+            Held::Token(t) => HeldKind::Token {
+                renew_at: t.renew_at,
+                expires: t.expires(),
+            },
+            Held::Gone(_) => HeldKind::Gone,
+        };
+        let is_user = slot.key.user.is_some();
+        let watched = slot.watchers() > 0;
+        let state = slot.state();
+        View {
+            held,
+            is_user,
+            watched,
+            prefetch: policy.prefetch_org_tokens,
+            retry_at: state.retry_at,
+            failing: state.last_error.is_some(),
+            idle_at: (is_user && !watched).then(|| slot.last_used() + policy.user_idle_timeout),
+        }
     }
 
-    /// The renewal loop of one slot, until it is cancelled or its user token is dropped.
-    async fn renew(self, org: Arc<Org>, slot: Arc<Slot>, mut changes: TokenWatch) {
-        let idle_timeout = self.inner.policy.user_idle_timeout;
-        let is_user = slot.key.user.is_some();
-        // The last renewal's error, while the current token is not renewed.
-        let mut failure: Option<BrokerError> = None;
+    /// Sets when the renewal timer next looks at `slot`, from what it holds now.
+    pub(super) fn plan(&self, slot: &Arc<Slot>) {
+        if slot.is_retired() {
+            return;
+        }
+        let at = next_wake(&self.view(slot), Instant::now());
+        self.inner.timer.set(slot, at);
+    }
+
+    /// The renewal timer's task: looks at each slot when it is due, until the broker shuts
+    /// down or is dropped.
+    pub(super) async fn run_timer(inner: Weak<Inner>) {
         loop {
-            let held = changes.borrow_and_update().clone();
-            let retry_at = slot.retry_at();
-            let due = match &held {
-                // The token's planned renewal, but not before a failure's hold ends.
-                Held::Token(t) => t.renew_at.map(|at| retry_at.map_or(at, |r| r.max(at))),
-                // A lost token of a key someone needs is asked for again, at the failures' pace.
-                Held::Gone(_) if !is_user || slot.watchers() > 0 => {
-                    Some(retry_at.unwrap_or_else(Instant::now))
-                }
-                // An org token is fetched at start, and again until it is had.
-                Held::Empty if !is_user && self.inner.policy.prefetch_org_tokens => {
-                    Some(retry_at.unwrap_or_else(Instant::now))
-                }
-                Held::Gone(_) | Held::Empty => None,
-            };
-            let expiry = match (&held, &failure) {
-                (Held::Token(t), Some(_)) => t.expires,
-                _ => None,
-            };
-            let idle_at =
-                (is_user && slot.watchers() == 0).then(|| slot.last_used() + idle_timeout);
-            let wake = [due, expiry, idle_at].into_iter().flatten().min();
-            tokio::select! {
-                () = slot.renewal.cancelled() => return,
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    if let Held::Token(_) = *changes.borrow() {
-                        failure = None;
-                    }
-                    continue;
-                }
-                () = slot.unwatched.notified() => continue,
-                () = sleep_until_or_forever(wake) => {}
-            }
-            let now = Instant::now();
-            if is_user && slot.watchers() == 0 && now >= slot.last_used() + idle_timeout {
-                self.drop_user_slot(&org, &slot);
+            let Some(broker) = inner.upgrade().map(|inner| Broker { inner }) else {
                 return;
-            }
-            if let (Held::Token(token), Some(e)) = (&held, &failure)
-                && !token.is_valid(now)
-            {
-                announce_gone(&slot, token, e);
-                continue;
-            }
-            if due.is_none_or(|d| now < d) {
-                continue;
-            }
-            let renewed = match &held {
-                Held::Token(token) => {
-                    Box::pin(self.token(&org, &slot, Want::Renewal { of: token })).await
-                }
-                Held::Gone(_) | Held::Empty => {
-                    Box::pin(self.token(&org, &slot, Want::Usable)).await
-                }
             };
-            self.inner.stats.renewal(renewed.is_ok());
-            match renewed {
-                Ok(_) => failure = None,
-                Err(e) => {
-                    warn!(key = %slot.key, error = %e, "background renewal failed; will retry");
-                    if let Held::Token(token) = &held
-                        && !token.is_valid(Instant::now())
-                    {
-                        announce_gone(&slot, token, &e);
-                    }
-                    failure = Some(e);
+            let (due, next) = broker.inner.timer.due(Instant::now());
+            for slot in due {
+                broker.look(slot);
+            }
+            let timer = Arc::clone(&broker.inner);
+            drop(broker);
+            tokio::select! {
+                () = timer.shutdown.cancelled() => return,
+                () = timer.timer.earlier_entry() => {}
+                () = sleep_until_or_forever(next) => {}
+            }
+        }
+    }
+
+    /// Acts on a slot that came due.
+    fn look(&self, slot: Arc<Slot>) {
+        let Some(org) = slot.org() else { return };
+        let held = slot.held();
+        let now = Instant::now();
+        match action(&self.view(&slot), now) {
+            Action::Wait => self.plan(&slot),
+            Action::Drop => self.drop_user_slot(&org, &slot),
+            Action::AnnounceGone => {
+                if let Held::Token(token) = &held
+                    && let Some(e) = slot.state().last_error.as_deref().cloned()
+                {
+                    announce_gone(&slot, token, &e);
                 }
+                self.plan(&slot);
+            }
+            Action::Renew => {
+                let broker = self.clone();
+                tokio::spawn(async move {
+                    broker.renew(&org, &slot, held).await;
+                    broker.plan(&slot);
+                });
+            }
+        }
+    }
+
+    /// One renewal (or fetch of a missing token) in the background.
+    async fn renew(&self, org: &Arc<Org>, slot: &Arc<Slot>, held: Held) {
+        let renewed = match &held {
+            Held::Token(token) => self.token(org, slot, Want::Renewal { of: token }).await,
+            Held::Gone(_) | Held::Empty => self.token(org, slot, Want::Usable).await,
+        };
+        self.inner.stats.renewal(renewed.is_ok());
+        if let Err(e) = renewed {
+            warn!(key = %slot.key, error = %e, "background renewal failed; will retry");
+            if let Held::Token(token) = &held
+                && !token.is_valid(Instant::now())
+            {
+                announce_gone(slot, token, &e);
             }
         }
     }
@@ -151,7 +246,7 @@ impl Broker {
             debug!(key = %slot.key, "user token idle; dropped");
             self.inner.stats.eviction();
         }
-        slot.renewal.cancel();
+        slot.retire();
     }
 }
 
@@ -178,5 +273,127 @@ async fn sleep_until_or_forever(at: Option<Instant>) {
     match at {
         Some(at) => sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn at(t0: Instant, secs: u64) -> Instant {
+        t0 + Duration::from_secs(secs)
+    }
+
+    fn user_with_token(t0: Instant) -> View {
+        View {
+            held: HeldKind::Token {
+                renew_at: Some(at(t0, 1800)),
+                expires: Some(at(t0, 3600)),
+            },
+            is_user: true,
+            watched: false,
+            prefetch: true,
+            retry_at: None,
+            failing: false,
+            idle_at: Some(at(t0, 900)),
+        }
+    }
+
+    #[test]
+    fn an_unwatched_user_token_idle_before_its_renewal_is_dropped_unrenewed() {
+        let t0 = Instant::now();
+        let view = user_with_token(t0);
+        assert_eq!(next_wake(&view, t0), Some(at(t0, 900)));
+        assert_eq!(action(&view, at(t0, 899)), Action::Wait);
+        assert_eq!(action(&view, at(t0, 900)), Action::Drop);
+    }
+
+    #[test]
+    fn a_watched_or_used_token_is_renewed_at_its_time() {
+        let t0 = Instant::now();
+        let watched = View {
+            watched: true,
+            idle_at: None,
+            ..user_with_token(t0)
+        };
+        assert_eq!(next_wake(&watched, t0), Some(at(t0, 1800)));
+        assert_eq!(action(&watched, at(t0, 1800)), Action::Renew);
+        let used = View {
+            idle_at: Some(at(t0, 2000)),
+            ..user_with_token(t0)
+        };
+        assert_eq!(action(&used, at(t0, 1800)), Action::Renew);
+    }
+
+    #[test]
+    fn a_failure_holds_the_renewal_and_a_failed_token_is_announced_at_expiry() {
+        let t0 = Instant::now();
+        let failing = View {
+            held: HeldKind::Token {
+                renew_at: Some(at(t0, 10)),
+                expires: Some(at(t0, 20)),
+            },
+            is_user: false,
+            idle_at: None,
+            retry_at: Some(at(t0, 30)),
+            failing: true,
+            ..user_with_token(t0)
+        };
+        // The hold ends after the expiry: the expiry comes first, and is announced.
+        assert_eq!(next_wake(&failing, t0), Some(at(t0, 20)));
+        assert_eq!(action(&failing, at(t0, 15)), Action::Wait);
+        assert_eq!(action(&failing, at(t0, 20)), Action::AnnounceGone);
+        let held_only = View {
+            failing: false,
+            ..failing
+        };
+        assert_eq!(next_wake(&held_only, t0), Some(at(t0, 30)));
+        assert_eq!(action(&held_only, at(t0, 29)), Action::Wait);
+        assert_eq!(action(&held_only, at(t0, 30)), Action::Renew);
+    }
+
+    #[test]
+    fn missing_and_lost_tokens_are_fetched_only_when_someone_needs_them() {
+        let t0 = Instant::now();
+        let org_empty = View {
+            held: HeldKind::Empty,
+            is_user: false,
+            idle_at: None,
+            ..user_with_token(t0)
+        };
+        assert_eq!(next_wake(&org_empty, t0), Some(t0));
+        assert_eq!(action(&org_empty, t0), Action::Renew);
+        let no_prefetch = View {
+            prefetch: false,
+            ..org_empty
+        };
+        assert_eq!(next_wake(&no_prefetch, t0), None);
+        let org_gone = View {
+            held: HeldKind::Gone,
+            retry_at: Some(at(t0, 5)),
+            ..no_prefetch
+        };
+        assert_eq!(next_wake(&org_gone, t0), Some(at(t0, 5)));
+        let user_gone = View {
+            held: HeldKind::Gone,
+            ..user_with_token(t0)
+        };
+        assert_eq!(next_wake(&user_gone, t0), Some(at(t0, 900)));
+        let watched_gone = View {
+            watched: true,
+            idle_at: None,
+            ..user_gone
+        };
+        assert_eq!(action(&watched_gone, t0), Action::Renew);
+        let long_lived = View {
+            held: HeldKind::Token {
+                renew_at: None,
+                expires: None,
+            },
+            ..org_empty
+        };
+        assert_eq!(next_wake(&long_lived, t0), None);
     }
 }

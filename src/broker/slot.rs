@@ -1,45 +1,47 @@
-//! One key's slot: the current token (a watch channel: reading it is the cache hit, its
-//! receivers are the watchers), the lock that makes fetching and rotating single flight, and
-//! what the background renewal needs (when it was last used, when to try again).
+//! One key's slot: the current token (reading it is the cache hit), the lock that makes
+//! fetching and rotating single flight, what the renewal timer needs (when it was last
+//! used, when to try again, when it is due), and a watch channel made only once someone
+//! watches the key. A slot is small on purpose: a broker holds one per user token, and
+//! 100,000 of them must fit in tens of megabytes (BENCHMARKS.md).
 
 use std::sync::{
-    Arc, Mutex,
+    Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak,
     atomic::{AtomicU64, Ordering},
 };
 
 use tokio::{
-    sync::{Mutex as AsyncMutex, Notify, OwnedMutexGuard, watch},
+    sync::{Semaphore, watch},
     time::{Duration, Instant},
 };
-use tokio_util::sync::CancellationToken;
 
-use super::{BrokerError, Gone, Held, SharedToken, TokenKey};
+use super::{BrokerError, Gone, Held, Org, SharedToken, TokenKey};
 use crate::secret::RefreshToken;
 
 /// A key's current token and the machinery to replace it.
 #[derive(Debug)]
 pub(crate) struct Slot {
     pub key: TokenKey,
-    current: watch::Sender<Held>,
-    state: Arc<AsyncMutex<FlightState>>,
+    /// The org the key belongs to (weak: the org owns its slots).
+    org: Weak<Org>,
+    current: RwLock<Held>,
+    /// The watch channel, made on the first subscription and kept from then on.
+    watch: OnceLock<watch::Sender<Held>>,
+    /// One permit: the flight lock.
+    lock: Semaphore,
     /// Flights finished so far. A caller that saw this change while it waited for the lock
     /// takes that flight's outcome instead of starting another: this is what turns a
     /// thousand concurrent callers into one upstream request chain, success or failure.
     flights: AtomicU64,
-    /// After a failure, no new flight starts before this instant (no hammering).
-    retry_at: Mutex<Option<Instant>>,
+    state: Mutex<SlotState>,
     created: Instant,
     /// Milliseconds after `created` of the last caller's use.
     last_used_ms: AtomicU64,
-    /// Stops this slot's background renewal.
-    pub renewal: CancellationToken,
-    /// Wakes the renewal task when a watcher leaves (the idle countdown starts then).
-    pub unwatched: Notify,
 }
 
-/// What only the flight holding the lock may touch.
+/// What flights and the renewal timer share. The refresh token is taken only by the flight
+/// holding the lock; the rest is read by anyone, briefly.
 #[derive(Debug, Default)]
-pub(crate) struct FlightState {
+pub(crate) struct SlotState {
     /// The refresh token for the current token. Taken out (never copied) by the one
     /// request that presents it.
     pub refresh_token: Option<RefreshToken>,
@@ -47,15 +49,20 @@ pub(crate) struct FlightState {
     pub generation: u64,
     /// Failed flights in a row.
     pub failures: u32,
-    /// The last flight's error, handed to the callers that waited on it and to callers
-    /// that arrive before `retry_at`.
-    pub last_error: Option<BrokerError>,
+    /// The last flight's error while no token has replaced it since: handed to the callers
+    /// that waited on it and to callers that arrive before `retry_at`.
+    pub last_error: Option<Box<BrokerError>>,
+    /// After a failure, no new flight starts before this instant (no hammering).
+    pub retry_at: Option<Instant>,
+    /// When the renewal timer next looks at this slot.
+    pub wake: Option<Instant>,
+    /// Dropped from the cache (evicted, idle, or its org removed): never renewed again.
+    pub retired: bool,
 }
 
-/// The lock on a slot, held for one upstream flight.
+/// The lock on a slot, held for one upstream flight; released when dropped.
 pub(crate) struct Flight {
     slot: Arc<Slot>,
-    pub state: OwnedMutexGuard<FlightState>,
 }
 
 /// What a caller found after waiting for a slot's lock.
@@ -67,70 +74,107 @@ pub(crate) enum Turn {
 }
 
 impl Slot {
-    pub fn new(key: TokenKey, token: Option<SharedToken>, renewal: CancellationToken) -> Self {
+    pub fn new(key: TokenKey, token: Option<SharedToken>, org: Weak<Org>) -> Self {
         let generation = token.as_ref().map_or(0, |t| t.generation);
         Self {
             key,
-            current: watch::Sender::new(token.map_or(Held::Empty, Held::Token)),
-            state: Arc::new(AsyncMutex::new(FlightState {
-                generation,
-                ..FlightState::default()
-            })),
+            org,
+            current: RwLock::new(token.map_or(Held::Empty, Held::Token)),
+            watch: OnceLock::new(),
+            lock: Semaphore::new(1),
             flights: AtomicU64::new(0),
-            retry_at: Mutex::new(None),
+            state: Mutex::new(SlotState {
+                generation,
+                ..SlotState::default()
+            }),
             created: Instant::now(),
             last_used_ms: AtomicU64::new(0),
-            renewal,
-            unwatched: Notify::new(),
         }
+    }
+
+    /// The org this slot belongs to, unless it was removed.
+    pub fn org(&self) -> Option<Arc<Org>> {
+        self.org.upgrade()
+    }
+
+    /// What the key holds now.
+    pub fn held(&self) -> Held {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The current token, usable or not.
     pub fn current(&self) -> Option<SharedToken> {
-        self.current.borrow().token().cloned()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .token()
+            .cloned()
     }
 
     /// The current token if it may be handed out at `now`: the cache hit.
     pub fn usable(&self, now: Instant) -> Option<SharedToken> {
         self.current
-            .borrow()
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .token()
             .filter(|t| t.is_usable(now))
             .cloned()
     }
 
+    /// The flight and renewal state, locked briefly (never across an await).
+    pub fn state(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// A receiver that sees every token installed from now on (latest value only).
     pub fn subscribe(&self) -> watch::Receiver<Held> {
-        self.current.subscribe()
+        // Under the read lock: an install (which holds the write lock) happens wholly
+        // before or wholly after, so the receiver misses nothing.
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        self.watch
+            .get_or_init(|| watch::Sender::new(current.clone()))
+            .subscribe()
+    }
+
+    /// Replaces what the key holds and tells its watchers.
+    fn install(&self, held: Held) {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(watch) = self.watch.get() {
+            watch.send_replace(held.clone());
+        }
+        *current = held;
     }
 
     /// Announces that `expired` could not be renewed, unless a newer token replaced it.
     pub fn announce_gone(&self, expired: &SharedToken, gone: Gone) -> bool {
-        self.current.send_if_modified(|held| match held {
-            Held::Token(t) if Arc::ptr_eq(t, expired) => {
-                *held = Held::Gone(Arc::new(gone));
-                true
-            }
-            _ => false,
-        })
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if !matches!(&*current, Held::Token(t) if Arc::ptr_eq(t, expired)) {
+            return false;
+        }
+        let held = Held::Gone(Arc::new(gone));
+        if let Some(watch) = self.watch.get() {
+            watch.send_replace(held.clone());
+        }
+        *current = held;
+        true
     }
 
-    /// A watcher left: the idle countdown starts now.
-    pub fn unwatch(&self) {
-        self.touch(Instant::now());
-        self.unwatched.notify_one();
-    }
-
-    /// Receivers other than the slot's own renewal task: the WatchTokens streams.
+    /// The WatchTokens streams watching this key.
     pub fn watchers(&self) -> usize {
-        self.current.receiver_count().saturating_sub(1)
+        self.watch.get().map_or(0, watch::Sender::receiver_count)
     }
 
-    /// Records a caller's use at `now`.
+    /// Records a caller's use at `now`, to the millisecond (so callers of a hot key write
+    /// its cache line at most once a millisecond).
     pub fn touch(&self, now: Instant) {
         let ms = now.saturating_duration_since(self.created).as_millis();
-        self.last_used_ms
-            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+        let ms = u64::try_from(ms).unwrap_or(u64::MAX);
+        if ms > self.last_used_ms.load(Ordering::Relaxed) {
+            self.last_used_ms.store(ms, Ordering::Relaxed);
+        }
     }
 
     /// When a caller last used the slot (its creation, if never).
@@ -138,18 +182,29 @@ impl Slot {
         self.created + Duration::from_millis(self.last_used_ms.load(Ordering::Relaxed))
     }
 
-    /// The instant before which no new flight may start, if a failure set one.
-    pub fn retry_at(&self) -> Option<Instant> {
-        *self.retry_at.lock().unwrap_or_else(|p| p.into_inner())
+    /// Takes the slot out of service: the renewal timer forgets it.
+    pub fn retire(&self) {
+        self.state().retired = true;
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.state().retired
     }
 
     /// Waits for the slot's lock. If a flight finished meanwhile, returns its outcome.
     pub async fn turn(self: &Arc<Self>) -> Turn {
         let seen = self.flights.load(Ordering::Acquire);
-        let state = Arc::clone(&self.state).lock_owned().await;
+        // The semaphore is never closed; the permit is given back when the flight drops.
+        if let Ok(permit) = self.lock.acquire().await {
+            permit.forget();
+        }
+        let flight = Flight {
+            slot: Arc::clone(self),
+        };
         if self.flights.load(Ordering::Acquire) != seen {
-            let outcome = match (&state.last_error, self.current()) {
-                (Some(e), _) => Err(e.clone()),
+            let last_error = self.state().last_error.as_deref().cloned();
+            let outcome = match (last_error, self.current()) {
+                (Some(e), _) => Err(e),
                 (None, Some(token)) => Ok(token),
                 (None, None) => Err(BrokerError::Unavailable {
                     key: self.key.to_string(),
@@ -159,10 +214,7 @@ impl Slot {
             };
             return Turn::Joined(outcome);
         }
-        Turn::Mine(Flight {
-            slot: Arc::clone(self),
-            state,
-        })
+        Turn::Mine(flight)
     }
 }
 
@@ -171,24 +223,57 @@ impl Flight {
         &self.slot
     }
 
+    /// The slot's state, which the flight may change.
+    pub fn state(&self) -> MutexGuard<'_, SlotState> {
+        self.slot.state()
+    }
+
     /// Ends the flight: installs its token (waking every watcher) or records its error and
     /// how long to hold off (`hold`), then releases the lock.
-    pub fn land(mut self, outcome: &Result<SharedToken, BrokerError>, hold: Option<Duration>) {
-        let retry_at = match outcome {
-            Ok(token) => {
-                self.state.last_error = None;
-                self.state.failures = 0;
-                self.slot
-                    .current
-                    .send_replace(Held::Token(Arc::clone(token)));
-                None
+    pub fn land(self, outcome: &Result<SharedToken, BrokerError>, hold: Option<Duration>) {
+        {
+            let mut state = self.slot.state();
+            match outcome {
+                Ok(token) => {
+                    state.last_error = None;
+                    state.failures = 0;
+                    state.retry_at = None;
+                    self.slot.install(Held::Token(Arc::clone(token)));
+                }
+                Err(e) => {
+                    state.last_error = Some(Box::new(e.clone()));
+                    state.retry_at = hold.map(|h| Instant::now() + h);
+                }
             }
-            Err(e) => {
-                self.state.last_error = Some(e.clone());
-                hold.map(|h| Instant::now() + h)
-            }
-        };
-        *self.slot.retry_at.lock().unwrap_or_else(|p| p.into_inner()) = retry_at;
+        }
         self.slot.flights.fetch_add(1, Ordering::Release);
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.slot.lock.add_permits(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::Token;
+
+    /// A broker holds one slot and one token per user token; 100,000 of them have a memory
+    /// budget (BENCHMARKS.md). Growing either type is a decision, not an accident.
+    #[test]
+    fn a_slot_and_a_token_stay_within_their_budget() {
+        assert!(
+            size_of::<Slot>() <= 240,
+            "Slot is {} bytes",
+            size_of::<Slot>()
+        );
+        assert!(
+            size_of::<Token>() <= 144,
+            "Token is {} bytes",
+            size_of::<Token>()
+        );
     }
 }

@@ -39,31 +39,27 @@ impl Reason {
     }
 }
 
-/// One access token for one key.
+/// One access token for one key. Kept small: a broker holds one per user token.
 #[derive(Debug)]
 pub struct Token {
     pub key: TokenKey,
     pub access_token: AccessToken,
     /// The access token's fingerprint, computed once: every audit line names it.
     pub fingerprint: Fingerprint,
-    pub token_type: String,
+    pub reason: Reason,
+    /// The token type when the platform said other than "Bearer".
+    other_type: Option<Box<str>>,
     /// When the broker asked the platform for it (wall clock, for callers).
     pub issued_at: SystemTime,
-    /// When the platform stops accepting it (wall clock); `None` for a long-lived token.
-    pub expires_at: Option<SystemTime>,
+    /// When it was asked for (monotonic): its expiry is counted from here, a conservative
+    /// start, as the platform began counting no earlier.
+    requested: Instant,
     /// The lifetime the platform gave it; `None` for a long-lived token.
     pub lifetime: Option<Duration>,
-    /// Monotonic expiry, measured from when it was asked for (a conservative start: the
-    /// platform began counting no earlier).
-    pub expires: Option<Instant>,
-    /// Monotonic deadline after which it is no longer handed out while a renewal can
-    /// succeed (see [`usable_until`]).
-    pub usable_until: Option<Instant>,
     /// When the background renewal replaces it.
     pub renew_at: Option<Instant>,
     /// 1 for a key's first token, one more for every token after it.
     pub generation: u64,
-    pub reason: Reason,
 }
 
 impl Token {
@@ -82,15 +78,13 @@ impl Token {
             key,
             fingerprint: access_token.fingerprint(),
             access_token,
-            token_type,
+            reason: Reason::Issued,
+            other_type: (token_type != "Bearer").then(|| token_type.into_boxed_str()),
             issued_at: wall,
-            expires_at: Some(wall + lifetime),
+            requested: mono,
             lifetime: Some(lifetime),
-            expires: Some(mono + lifetime),
-            usable_until: Some(usable_until(mono, lifetime)),
             renew_at: Some(mono + renew_after),
             generation: 0,
-            reason: Reason::Issued,
         }
     }
 
@@ -100,31 +94,50 @@ impl Token {
             key,
             fingerprint: access_token.fingerprint(),
             access_token,
-            token_type: "Bearer".into(),
+            reason: Reason::Issued,
+            other_type: None,
             issued_at: SystemTime::now(),
-            expires_at: None,
+            requested: Instant::now(),
             lifetime: None,
-            expires: None,
-            usable_until: None,
             renew_at: None,
             generation: 1,
-            reason: Reason::Issued,
         }
+    }
+
+    /// The token type, as the platform gave it ("Bearer").
+    pub fn token_type(&self) -> &str {
+        self.other_type.as_deref().unwrap_or("Bearer")
+    }
+
+    /// When the platform stops accepting it (wall clock); `None` for a long-lived token.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.lifetime.map(|l| self.issued_at + l)
+    }
+
+    /// Monotonic expiry; `None` for a long-lived token.
+    pub fn expires(&self) -> Option<Instant> {
+        self.lifetime.map(|l| self.requested + l)
+    }
+
+    /// Monotonic deadline after which it is no longer handed out while a renewal can
+    /// succeed (see [`usable_until`]).
+    pub fn usable_until(&self) -> Option<Instant> {
+        self.lifetime.map(|l| usable_until(self.requested, l))
     }
 
     /// Whether the token may be handed out at `now` in normal operation.
     pub fn is_usable(&self, now: Instant) -> bool {
-        self.usable_until.is_none_or(|until| now < until)
+        self.usable_until().is_none_or(|until| now < until)
     }
 
     /// Whether the platform still accepts it at `now` (an outage may hand it out until then).
     pub fn is_valid(&self, now: Instant) -> bool {
-        self.expires.is_none_or(|e| now < e)
+        self.expires().is_none_or(|e| now < e)
     }
 
     /// How long it stays valid from `now`; `None` for ever.
     pub fn valid_for(&self, now: Instant) -> Option<Duration> {
-        self.expires.map(|e| e.saturating_duration_since(now))
+        self.expires().map(|e| e.saturating_duration_since(now))
     }
 }
 
@@ -228,6 +241,6 @@ mod tests {
         let forever = Token::long_lived(key, AccessToken::new("b"));
         tokio::time::advance(Duration::from_secs(10 * 365 * 24 * 3600)).await;
         assert!(forever.is_usable(Instant::now()) && forever.is_valid(Instant::now()));
-        assert!(forever.expires_at.is_none() && forever.valid_for(Instant::now()).is_none());
+        assert!(forever.expires_at().is_none() && forever.valid_for(Instant::now()).is_none());
     }
 }

@@ -13,7 +13,7 @@ use std::{
 use futures::Stream;
 use tokio_stream::{StreamMap, wrappers::WatchStream};
 
-use super::{Gone, Held, SharedToken, slot::Slot, stats::Counters};
+use super::{Broker, Gone, Held, SharedToken, slot::Slot};
 
 /// One message of a watch stream.
 #[derive(Debug, Clone)]
@@ -34,18 +34,19 @@ pub struct TokenEvents {
     _guard: Subscribed,
 }
 
-/// Counts the stream while it lives and tells its slots when it goes.
+/// Counts the stream while it lives and, when it goes, starts its keys' idle countdown.
 struct Subscribed {
     slots: Vec<Arc<Slot>>,
-    counters: Arc<Counters>,
+    broker: Broker,
 }
 
 impl Drop for Subscribed {
     fn drop(&mut self) {
         for slot in &self.slots {
-            slot.unwatch();
+            slot.touch(tokio::time::Instant::now());
+            self.broker.plan(slot);
         }
-        self.counters.stream_closed();
+        self.broker.inner.stats.stream_closed();
     }
 }
 
@@ -54,9 +55,9 @@ impl TokenEvents {
     pub(super) fn new(
         slots: Vec<Arc<Slot>>,
         receivers: Vec<tokio::sync::watch::Receiver<Held>>,
-        counters: Arc<Counters>,
+        broker: Broker,
     ) -> Self {
-        counters.stream_opened();
+        broker.inner.stats.stream_opened();
         let mut initial = VecDeque::with_capacity(receivers.len());
         let mut changes = StreamMap::with_capacity(receivers.len());
         for (i, mut receiver) in receivers.into_iter().enumerate() {
@@ -71,7 +72,7 @@ impl TokenEvents {
         Self {
             initial,
             changes,
-            _guard: Subscribed { slots, counters },
+            _guard: Subscribed { slots, broker },
         }
     }
 }

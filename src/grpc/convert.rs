@@ -17,8 +17,8 @@ impl From<&Token> for proto::Token {
     fn from(t: &Token) -> Self {
         Self {
             access_token: t.access_token.expose().to_owned(),
-            token_type: t.token_type.clone(),
-            expires_at: t.expires_at.map(timestamp),
+            token_type: t.token_type().to_owned(),
+            expires_at: t.expires_at().map(timestamp),
             issued_at: Some(timestamp(t.issued_at)),
             org: t.key.org.to_string(),
             user_id: t.key.user.as_deref().unwrap_or_default().to_owned(),

@@ -20,6 +20,8 @@ use crate::{
 
 /// The largest answer body read; the platform's JSON answers are a few hundred bytes.
 const MAX_BODY: usize = 64 * 1024;
+/// Idle connections kept per platform host.
+const MAX_IDLE_CONNECTIONS: usize = 8;
 
 /// Where one organization's flows go, and who the broker is there.
 #[derive(Debug, Clone)]
@@ -49,6 +51,9 @@ impl Upstream {
             .timeout(timeout)
             .connect_timeout(timeout)
             .user_agent(concat!("tokenbroker/", env!("CARGO_PKG_VERSION")))
+            // A burst of cold keys opens many connections; the broker's steady traffic
+            // needs few, so only a handful are kept idle (each holds buffers).
+            .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
             .build()
             .map_err(|e| UpstreamError::Connection {
                 reason: format!("could not build the HTTP client: {e}"),

@@ -1,0 +1,166 @@
+//! The renewal timer's queue: one heap of wake-up times for every slot of a broker, served
+//! by one task ([`super::renew`]), instead of a sleeping task per key. A task per key cost
+//! about 900 bytes and a timer entry; an entry here costs 24 bytes.
+
+use std::{
+    cmp::Ordering,
+    collections::BinaryHeap,
+    sync::{Arc, Mutex, Weak},
+};
+
+use tokio::{sync::Notify, time::Instant};
+
+use super::slot::Slot;
+
+/// When each slot is next looked at. A slot's own state records the one wake-up that
+/// counts ([`super::slot::SlotState::wake`]); entries left behind by a rescheduling are
+/// skipped when they come up.
+#[derive(Debug, Default)]
+pub(super) struct Timer {
+    heap: Mutex<BinaryHeap<Entry>>,
+    /// Wakes the timer task when an entry earlier than all others arrives.
+    earlier: Notify,
+}
+
+#[derive(Debug)]
+struct Entry {
+    at: Instant,
+    slot: Weak<Slot>,
+}
+
+// The heap is a max-heap: the earliest instant is the greatest entry.
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.at.cmp(&self.at)
+    }
+}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+
+impl Eq for Entry {}
+
+impl Timer {
+    /// Sets when `slot` is next looked at; `None`: not until something changes.
+    pub fn set(&self, slot: &Arc<Slot>, at: Option<Instant>) {
+        {
+            let mut state = slot.state();
+            if state.wake == at {
+                return;
+            }
+            state.wake = at;
+        }
+        let Some(at) = at else { return };
+        let mut heap = self.heap.lock().unwrap_or_else(|p| p.into_inner());
+        let earliest = heap.peek().is_none_or(|first| at < first.at);
+        heap.push(Entry {
+            at,
+            slot: Arc::downgrade(slot),
+        });
+        drop(heap);
+        if earliest {
+            self.earlier.notify_one();
+        }
+    }
+
+    /// Takes out the slots due at `now` (each one's wake-up is cleared), and says when the
+    /// next one is due.
+    pub fn due(&self, now: Instant) -> (Vec<Arc<Slot>>, Option<Instant>) {
+        let mut heap = self.heap.lock().unwrap_or_else(|p| p.into_inner());
+        let mut due = Vec::new();
+        while let Some(first) = heap.peek()
+            && first.at <= now
+        {
+            let Some(entry) = heap.pop() else { break };
+            let Some(slot) = entry.slot.upgrade() else {
+                continue;
+            };
+            let mut state = slot.state();
+            if state.wake == Some(entry.at) && !state.retired {
+                state.wake = None;
+                drop(state);
+                due.push(slot);
+            }
+        }
+        (due, heap.peek().map(|first| first.at))
+    }
+
+    /// Resolves when an entry earlier than the others was set since the last call.
+    pub async fn earlier_entry(&self) {
+        self.earlier.notified().await;
+    }
+
+    /// Entries in the heap, stale ones included.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.heap.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::broker::TokenKey;
+
+    fn slot(user: &str) -> Arc<Slot> {
+        let key = TokenKey {
+            org: "acme".into(),
+            user: Some(user.into()),
+        };
+        Arc::new(Slot::new(key, None, Weak::new()))
+    }
+
+    #[test]
+    fn slots_come_due_in_order_and_only_at_their_latest_time() {
+        let timer = Timer::default();
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let (a, b, c) = (slot("a"), slot("b"), slot("c"));
+        timer.set(&a, Some(s(30)));
+        timer.set(&b, Some(s(10)));
+        timer.set(&c, Some(s(20)));
+        // Rescheduled: a's entry at 30 is stale; b no longer wants a wake-up.
+        timer.set(&a, Some(s(5)));
+        timer.set(&b, None);
+        // The same time again adds nothing.
+        timer.set(&c, Some(s(20)));
+        assert_eq!(timer.len(), 4);
+
+        let (due, next) = timer.due(s(4));
+        assert!(due.is_empty());
+        assert_eq!(next, Some(s(5)));
+        let (due, next) = timer.due(s(25));
+        let keys: Vec<_> = due.iter().map(|d| d.key.to_string()).collect();
+        assert_eq!(keys, ["user \"a\" of org acme", "user \"c\" of org acme"]);
+        assert_eq!(next, Some(s(30)));
+        // Due slots have no wake-up until one is set again.
+        assert_eq!(a.state().wake, None);
+        let (due, next) = timer.due(s(40));
+        assert!(due.is_empty() && next.is_none());
+        assert_eq!(timer.len(), 0);
+    }
+
+    #[test]
+    fn retired_and_dropped_slots_never_come_due() {
+        let timer = Timer::default();
+        let t0 = Instant::now();
+        let (a, b) = (slot("a"), slot("b"));
+        timer.set(&a, Some(t0));
+        timer.set(&b, Some(t0));
+        a.retire();
+        drop(b);
+        let (due, _) = timer.due(t0);
+        assert!(due.is_empty());
+    }
+}
