@@ -159,12 +159,12 @@ impl Process {
             .stdout(Stdio::null())
             .spawn()
             .expect("the tokenbroker binary starts");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let mut log = BufReader::new(child.stderr.take().expect("stderr"));
         let addr = loop {
-            let line = lines
-                .next()
-                .and_then(Result::ok)
-                .unwrap_or_else(|| panic!("{args:?} exited before {needle:?}"));
+            let mut line = String::new();
+            if log.read_line(&mut line).unwrap_or(0) == 0 {
+                panic!("{args:?} exited before {needle:?}");
+            }
             if line.contains(needle) {
                 break line
                     .split_whitespace()
@@ -173,8 +173,10 @@ impl Process {
                     .to_owned();
             }
         };
-        // Keep draining the log so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep draining the log so the child never blocks on a full pipe: in large reads,
+        // not line by line, so that the drain costs the shared cores as little as a log
+        // collector would.
+        std::thread::spawn(move || std::io::copy(&mut log, &mut std::io::sink()));
         Self { child, addr }
     }
 
@@ -264,7 +266,8 @@ struct Phase {
 enum Call {
     Health,
     OrgToken,
-    UserToken(usize),
+    /// GetUserToken for these ids, made beforehand so the client spends no time on them.
+    UserToken(&'static [String]),
 }
 
 /// `concurrency` callers over `channels` doing `call` for `length`.
@@ -293,11 +296,11 @@ async fn phase(channels: &[Channel], concurrency: usize, length: Duration, call:
                         .get_org_token(GetOrgTokenRequest::default())
                         .await
                         .is_ok(),
-                    Call::UserToken(users) => {
-                        n = (n * 7919 + 13) % users;
+                    Call::UserToken(ids) => {
+                        n = (n * 7919 + 13) % ids.len();
                         tokens
                             .get_user_token(GetUserTokenRequest {
-                                user_id: format!("EMP-{:05}", n + 1),
+                                user_id: ids[n].clone(),
                                 ..Default::default()
                             })
                             .await
@@ -471,6 +474,8 @@ async fn main() {
     if size.runs("users") {
         let empty_rss = b.rss_mib();
         let users = size.users_held;
+        let ids: &'static [String] =
+            Box::leak((1..=users).map(|n| format!("EMP-{n:05}")).collect());
         let next = Arc::new(AtomicU64::new(0));
         let fill = (0..256).map(|i| {
             let mut c = TokenServiceClient::new(chans[i % chans.len()].clone());
@@ -499,7 +504,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let held_rss = b.rss_mib();
         let growth = held_rss - empty_rss;
-        let user = versus_health(&chans, 64, &size, Call::UserToken(users)).await;
+        let user = versus_health(&chans, 64, &size, Call::UserToken(ids)).await;
         table.row(
             &format!("GetUserToken cached, {users} users held: throughput vs Health"),
             format!("{:.3}x", user["throughput_ratio"].as_f64().unwrap_or(0.0)),

@@ -74,11 +74,16 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // A worker thread writes the log, so a call never waits on stderr; it blocks rather
-    // than drops lines when it falls behind (audit events must not be lost).
-    let (writer, _flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::stderr());
+    // One thread writes the log in batches, so a call never waits on stderr; a caller waits
+    // rather than a line is dropped when it falls far behind (audit events must not be lost).
+    let (writer, _flush_on_exit) = match tokenbroker::log_writer::LogWriter::new(std::io::stderr())
+    {
+        Ok(writer) => writer,
+        Err(e) => {
+            eprintln!("error: could not start the log writer thread: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

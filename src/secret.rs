@@ -30,10 +30,14 @@ pub struct Fingerprint([u8; 4]);
 
 impl fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
+        // One write of eight hex digits: every audit line carries a fingerprint.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = [0u8; 8];
+        for (i, b) in self.0.iter().enumerate() {
+            hex[2 * i] = HEX[usize::from(b >> 4)];
+            hex[2 * i + 1] = HEX[usize::from(b & 0xf)];
         }
-        Ok(())
+        f.write_str(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -120,6 +124,15 @@ mod tests {
         let a = AccessToken::new("token-a");
         assert_eq!(a.fingerprint(), AccessToken::new("token-a").fingerprint());
         assert_ne!(a.fingerprint(), AccessToken::new("token-b").fingerprint());
+        let shown = a.fingerprint().to_string();
+        let expected: String = a
+            .fingerprint()
+            .0
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(shown, expected);
+        assert_eq!(shown.len(), 8);
         let shown = a.fingerprint().to_string();
         assert_eq!(shown.len(), 8);
         assert!(shown.chars().all(|c| c.is_ascii_hexdigit()));
