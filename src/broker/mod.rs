@@ -290,6 +290,36 @@ impl Broker {
         self.inner.stats.snapshot(held, watchers)
     }
 
+    /// The org's token if the cache holds one that may be handed out now, without waiting:
+    /// the fast path of [`Broker::org_token`], which callers try first.
+    pub fn cached_org_token(
+        &self,
+        org: &str,
+        min_valid_for: Option<Duration>,
+    ) -> Result<Option<SharedToken>, BrokerError> {
+        let org = self.org(org)?;
+        Ok(self.hit(&org.slot, min_valid_for))
+    }
+
+    /// A user's token if the cache holds one that may be handed out now, without waiting:
+    /// the fast path of [`Broker::user_token`], which callers try first.
+    pub fn cached_user_token(
+        &self,
+        org: &str,
+        user: &str,
+        min_valid_for: Option<Duration>,
+    ) -> Result<Option<SharedToken>, BrokerError> {
+        let org = self.org(org)?;
+        check_id("user_id", user)?;
+        let slot = org
+            .users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .cloned();
+        Ok(slot.and_then(|slot| self.hit(&slot, min_valid_for)))
+    }
+
     /// The org's token: from cache while usable, else fetched (one flight however many ask).
     /// With `min_valid_for`, the token returned stays valid at least that long.
     pub async fn org_token(
@@ -402,12 +432,7 @@ impl Broker {
         slot: &Arc<Slot>,
         min_valid_for: Option<Duration>,
     ) -> Result<SharedToken, BrokerError> {
-        let now = Instant::now();
-        slot.touch(now);
-        if let Some(token) = slot.usable(now)
-            && meets(&token, now, min_valid_for)
-        {
-            self.inner.stats.hit();
+        if let Some(token) = self.hit(slot, min_valid_for) {
             return Ok(token);
         }
         self.inner.stats.miss();
@@ -433,6 +458,18 @@ impl Broker {
         } else {
             Err(out_of_range(renewed.lifetime.unwrap_or_default()))
         }
+    }
+
+    /// The slot's token if it may be handed out now (and meets `min_valid_for`): the cache
+    /// hit. Records the use either way.
+    fn hit(&self, slot: &Slot, min_valid_for: Option<Duration>) -> Option<SharedToken> {
+        let now = Instant::now();
+        slot.touch(now);
+        let token = slot
+            .usable(now)
+            .filter(|token| meets(token, now, min_valid_for))?;
+        self.inner.stats.hit();
+        Some(token)
     }
 
     /// A token that may be handed out: usable, or, when the platform fails, one it still
