@@ -49,6 +49,8 @@ struct Size {
     refreshers: usize,
     subscribers: usize,
     connections: usize,
+    /// Forced rotations the subscribers are measured over.
+    rotations: usize,
     soak: Duration,
     /// The scenario groups to run (`--only org,users,cold,watch,soak`); all when empty.
     only: Vec<String>,
@@ -90,6 +92,7 @@ impl Size {
                 refreshers: 200,
                 subscribers: 1_000,
                 connections: 10,
+                rotations: 1,
                 soak: Duration::from_secs(soak),
                 only: only.clone(),
             }
@@ -104,6 +107,9 @@ impl Size {
                 refreshers: 1_000,
                 subscribers: 10_000,
                 connections: 100,
+                rotations: value("--rotations")
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(5),
                 soak: Duration::from_secs(soak),
                 only: only.clone(),
             }
@@ -673,56 +679,66 @@ async fn main() {
             .await;
             streams.extend(opened);
         }
-        // Every stream waits in one set of futures, polled once before the rotation so each
-        // is registered: the client spends as little as it can of the shared cores, and
-        // nothing is set up after the clock starts.
-        let mut waits: futures::stream::FuturesUnordered<_> = streams
-            .into_iter()
-            .map(|mut s| async move { matches!(s.message().await, Ok(Some(_))).then(Instant::now) })
-            .collect();
-        assert!(
-            futures::poll!(futures::StreamExt::next(&mut waits)).is_pending(),
-            "a message before the rotation"
-        );
+        // Each rotation: every stream waits in one set of futures, polled once before the
+        // rotation so each is registered: the client spends as little as it can of the
+        // shared cores, and nothing is set up after the clock starts.
+        let mut delivered = Vec::with_capacity(size.subscribers * size.rotations);
+        let mut missing = 0;
         let (broker_cpu, client_cpu) = (b.cpu_ms(), cpu_ms("/proc/self/stat"));
-        let started = Instant::now();
-        let collect = async {
-            let mut delivered = Vec::with_capacity(size.subscribers);
-            while let Ok(Some(arrived)) = tokio::time::timeout_at(
-                (started + Duration::from_secs(10)).into(),
-                futures::StreamExt::next(&mut waits),
-            )
-            .await
-            {
-                if let Some(at) = arrived {
-                    delivered.push(at.duration_since(started).as_micros() as u64);
-                }
-            }
-            delivered
-        };
-        let rotate = async {
-            TokenServiceClient::new(chans[0].clone())
-                .refresh(RefreshRequest::default())
+        for _ in 0..size.rotations {
+            let mut waits: futures::stream::FuturesUnordered<_> = streams
+                .iter_mut()
+                .map(|s| async move { matches!(s.message().await, Ok(Some(_))).then(Instant::now) })
+                .collect();
+            assert!(
+                futures::poll!(futures::StreamExt::next(&mut waits)).is_pending(),
+                "a message before the rotation"
+            );
+            let started = Instant::now();
+            let collect = async {
+                let mut arrived_in = Vec::with_capacity(size.subscribers);
+                while let Ok(Some(arrived)) = tokio::time::timeout_at(
+                    (started + Duration::from_secs(10)).into(),
+                    futures::StreamExt::next(&mut waits),
+                )
                 .await
-                .expect("forced rotation")
-        };
-        let (mut delivered, _) = tokio::join!(collect, rotate);
+                {
+                    if let Some(at) = arrived {
+                        arrived_in.push(at.duration_since(started).as_micros() as u64);
+                    }
+                }
+                arrived_in
+            };
+            let rotate = async {
+                TokenServiceClient::new(chans[0].clone())
+                    .refresh(RefreshRequest::default())
+                    .await
+                    .expect("forced rotation")
+            };
+            let (arrived_in, _) = tokio::join!(collect, rotate);
+            missing += size.subscribers - arrived_in.len();
+            delivered.extend(arrived_in);
+        }
         let broker_cpu = b.cpu_ms() - broker_cpu;
         let client_cpu = cpu_ms("/proc/self/stat") - client_cpu;
-        eprintln!("fan-out CPU: broker {broker_cpu:.0} ms, benchmark client {client_cpu:.0} ms");
+        let per_message = |ms: f64| ms * 1000.0 / (size.subscribers * size.rotations) as f64;
+        eprintln!(
+            "fan-out CPU per message delivered: broker {:.1} us, benchmark client {:.1} us",
+            per_message(broker_cpu),
+            per_message(client_cpu)
+        );
         delivered.sort_unstable();
-        let missing = size.subscribers - delivered.len();
         let p99_ms = percentile(&delivered, 0.99) / 1000.0;
         table.row(
             &format!(
-                "{} WatchTokens subscribers over {} connections",
-                size.subscribers, size.connections
+                "{} WatchTokens subscribers over {} connections, {} rotations",
+                size.subscribers, size.connections, size.rotations
             ),
             format!("p99 {p99_ms:.1} ms, {missing} missing"),
             "p99<=100ms, 0",
             p99_ms <= 100.0 && missing == 0,
         );
-        figures.insert("watch_fanout".into(), json!({"subscribers": size.subscribers, "connections": size.connections, "p50_ms": percentile(&delivered, 0.5) / 1000.0, "p99_ms": p99_ms, "max_ms": delivered.last().copied().unwrap_or(0) as f64 / 1000.0, "missing": missing}));
+        figures.insert("watch_fanout".into(), json!({"subscribers": size.subscribers, "connections": size.connections, "p50_ms": percentile(&delivered, 0.5) / 1000.0, "p99_ms": p99_ms, "max_ms": delivered.last().copied().unwrap_or(0) as f64 / 1000.0, "missing": missing, "rotations": size.rotations, "broker_cpu_us_per_message": per_message(broker_cpu), "client_cpu_us_per_message": per_message(client_cpu)}));
         drop(chans);
         drop(b);
     }

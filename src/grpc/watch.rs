@@ -85,7 +85,9 @@ impl WatchResponses {
         Self {
             events,
             caller,
-            shutdown: Box::pin(shutdown.cancelled_owned()),
+            // A child token per stream: polling the server's one token from every stream
+            // would contend on its lock at each message of a fan-out.
+            shutdown: Box::pin(shutdown.child_token().cancelled_owned()),
             ended: false,
             _permit: permit,
         }
@@ -99,13 +101,15 @@ impl Stream for WatchResponses {
         if self.ended {
             return Poll::Ready(None);
         }
-        if self.shutdown.as_mut().poll(cx).is_ready() {
+        // Events first: shutdown is looked at (and its wake-up registered) only when none is
+        // ready, once per message rather than at every poll of a fan-out.
+        let polled = Pin::new(&mut self.events).poll_next(cx);
+        if polled.is_pending() && self.shutdown.as_mut().poll(cx).is_ready() {
             self.ended = true;
             return Poll::Ready(Some(Err(Status::unavailable(
                 "tokenbroker is shutting down; reconnect (to another instance, or to this one when it is back)",
             ))));
         }
-        let polled = Pin::new(&mut self.events).poll_next(cx);
         if let Poll::Ready(Some(WatchEvent::Initial(token) | WatchEvent::Token(token))) = &polled {
             super::gate::audit(&self.caller, "WatchTokens", token);
         }
