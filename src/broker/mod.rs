@@ -114,9 +114,16 @@ struct Inner {
     stats: Arc<stats::Counters>,
     metrics: Arc<Metrics>,
     /// When each slot is next looked at by the renewal timer.
-    timer: timer::Timer,
-    /// Stops the renewal timer: cancelled by [`Broker::shutdown`].
+    timer: Arc<timer::Timer>,
+    /// Stops the renewal timer: cancelled by [`Broker::shutdown`], or when the last clone
+    /// of the broker is dropped.
     shutdown: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
 }
 
 #[derive(Debug)]
@@ -177,11 +184,15 @@ impl Broker {
                 policy,
                 stats: Arc::default(),
                 metrics,
-                timer: timer::Timer::default(),
+                timer: Arc::default(),
                 shutdown: CancellationToken::new(),
             }),
         };
-        tokio::spawn(Self::run_timer(Arc::downgrade(&broker.inner)));
+        tokio::spawn(Self::run_timer(
+            Arc::downgrade(&broker.inner),
+            Arc::clone(&broker.inner.timer),
+            broker.inner.shutdown.clone(),
+        ));
         for settings in orgs {
             broker.add_org(settings);
         }
@@ -616,7 +627,7 @@ impl Broker {
     /// How long to keep the platform unasked after `e`, the `failures`-th failure in a row:
     /// rejected credentials are permanent until the configuration changes, a 429 names its
     /// own wait, anything else backs off exponentially with full jitter (so that neither
-    /// callers nor the renewal task hammer the platform, even about an unknown user).
+    /// callers nor the renewal timer hammer the platform, even about an unknown user).
     fn hold_after(&self, e: &BrokerError, failures: u32) -> Duration {
         let policy = &self.inner.policy.renewal;
         let backoff = policy.backoff(failures, rand::rng().random());

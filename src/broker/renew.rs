@@ -8,10 +8,12 @@
 use std::sync::{Arc, Weak};
 
 use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{
     Broker, BrokerError, Gone, GoneReason, Held, Inner, Org, SharedToken, Slot, TokenKey, Want,
+    timer::Timer,
 };
 
 /// What the renewal timer needs to know of a slot.
@@ -174,21 +176,22 @@ impl Broker {
     }
 
     /// The renewal timer's task: looks at each slot when it is due, until the broker shuts
-    /// down or is dropped.
-    pub(super) async fn run_timer(inner: Weak<Inner>) {
+    /// down or is dropped. It holds the broker only while it acts, so that dropping the
+    /// last [`Broker`] ends it (see `Drop for Inner`).
+    pub(super) async fn run_timer(inner: Weak<Inner>, timer: Arc<Timer>, stop: CancellationToken) {
         loop {
-            let Some(broker) = inner.upgrade().map(|inner| Broker { inner }) else {
-                return;
-            };
-            let (due, next) = broker.inner.timer.due(Instant::now());
-            for slot in due {
-                broker.look(slot);
+            let (due, next) = timer.due(Instant::now());
+            if !due.is_empty() {
+                let Some(broker) = inner.upgrade().map(|inner| Broker { inner }) else {
+                    return;
+                };
+                for slot in due {
+                    broker.look(slot);
+                }
             }
-            let timer = Arc::clone(&broker.inner);
-            drop(broker);
             tokio::select! {
-                () = timer.shutdown.cancelled() => return,
-                () = timer.timer.earlier_entry() => {}
+                () = stop.cancelled() => return,
+                () = timer.earlier_entry() => {}
                 () = sleep_until_or_forever(next) => {}
             }
         }
