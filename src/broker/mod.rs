@@ -207,9 +207,7 @@ impl Broker {
             user: None,
         };
         let initial = match &settings.credentials {
-            Credentials::Static(token) => {
-                Some(Arc::new(Token::long_lived(key.clone(), token.clone())))
-            }
+            Credentials::Static(token) => Some(Arc::new(Token::long_lived(token.clone()))),
             Credentials::Client { .. } => None,
         };
         let org = Arc::new_cyclic(|me: &Weak<Org>| Org {
@@ -585,7 +583,6 @@ impl Broker {
                     .renewal
                     .renew_after(grant.expires_in, rand::rng().random());
                 let mut token = Token::issued(
-                    slot.key.clone(),
                     grant.access_token,
                     grant.token_type,
                     requested,

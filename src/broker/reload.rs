@@ -146,7 +146,7 @@ async fn install_long_lived(slot: &Arc<Slot>, token: crate::secret::AccessToken)
         state.generation += 1;
         state.generation
     };
-    let mut long_lived = Token::long_lived(slot.key.clone(), token);
+    let mut long_lived = Token::long_lived(token);
     long_lived.generation = generation;
     flight.land(&Ok(Arc::new(long_lived)), None);
 }

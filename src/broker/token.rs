@@ -39,10 +39,10 @@ impl Reason {
     }
 }
 
-/// One access token for one key. Kept small: a broker holds one per user token.
+/// One access token for one key (the slot holding it, or the caller asking for it, knows
+/// which). Kept small: a broker holds one per user token.
 #[derive(Debug)]
 pub struct Token {
-    pub key: TokenKey,
     pub access_token: AccessToken,
     /// The access token's fingerprint, computed once: every audit line names it.
     pub fingerprint: Fingerprint,
@@ -66,7 +66,6 @@ impl Token {
     /// A token from the platform, asked for at `requested`, living `lifetime`, to be renewed
     /// `renew_after` after it was asked for.
     pub(crate) fn issued(
-        key: TokenKey,
         access_token: AccessToken,
         token_type: String,
         requested: (Instant, SystemTime),
@@ -75,7 +74,6 @@ impl Token {
     ) -> Self {
         let (mono, wall) = requested;
         Self {
-            key,
             fingerprint: access_token.fingerprint(),
             access_token,
             reason: Reason::Issued,
@@ -89,9 +87,8 @@ impl Token {
     }
 
     /// A long-lived token or API key from the configuration: never expires or renews.
-    pub(crate) fn long_lived(key: TokenKey, access_token: AccessToken) -> Self {
+    pub(crate) fn long_lived(access_token: AccessToken) -> Self {
         Self {
-            key,
             fingerprint: access_token.fingerprint(),
             access_token,
             reason: Reason::Issued,
@@ -215,14 +212,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn tokens_stop_being_usable_before_they_expire() {
-        let key = TokenKey {
-            org: "acme".into(),
-            user: None,
-        };
         let requested = (Instant::now(), SystemTime::now());
         let hundred = Duration::from_secs(100);
         let t = Token::issued(
-            key.clone(),
             AccessToken::new("a"),
             "Bearer".into(),
             requested,
@@ -238,7 +230,7 @@ mod tests {
         assert_eq!(t.valid_for(Instant::now()), Some(Duration::from_secs(10)));
         tokio::time::advance(Duration::from_secs(10)).await;
         assert!(!t.is_valid(Instant::now()));
-        let forever = Token::long_lived(key, AccessToken::new("b"));
+        let forever = Token::long_lived(AccessToken::new("b"));
         tokio::time::advance(Duration::from_secs(10 * 365 * 24 * 3600)).await;
         assert!(forever.is_usable(Instant::now()) && forever.is_valid(Instant::now()));
         assert!(forever.expires_at().is_none() && forever.valid_for(Instant::now()).is_none());

@@ -13,15 +13,15 @@ use std::{
 use futures::Stream;
 use tokio_stream::{StreamMap, wrappers::WatchStream};
 
-use super::{Broker, Gone, Held, SharedToken, slot::Slot};
+use super::{Broker, Gone, Held, SharedToken, TokenKey, slot::Slot};
 
 /// One message of a watch stream.
 #[derive(Debug, Clone)]
 pub enum WatchEvent {
     /// A key's token when the stream opened.
-    Initial(SharedToken),
+    Initial(TokenKey, SharedToken),
     /// A new token for a key.
-    Token(SharedToken),
+    Token(TokenKey, SharedToken),
     /// A key's token expired and could not be renewed.
     Gone(Arc<Gone>),
 }
@@ -31,7 +31,7 @@ pub struct TokenEvents {
     initial: VecDeque<WatchEvent>,
     changes: StreamMap<usize, WatchStream<Held>>,
     // Declared after `changes`, so the receivers are gone when the guard tells the slots.
-    _guard: Subscribed,
+    subscribed: Subscribed,
 }
 
 /// Counts the stream while it lives and, when it goes, starts its keys' idle countdown.
@@ -63,7 +63,9 @@ impl TokenEvents {
         for (i, mut receiver) in receivers.into_iter().enumerate() {
             // The newest value at this instant; every later one arrives as a change.
             match receiver.borrow_and_update().clone() {
-                Held::Token(token) => initial.push_back(WatchEvent::Initial(token)),
+                Held::Token(token) => {
+                    initial.push_back(WatchEvent::Initial(slots[i].key.clone(), token));
+                }
                 Held::Gone(gone) => initial.push_back(WatchEvent::Gone(gone)),
                 Held::Empty => {}
             }
@@ -72,7 +74,7 @@ impl TokenEvents {
         Self {
             initial,
             changes,
-            _guard: Subscribed { slots, broker },
+            subscribed: Subscribed { slots, broker },
         }
     }
 }
@@ -86,8 +88,9 @@ impl Stream for TokenEvents {
         }
         loop {
             match Pin::new(&mut self.changes).poll_next(cx) {
-                Poll::Ready(Some((_, Held::Token(token)))) => {
-                    return Poll::Ready(Some(WatchEvent::Token(token)));
+                Poll::Ready(Some((i, Held::Token(token)))) => {
+                    let key = self.subscribed.slots[i].key.clone();
+                    return Poll::Ready(Some(WatchEvent::Token(key, token)));
                 }
                 Poll::Ready(Some((_, Held::Gone(gone)))) => {
                     return Poll::Ready(Some(WatchEvent::Gone(gone)));

@@ -13,17 +13,16 @@ fn timestamp(t: SystemTime) -> Timestamp {
     Timestamp::from(t)
 }
 
-impl From<&Token> for proto::Token {
-    fn from(t: &Token) -> Self {
-        Self {
-            access_token: t.access_token.expose().to_owned(),
-            token_type: t.token_type().to_owned(),
-            expires_at: t.expires_at().map(timestamp),
-            issued_at: Some(timestamp(t.issued_at)),
-            org: t.key.org.to_string(),
-            user_id: t.key.user.as_deref().unwrap_or_default().to_owned(),
-            generation: t.generation,
-        }
+/// The message of `t`, the token of `org` (and of `user`, for a user token).
+pub fn token_message(org: &str, user: Option<&str>, t: &Token) -> proto::Token {
+    proto::Token {
+        access_token: t.access_token.expose().to_owned(),
+        token_type: t.token_type().to_owned(),
+        expires_at: t.expires_at().map(timestamp),
+        issued_at: Some(timestamp(t.issued_at)),
+        org: org.to_owned(),
+        user_id: user.unwrap_or_default().to_owned(),
+        generation: t.generation,
     }
 }
 

@@ -80,19 +80,19 @@ impl Admitted {
     }
 
     /// Logs the one audit event of a token handed out.
-    pub fn audit(&self, rpc: &'static str, token: &Token) {
-        audit(&self.caller.caller.name, rpc, token);
+    pub fn audit(&self, rpc: &'static str, org: &str, user: Option<&str>, token: &Token) {
+        audit(&self.caller.caller.name, rpc, org, user, token);
     }
 }
 
 /// The audit event of a token handed out: who got which token (by fingerprint).
-pub fn audit(caller: &str, rpc: &'static str, token: &Token) {
+pub fn audit(caller: &str, rpc: &'static str, org: &str, user: Option<&str>, token: &Token) {
     tracing::info!(
         target: "tokenbroker::audit",
         caller,
         rpc,
-        org = %token.key.org,
-        user_id = token.key.user.as_deref().unwrap_or(""),
+        org = %org,
+        user_id = user.unwrap_or(""),
         fingerprint = %token.fingerprint,
         generation = token.generation,
         "token handed out"

@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::{
+    convert::token_message,
     deadline,
     gate::{Admitted, Gate},
     watch::{ConnectionStreams, WatchResponses},
@@ -175,9 +176,9 @@ impl TokenServiceImpl {
                 .await?
             }
         };
-        admitted.audit("GetOrgToken", &token);
+        admitted.audit("GetOrgToken", &org, None, &token);
         Ok(Response::new(GetOrgTokenResponse {
-            token: Some(token.as_ref().into()),
+            token: Some(token_message(&org, None, &token)),
         }))
     }
 
@@ -205,9 +206,10 @@ impl TokenServiceImpl {
                 .await?
             }
         };
-        admitted.audit("GetUserToken", &token);
+        let user = Some(r.user_id.as_str());
+        admitted.audit("GetUserToken", &org, user, &token);
         Ok(Response::new(GetUserTokenResponse {
-            token: Some(token.as_ref().into()),
+            token: Some(token_message(&org, user, &token)),
         }))
     }
 
@@ -225,9 +227,9 @@ impl TokenServiceImpl {
             Ok(self.broker.refresh(&org, user, stale).await?)
         })
         .await?;
-        admitted.audit("Refresh", &token);
+        admitted.audit("Refresh", &org, user, &token);
         Ok(Response::new(RefreshResponse {
-            token: Some(token.as_ref().into()),
+            token: Some(token_message(&org, user, &token)),
         }))
     }
 

@@ -110,19 +110,27 @@ impl Stream for WatchResponses {
                 "tokenbroker is shutting down; reconnect (to another instance, or to this one when it is back)",
             ))));
         }
-        if let Poll::Ready(Some(WatchEvent::Initial(token) | WatchEvent::Token(token))) = &polled {
-            super::gate::audit(&self.caller, "WatchTokens", token);
+        if let Poll::Ready(Some(WatchEvent::Initial(key, token) | WatchEvent::Token(key, token))) =
+            &polled
+        {
+            super::gate::audit(
+                &self.caller,
+                "WatchTokens",
+                &key.org,
+                key.user.as_deref(),
+                token,
+            );
         }
         polled.map(|event| event.map(|e| Ok(message(e))))
     }
 }
 
 fn message(event: WatchEvent) -> WatchTokensResponse {
-    let (token, reason) = match event {
-        WatchEvent::Initial(token) => (token, TokenEventReason::Initial),
-        WatchEvent::Token(token) => {
+    let (key, token, reason) = match event {
+        WatchEvent::Initial(key, token) => (key, token, TokenEventReason::Initial),
+        WatchEvent::Token(key, token) => {
             let reason = TokenEventReason::from(token.reason);
-            (token, reason)
+            (key, token, reason)
         }
         WatchEvent::Gone(gone) => {
             let reason = match gone.reason {
@@ -138,10 +146,11 @@ fn message(event: WatchEvent) -> WatchTokensResponse {
             };
         }
     };
+    let user = key.user.as_deref();
     WatchTokensResponse {
-        org: token.key.org.to_string(),
-        user_id: token.key.user.as_deref().unwrap_or_default().to_owned(),
-        token: Some(token.as_ref().into()),
+        org: key.org.to_string(),
+        user_id: user.unwrap_or_default().to_owned(),
+        token: Some(super::convert::token_message(&key.org, user, &token)),
         reason: reason.into(),
         detail: String::new(),
     }
