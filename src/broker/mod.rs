@@ -150,6 +150,15 @@ impl Org {
         Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// The slot of `user`, if one is held.
+    fn user_slot_if_held(&self, user: &str) -> Option<Arc<Slot>> {
+        self.users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .cloned()
+    }
+
     fn is_static(&self) -> bool {
         matches!(self.config().credentials, Credentials::Static(_))
     }
@@ -320,13 +329,9 @@ impl Broker {
     ) -> Result<Option<SharedToken>, BrokerError> {
         let org = self.org(org)?;
         check_id("user_id", user)?;
-        let slot = org
-            .users
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(user)
-            .cloned();
-        Ok(slot.and_then(|slot| self.hit(&slot, min_valid_for)))
+        Ok(org
+            .user_slot_if_held(user)
+            .and_then(|slot| self.hit(&slot, min_valid_for)))
     }
 
     /// The org's token: from cache while usable, else fetched (one flight however many ask).

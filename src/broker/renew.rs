@@ -106,13 +106,8 @@ impl Broker {
     /// The slot of `user` in `org`, created on first use. At the cap, the longest idle
     /// unwatched user token is dropped first.
     pub(super) fn user_slot(&self, org: &Arc<Org>, user: &str) -> Arc<Slot> {
-        if let Some(slot) = org
-            .users
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(user)
-        {
-            return Arc::clone(slot);
+        if let Some(slot) = org.user_slot_if_held(user) {
+            return slot;
         }
         let mut users = org.users.write().unwrap_or_else(|p| p.into_inner());
         if let Some(slot) = users.get(user) {
