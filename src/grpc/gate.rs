@@ -11,7 +11,7 @@ use x509_parser::{certificate::X509Certificate, extensions::GeneralName, prelude
 
 use crate::{
     auth::{Authenticated, Callers, Permission, Presented},
-    broker::Token,
+    broker::{Token, TokenKey},
 };
 
 /// Authentication, policy and limits for the service.
@@ -95,6 +95,22 @@ pub fn audit(caller: &str, rpc: &'static str, org: &str, user: Option<&str>, tok
         user_id = user.unwrap_or(""),
         fingerprint = %token.fingerprint,
         generation = token.generation,
+        "token handed out"
+    );
+}
+
+/// The audit event of a rotation that WatchTokens streams carry to a caller: one for all
+/// `streams` of the caller watching the key (see `watch::RotationAudits`).
+pub fn audit_rotation(caller: &str, key: &TokenKey, token: &Token, streams: usize) {
+    tracing::info!(
+        target: "tokenbroker::audit",
+        caller,
+        rpc = "WatchTokens",
+        org = %key.org,
+        user_id = key.user.as_deref().unwrap_or(""),
+        fingerprint = %token.fingerprint,
+        generation = token.generation,
+        streams,
         "token handed out"
     );
 }

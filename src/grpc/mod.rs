@@ -2,6 +2,7 @@
 //! error-to-status mapping, and the server assembly (TokenService, grpc.health.v1 and
 //! server reflection v1 and v1alpha).
 
+mod coalesce;
 mod convert;
 mod deadline;
 mod gate;
@@ -11,8 +12,11 @@ mod watch;
 
 use std::{future::Future, time::Duration};
 
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use futures::TryStreamExt;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig, server::TcpIncoming};
+
+use coalesce::Coalesced;
 
 pub use gate::Gate;
 pub use service::{ServiceOptions, TokenServiceImpl};
@@ -67,8 +71,7 @@ pub async fn serve(
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(settings.keepalive_interval))
         .http2_keepalive_timeout(Some(settings.keepalive_timeout))
-        .max_concurrent_streams(Some(settings.max_concurrent_streams))
-        .tcp_nodelay(true);
+        .max_concurrent_streams(Some(settings.max_concurrent_streams));
     if let Some(tls) = &settings.tls {
         let mut config = ServerTlsConfig::new()
             .identity(Identity::from_pem(&tls.cert_pem, tls.key_pem.expose()));
@@ -89,15 +92,21 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
+    // Accepted connections: TCP without Nagle's delay (responses are small and wanted at
+    // once), and every connection's writes consolidated (see `coalesce`).
     match listener {
         Listener::Tcp(listener) => {
+            let incoming = TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map_ok(Coalesced::new);
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
         }
         Listener::Unix(listener) => {
+            let incoming = UnixListenerStream::new(listener).map_ok(Coalesced::new);
             router
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+                .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
         }
     }

@@ -9,7 +9,7 @@ use super::{
     convert::token_message,
     deadline,
     gate::{Admitted, Gate},
-    watch::{ConnectionStreams, WatchResponses},
+    watch::{ConnectionStreams, RotationAudits, WatchResponses},
 };
 use crate::{
     auth::Permission,
@@ -27,6 +27,7 @@ pub struct TokenServiceImpl {
     broker: Broker,
     options: ServiceOptions,
     streams: Arc<ConnectionStreams>,
+    rotation_audits: Arc<RotationAudits>,
 }
 
 /// What the service needs besides the broker.
@@ -45,6 +46,7 @@ impl TokenServiceImpl {
             broker,
             options,
             streams: Arc::default(),
+            rotation_audits: Arc::default(),
         }
     }
 }
@@ -271,6 +273,7 @@ impl TokenServiceImpl {
             self.options.shutdown.clone(),
             permit,
             caller,
+            Arc::clone(&self.rotation_audits),
         )))
     }
 }

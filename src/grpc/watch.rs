@@ -1,11 +1,15 @@
 //! The WatchTokens response stream: broker events as protobuf messages, ended with
-//! UNAVAILABLE when the server shuts down, and counted against its connection's limit.
+//! UNAVAILABLE when the server shuts down, counted against its connection's limit, and
+//! audited once per caller and rotation.
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -14,7 +18,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
 use crate::{
-    broker::{GoneReason, TokenEvents, WatchEvent},
+    broker::{GoneReason, TokenEvents, TokenKey, WatchEvent},
     proto::{TokenEventReason, WatchTokensResponse},
 };
 
@@ -65,11 +69,75 @@ impl Drop for StreamPermit {
     }
 }
 
+/// The rotations WatchTokens streams have audited: the last generation audited per caller
+/// and key, shared by all of that caller's streams of the key.
+///
+/// A stream's first token is audited like any call's answer. A rotation reaches every
+/// open stream at once, and all of one caller's lines would say the same thing: it is
+/// audited once per caller, key and generation, with the number of the caller's streams
+/// that carry it. (10,000 identical lines per rotation also cost a fan-out a third of its
+/// CPU, and the log pipeline megabytes.)
+#[derive(Debug, Default)]
+pub struct RotationAudits {
+    last: Mutex<HashMap<(String, TokenKey), Arc<AtomicU64>>>,
+}
+
+impl RotationAudits {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, TokenKey), Arc<AtomicU64>>> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One stream's share of [`RotationAudits`]; its entries go when their last stream does.
+struct AuditShare {
+    audits: Arc<RotationAudits>,
+    caller: String,
+    /// The shared last-audited generation of each key this stream has sent a rotation of.
+    keys: HashMap<TokenKey, Arc<AtomicU64>>,
+}
+
+impl AuditShare {
+    /// Whether this stream is the first of its caller's to send `generation` of `key`, and
+    /// how many of the caller's streams of the key are open.
+    fn first_to_send(&mut self, key: &TokenKey, generation: u64) -> Option<usize> {
+        let last = match self.keys.get(key) {
+            Some(last) => last,
+            None => {
+                let shared = Arc::clone(
+                    self.audits
+                        .lock()
+                        .entry((self.caller.clone(), key.clone()))
+                        .or_default(),
+                );
+                self.keys.entry(key.clone()).or_insert(shared)
+            }
+        };
+        // Not "at most": a key that is removed and added again starts at generation 1.
+        (last.swap(generation, Ordering::AcqRel) != generation)
+            .then(|| Arc::strong_count(last) - 1)
+    }
+}
+
+impl Drop for AuditShare {
+    fn drop(&mut self) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let mut audits = self.audits.lock();
+        for (key, last) in self.keys.drain() {
+            // Shared only with the map (its clones are made under this lock): the last one.
+            if Arc::strong_count(&last) == 2 {
+                audits.remove(&(self.caller.clone(), key));
+            }
+        }
+    }
+}
+
 /// The stream tonic sends.
 pub struct WatchResponses {
     events: TokenEvents,
-    /// For the audit line of every token sent.
-    caller: String,
+    /// For the audit lines of the tokens sent.
+    audit: AuditShare,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     ended: bool,
     _permit: StreamPermit,
@@ -81,10 +149,15 @@ impl WatchResponses {
         shutdown: CancellationToken,
         permit: StreamPermit,
         caller: String,
+        audits: Arc<RotationAudits>,
     ) -> Self {
         Self {
             events,
-            caller,
+            audit: AuditShare {
+                audits,
+                caller,
+                keys: HashMap::new(),
+            },
             // A child token per stream: polling the server's one token from every stream
             // would contend on its lock at each message of a fan-out.
             shutdown: Box::pin(shutdown.child_token().cancelled_owned()),
@@ -110,16 +183,20 @@ impl Stream for WatchResponses {
                 "tokenbroker is shutting down; reconnect (to another instance, or to this one when it is back)",
             ))));
         }
-        if let Poll::Ready(Some(WatchEvent::Initial(key, token) | WatchEvent::Token(key, token))) =
-            &polled
-        {
-            super::gate::audit(
-                &self.caller,
+        match &polled {
+            Poll::Ready(Some(WatchEvent::Initial(key, token))) => super::gate::audit(
+                &self.audit.caller,
                 "WatchTokens",
                 &key.org,
                 key.user.as_deref(),
                 token,
-            );
+            ),
+            Poll::Ready(Some(WatchEvent::Token(key, token))) => {
+                if let Some(streams) = self.audit.first_to_send(key, token.generation) {
+                    super::gate::audit_rotation(&self.audit.caller, key, token, streams);
+                }
+            }
+            _ => {}
         }
         polled.map(|event| event.map(|e| Ok(message(e))))
     }
@@ -153,5 +230,50 @@ fn message(event: WatchEvent) -> WatchTokensResponse {
         token: Some(super::convert::token_message(&key.org, user, &token)),
         reason: reason.into(),
         detail: String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn share(audits: &Arc<RotationAudits>, caller: &str) -> AuditShare {
+        AuditShare {
+            audits: Arc::clone(audits),
+            caller: caller.to_owned(),
+            keys: HashMap::new(),
+        }
+    }
+
+    fn key(user: Option<&str>) -> TokenKey {
+        TokenKey {
+            org: "acme".into(),
+            user: user.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn a_rotation_is_audited_once_per_caller_and_key_with_its_stream_count() {
+        let audits = Arc::new(RotationAudits::default());
+        let (mut a, mut b, mut other) = (
+            share(&audits, "payroll"),
+            share(&audits, "payroll"),
+            share(&audits, "erp"),
+        );
+        let org = key(None);
+        // Each stream registers the key with its first rotation; the first to send counts
+        // the caller's streams that have.
+        assert_eq!(a.first_to_send(&org, 2), Some(1));
+        assert_eq!(b.first_to_send(&org, 2), None);
+        assert_eq!(other.first_to_send(&org, 2), Some(1), "another caller");
+        assert_eq!(b.first_to_send(&org, 3), Some(2), "the next rotation");
+        assert_eq!(a.first_to_send(&org, 3), None);
+        assert_eq!(a.first_to_send(&key(Some("e1")), 3), Some(1), "another key");
+        // A key removed and added again starts over at generation 1: still audited.
+        assert_eq!(a.first_to_send(&org, 1), Some(2));
+        drop(a);
+        assert_eq!(audits.lock().len(), 2, "b and erp still hold the org key");
+        drop((b, other));
+        assert!(audits.lock().is_empty(), "entries go with their last stream");
     }
 }
