@@ -18,6 +18,7 @@ mod slot;
 mod stats;
 mod timer;
 mod token;
+mod users;
 mod watch_events;
 
 use std::{
@@ -40,6 +41,7 @@ pub use key::{MAX_ID_LEN, TokenKey, check_id};
 pub use reload::OrgChanges;
 pub use schedule::RenewalPolicy;
 use slot::{Flight, Slot, Turn};
+use users::UserSlots;
 pub use stats::BrokerStats;
 pub use token::{
     Gone, GoneReason, Held, MAX_EXPIRY_MARGIN, Reason, SharedToken, Token, usable_until,
@@ -132,7 +134,7 @@ struct Org {
     /// Where and how to ask the platform; swapped whole by a reload.
     config: RwLock<Arc<OrgConfig>>,
     slot: Arc<Slot>,
-    users: RwLock<HashMap<Arc<str>, Arc<Slot>>>,
+    users: RwLock<UserSlots>,
     /// Index of the client secret that worked last.
     secret_in_use: AtomicUsize,
 }
@@ -303,7 +305,7 @@ impl Broker {
         for org in self.all_orgs() {
             let users = org.users.read().unwrap_or_else(|p| p.into_inner());
             held += users.len();
-            watchers += org.slot.watchers() + users.values().map(|s| s.watchers()).sum::<usize>();
+            watchers += org.slot.watchers() + users.slots().map(|s| s.watchers()).sum::<usize>();
         }
         self.inner.stats.snapshot(held, watchers)
     }
@@ -544,8 +546,8 @@ impl Broker {
         // After a failure, wait before asking the platform again: callers get the error.
         {
             let state = flight.state();
-            if state.retry_at.is_some_and(|at| now < at)
-                && let Some(e) = &state.last_error
+            if state.retry_at().is_some_and(|at| now < at)
+                && let Some(e) = state.last_error()
             {
                 return Err(BrokerError::clone(e));
             }
@@ -608,11 +610,8 @@ impl Broker {
                 Ok(Arc::new(token))
             }
             Err(e) => {
-                let failures = {
-                    let mut state = flight.state();
-                    state.failures = state.failures.saturating_add(1);
-                    state.failures
-                };
+                // This one included: `land` records it.
+                let failures = flight.state().failures().saturating_add(1);
                 warn!(key = %slot.key, failures, error = %e, "could not obtain a token");
                 Err(e)
             }
@@ -620,7 +619,7 @@ impl Broker {
         let hold = outcome
             .as_ref()
             .err()
-            .map(|e| self.hold_after(e, flight.state().failures));
+            .map(|e| self.hold_after(e, flight.state().failures().saturating_add(1)));
         flight.land(&outcome, hold);
         self.plan(&slot);
         outcome

@@ -100,7 +100,6 @@ impl Broker {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .drain()
-            .map(|(_, slot)| slot)
             .collect();
         for slot in users.iter().chain([&org.slot]) {
             slot.retire();

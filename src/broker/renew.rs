@@ -115,10 +115,10 @@ impl Broker {
         }
         if users.len() >= self.inner.policy.max_user_tokens {
             let victim = users
-                .iter()
-                .filter(|(_, s)| s.watchers() == 0)
-                .min_by_key(|(_, s)| s.last_used())
-                .map(|(name, _)| Arc::clone(name));
+                .slots()
+                .filter(|s| s.watchers() == 0)
+                .min_by_key(|s| s.last_used())
+                .and_then(|s| s.key.user.clone());
             if let Some(slot) = victim.and_then(|name| users.remove(&name)) {
                 debug!(key = %slot.key, "user token cache full; dropping the longest idle token");
                 slot.retire();
@@ -132,7 +132,7 @@ impl Broker {
         };
         let slot = Arc::new(Slot::new(key, None, Arc::downgrade(org)));
         slot.touch(Instant::now());
-        users.insert(user, Arc::clone(&slot));
+        users.insert(Arc::clone(&slot));
         slot
     }
 
@@ -155,8 +155,8 @@ impl Broker {
             is_user,
             watched,
             prefetch: policy.prefetch_org_tokens,
-            retry_at: state.retry_at,
-            failing: state.last_error.is_some(),
+            retry_at: state.retry_at(),
+            failing: state.last_error().is_some(),
             idle_at: (is_user && !watched).then(|| slot.last_used() + policy.user_idle_timeout),
         }
     }
@@ -202,7 +202,7 @@ impl Broker {
             Action::Drop => self.drop_user_slot(&org, &slot),
             Action::AnnounceGone => {
                 if let Held::Token(token) = &held
-                    && let Some(e) = slot.state().last_error.as_deref().cloned()
+                    && let Some(e) = slot.state().last_error().cloned()
                 {
                     announce_gone(&slot, token, &e);
                 }
