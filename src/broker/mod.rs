@@ -41,11 +41,11 @@ pub use key::{MAX_ID_LEN, TokenKey, check_id};
 pub use reload::OrgChanges;
 pub use schedule::RenewalPolicy;
 use slot::{Flight, Slot, Turn};
-use users::UserSlots;
 pub use stats::BrokerStats;
 pub use token::{
     Gone, GoneReason, Held, MAX_EXPIRY_MARGIN, Reason, SharedToken, Token, usable_until,
 };
+use users::UserSlots;
 pub use watch_events::{TokenEvents, WatchEvent};
 
 use crate::{

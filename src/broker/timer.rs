@@ -4,8 +4,8 @@
 
 use std::{
     cmp::Ordering,
-    num::NonZeroU64,
     collections::BinaryHeap,
+    num::NonZeroU64,
     sync::{Arc, Mutex, Weak},
 };
 

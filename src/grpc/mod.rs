@@ -10,13 +10,14 @@ mod service;
 mod status;
 mod watch;
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use futures::TryStreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig, server::TcpIncoming};
 
 use coalesce::Coalesced;
+use watch::ConnectionStreams;
 
 pub use gate::Gate;
 pub use service::{ServiceOptions, TokenServiceImpl};
@@ -83,8 +84,9 @@ pub async fn serve(
         }
         builder = builder.tls_config(config).map_err(crate::Error::Serve)?;
     }
+    let watch_streams = Arc::new(ConnectionStreams::default());
     let token_service = proto::token_service_server::TokenServiceServer::new(
-        TokenServiceImpl::new(broker, options),
+        TokenServiceImpl::new(broker, options, Arc::clone(&watch_streams)),
     )
     .max_decoding_message_size(settings.max_request_bytes);
     let router = builder
@@ -92,19 +94,24 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
-    // Accepted connections: TCP without Nagle's delay (responses are small and wanted at
-    // once), and every connection's writes consolidated (see `coalesce`).
+    // Accepted connections: TCP without Nagle's delay (answers are small and wanted at
+    // once: with it, a call could wait 40 ms for a delayed acknowledgement), and the writes
+    // of a connection that pushes WatchTokens messages consolidated (see `coalesce`).
     match listener {
         Listener::Tcp(listener) => {
             let incoming = TcpIncoming::from(listener)
                 .with_nodelay(Some(true))
-                .map_ok(Coalesced::new);
+                .map_ok(move |io| {
+                    let streams = io.peer_addr().ok().map(|p| watch_streams.connection(p));
+                    Coalesced::new(io, streams)
+                });
             router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
         }
         Listener::Unix(listener) => {
-            let incoming = UnixListenerStream::new(listener).map_ok(Coalesced::new);
+            // Unix peers have no address to count their streams by: written at once.
+            let incoming = UnixListenerStream::new(listener).map_ok(|io| Coalesced::new(io, None));
             router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await

@@ -41,11 +41,12 @@ pub struct ServiceOptions {
 }
 
 impl TokenServiceImpl {
-    pub fn new(broker: Broker, options: ServiceOptions) -> Self {
+    /// The service; `streams` counts each connection's WatchTokens streams.
+    pub fn new(broker: Broker, options: ServiceOptions, streams: Arc<ConnectionStreams>) -> Self {
         Self {
             broker,
             options,
-            streams: Arc::default(),
+            streams,
             rotation_audits: Arc::default(),
         }
     }

@@ -7,8 +7,8 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, Weak,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
 };
@@ -22,49 +22,56 @@ use crate::{
     proto::{TokenEventReason, WatchTokensResponse},
 };
 
-/// Open streams per connection (keyed by the peer's address, which names one connection).
+/// Open WatchTokens streams per connection (keyed by the peer's address, which names one
+/// connection). Each connection's count is shared by its streams and its writer
+/// ([`super::coalesce`]), which consolidates writes only where streams push.
 #[derive(Debug, Default)]
 pub struct ConnectionStreams {
-    open: Mutex<HashMap<SocketAddr, usize>>,
+    open: Mutex<HashMap<SocketAddr, Weak<AtomicUsize>>>,
 }
 
 /// One stream's place in its connection's count; released on drop.
 pub struct StreamPermit {
-    registry: Arc<ConnectionStreams>,
-    peer: Option<SocketAddr>,
+    count: Option<Arc<AtomicUsize>>,
 }
 
 impl ConnectionStreams {
-    /// Takes a place for a new stream from `peer`, if it has fewer than `limit` open.
-    pub fn acquire(
-        self: &Arc<Self>,
-        peer: Option<SocketAddr>,
-        limit: usize,
-    ) -> Option<StreamPermit> {
-        if let Some(peer) = peer {
-            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-            let count = open.entry(peer).or_insert(0);
-            if *count >= limit {
-                return None;
-            }
-            *count += 1;
+    /// The count of the connection from `peer`: made when it is accepted, and kept by its
+    /// writer and its streams.
+    pub fn connection(&self, peer: SocketAddr) -> Arc<AtomicUsize> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get(&peer).and_then(Weak::upgrade) {
+            return count;
         }
-        Some(StreamPermit {
-            registry: Arc::clone(self),
-            peer,
-        })
+        // Closed connections leave dead entries: sweep them whenever the map doubles.
+        if open.len() >= 64 && open.len().is_power_of_two() {
+            open.retain(|_, count| count.strong_count() > 0);
+        }
+        let count = Arc::new(AtomicUsize::new(0));
+        open.insert(peer, Arc::downgrade(&count));
+        count
+    }
+
+    /// Takes a place for a new stream from `peer`, if it has fewer than `limit` open.
+    pub fn acquire(&self, peer: Option<SocketAddr>, limit: usize) -> Option<StreamPermit> {
+        let count = peer.map(|peer| self.connection(peer));
+        if let Some(count) = &count
+            && count
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < limit).then_some(n + 1)
+                })
+                .is_err()
+        {
+            return None;
+        }
+        Some(StreamPermit { count })
     }
 }
 
 impl Drop for StreamPermit {
     fn drop(&mut self) {
-        let Some(peer) = self.peer else { return };
-        let mut open = self.registry.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = open.get_mut(&peer) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&peer);
-            }
+        if let Some(count) = &self.count {
+            count.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -113,8 +120,7 @@ impl AuditShare {
             }
         };
         // Not "at most": a key that is removed and added again starts at generation 1.
-        (last.swap(generation, Ordering::AcqRel) != generation)
-            .then(|| Arc::strong_count(last) - 1)
+        (last.swap(generation, Ordering::AcqRel) != generation).then(|| Arc::strong_count(last) - 1)
     }
 }
 
@@ -274,6 +280,9 @@ mod tests {
         drop(a);
         assert_eq!(audits.lock().len(), 2, "b and erp still hold the org key");
         drop((b, other));
-        assert!(audits.lock().is_empty(), "entries go with their last stream");
+        assert!(
+            audits.lock().is_empty(),
+            "entries go with their last stream"
+        );
     }
 }
