@@ -217,6 +217,8 @@ async fn nothing_logged_or_answered_holds_a_secret() {
         "caller=\"payroll\"",
         "rpc=\"GetUserToken\"",
         "rpc=\"WatchTokens\"",
+        // The rotation the watch stream carried: audited once, for the caller's one stream.
+        "streams=1",
         "rpc=\"Refresh\"",
         "org=acme",
         "fingerprint=",
