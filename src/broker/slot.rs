@@ -284,6 +284,19 @@ impl Drop for Flight {
 }
 
 #[cfg(test)]
+impl Slot {
+    /// A slot for `user` of org "acme" that belongs to no broker: for the tests of the
+    /// structures that hold slots.
+    pub fn detached_user(user: &str) -> Arc<Self> {
+        let key = TokenKey {
+            org: "acme".into(),
+            user: Some(user.into()),
+        };
+        Arc::new(Self::new(key, None, Weak::new()))
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::broker::Token;

@@ -143,14 +143,9 @@ impl Timer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::TokenKey;
 
     fn slot(user: &str) -> Arc<Slot> {
-        let key = TokenKey {
-            org: "acme".into(),
-            user: Some(user.into()),
-        };
-        Arc::new(Slot::new(key, None, Weak::new()))
+        Slot::detached_user(user)
     }
 
     #[test]

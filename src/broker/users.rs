@@ -78,17 +78,10 @@ impl UserSlots {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Weak;
-
     use super::*;
-    use crate::broker::TokenKey;
 
     fn slot(user: &str) -> Arc<Slot> {
-        let key = TokenKey {
-            org: "acme".into(),
-            user: Some(user.into()),
-        };
-        Arc::new(Slot::new(key, None, Weak::new()))
+        Slot::detached_user(user)
     }
 
     #[test]
