@@ -576,7 +576,7 @@ impl Broker {
         let slot = Arc::clone(flight.slot());
         self.inner.stats.flight();
         let requested = (Instant::now(), SystemTime::now());
-        let outcome = match self.obtain(org, &slot.key, &flight, reason).await {
+        let (outcome, hold) = match self.obtain(org, &slot.key, &flight, reason).await {
             Ok((grant, reason)) => {
                 let generation = {
                     let mut state = flight.state();
@@ -607,19 +607,16 @@ impl Broker {
                     ?reason,
                     "new token"
                 );
-                Ok(Arc::new(token))
+                (Ok(Arc::new(token)), None)
             }
             Err(e) => {
                 // This one included: `land` records it.
                 let failures = flight.state().failures().saturating_add(1);
                 warn!(key = %slot.key, failures, error = %e, "could not obtain a token");
-                Err(e)
+                let hold = self.hold_after(&e, failures);
+                (Err(e), Some(hold))
             }
         };
-        let hold = outcome
-            .as_ref()
-            .err()
-            .map(|e| self.hold_after(e, flight.state().failures().saturating_add(1)));
         flight.land(&outcome, hold);
         self.plan(&slot);
         outcome

@@ -43,7 +43,13 @@ impl<IO> Coalesced<IO> {
         }
     }
 
-    fn pushes(&self) -> bool {
+    #[cfg(test)]
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
+    /// Whether the connection has WatchTokens streams open (its writes are consolidated).
+    pub fn pushes(&self) -> bool {
         self.watch_streams
             .as_ref()
             .is_some_and(|n| n.load(Ordering::Relaxed) > 0)

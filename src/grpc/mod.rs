@@ -99,14 +99,8 @@ pub async fn serve(
     // of a connection that pushes WatchTokens messages consolidated (see `coalesce`).
     match listener {
         Listener::Tcp(listener) => {
-            let incoming = TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .map_ok(move |io| {
-                    let streams = io.peer_addr().ok().map(|p| watch_streams.connection(p));
-                    Coalesced::new(io, streams)
-                });
             router
-                .serve_with_incoming_shutdown(incoming, shutdown)
+                .serve_with_incoming_shutdown(tcp_connections(listener, watch_streams), shutdown)
                 .await
         }
         Listener::Unix(listener) => {
@@ -118,6 +112,20 @@ pub async fn serve(
         }
     }
     .map_err(crate::Error::Serve)
+}
+
+/// Accepted TCP connections as the server takes them: without Nagle's delay, and each
+/// sharing its count of WatchTokens streams with its writer.
+fn tcp_connections(
+    listener: tokio::net::TcpListener,
+    watch_streams: Arc<ConnectionStreams>,
+) -> impl futures::Stream<Item = std::io::Result<Coalesced<tokio::net::TcpStream>>> {
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map_ok(move |io| {
+            let streams = io.peer_addr().ok().map(|p| watch_streams.connection(p));
+            Coalesced::new(io, streams)
+        })
 }
 
 /// The health service name that reports readiness.
@@ -152,5 +160,36 @@ async fn track_readiness(
             }
             _ = tick.tick() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_skip_nagle_and_see_their_watch_streams() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let watch_streams = Arc::new(ConnectionStreams::default());
+        let mut accepted = Box::pin(tcp_connections(listener, Arc::clone(&watch_streams)));
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let conn = accepted
+            .next()
+            .await
+            .expect("a connection")
+            .expect("accepted");
+        assert!(conn.get_ref().nodelay().expect("nodelay"), "Nagle is off");
+        assert!(!conn.pushes());
+        // A WatchTokens stream of this connection (named by the client's address).
+        let peer = client.local_addr().expect("client address");
+        let permit = watch_streams.acquire(Some(peer), 10).expect("a place");
+        assert!(conn.pushes(), "the writer sees the connection's stream");
+        drop(permit);
+        assert!(!conn.pushes());
     }
 }
