@@ -15,6 +15,7 @@ pub mod broker;
 pub mod config;
 pub mod demo;
 pub mod grpc;
+pub mod log_format;
 pub mod log_writer;
 pub mod metrics;
 pub mod sandbox;

@@ -93,7 +93,10 @@ async fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(writer);
     match cli.log_format {
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal())
+            .event_format(tokenbroker::log_format::PlainLines::default())
+            .init(),
         LogFormat::Json => logs.json().init(),
     }
     match cli.command {
