@@ -74,15 +74,48 @@ impl Default for Metrics {
     }
 }
 
+/// One RPC method's metrics, looked up once rather than by label on every call: its
+/// count of OK answers and its latency histogram.
+#[derive(Debug, Clone)]
+pub struct RpcMetrics {
+    method: &'static str,
+    ok: Counter,
+    seconds: Histogram,
+    requests: Family<RpcLabels, Counter>,
+}
+
+impl RpcMetrics {
+    /// One call answered with `code` (the gRPC status code's name) after `elapsed`.
+    pub fn answered(&self, code: &'static str, elapsed: Duration) {
+        if code == "Ok" {
+            self.ok.inc();
+        } else {
+            self.requests
+                .get_or_create(&RpcLabels {
+                    method: self.method,
+                    code,
+                })
+                .inc();
+        }
+        self.seconds.observe(elapsed.as_secs_f64());
+    }
+}
+
 impl Metrics {
-    /// One RPC answered with `code` (the gRPC status code's name) after `elapsed`.
-    pub fn rpc(&self, method: &'static str, code: &'static str, elapsed: Duration) {
-        self.rpc_requests
-            .get_or_create(&RpcLabels { method, code })
-            .inc();
-        self.rpc_seconds
-            .get_or_create(&MethodLabels { method })
-            .observe(elapsed.as_secs_f64());
+    /// The metrics of RPC `method` (its OK count starts at 0 on the scrape page).
+    pub fn rpc(&self, method: &'static str) -> RpcMetrics {
+        RpcMetrics {
+            method,
+            ok: self
+                .rpc_requests
+                .get_or_create(&RpcLabels { method, code: "Ok" })
+                .clone(),
+            seconds: self
+                .rpc_seconds
+                .get_or_create(&MethodLabels { method })
+                .clone(),
+            requests: self.rpc_requests.clone(),
+        }
     }
 
     /// One upstream request of `grant` type, ending in `outcome` after `elapsed`.
@@ -228,5 +261,39 @@ impl Collector for State {
             ConstGauge::new(left.as_secs_f64()).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_methods_handle_counts_into_the_families_the_registry_renders() {
+        let metrics = Metrics::default();
+        let count = |method, code| {
+            metrics
+                .rpc_requests
+                .get_or_create(&RpcLabels { method, code })
+                .get()
+        };
+        let org = metrics.rpc("GetOrgToken");
+        assert_eq!(count("GetOrgToken", "Ok"), 0, "made by the lookup, at 0");
+        org.answered("Ok", Duration::from_micros(80));
+        org.clone().answered("Ok", Duration::from_micros(90));
+        org.answered("NotFound", Duration::from_micros(70));
+        metrics
+            .rpc("Refresh")
+            .answered("Ok", Duration::from_millis(3));
+        assert_eq!(count("GetOrgToken", "Ok"), 2);
+        assert_eq!(count("GetOrgToken", "NotFound"), 1);
+        assert_eq!(count("Refresh", "Ok"), 1);
+        let mut registry = Registry::default();
+        registry.register("rpc_duration", "", metrics.rpc_seconds.clone());
+        let text = render(&registry);
+        assert!(
+            text.contains("rpc_duration_count{method=\"GetOrgToken\"} 3"),
+            "{text}"
+        );
     }
 }

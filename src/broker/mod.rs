@@ -139,6 +139,18 @@ struct Org {
     secret_in_use: AtomicUsize,
 }
 
+/// A configured org, as a call found it: its name, and its cache for the fast paths
+/// ([`Broker::cached_org_token`], [`Broker::cached_user_token`]).
+#[derive(Debug, Clone)]
+pub struct OrgRef(Arc<Org>);
+
+impl OrgRef {
+    /// The org's configured name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.0.name
+    }
+}
+
 /// An org's endpoints and credentials.
 #[derive(Debug)]
 struct OrgConfig {
@@ -263,9 +275,10 @@ impl Broker {
         names
     }
 
-    /// The configured name `name` refers to (the only org, when `name` is empty).
-    pub fn org_name(&self, name: &str) -> Result<Arc<str>, BrokerError> {
-        Ok(Arc::clone(&self.org(name)?.name))
+    /// The configured org `name` refers to (the only org, when `name` is empty), found
+    /// once for a call's checks and its cache lookup.
+    pub fn find_org(&self, name: &str) -> Result<OrgRef, BrokerError> {
+        self.org(name).map(OrgRef)
     }
 
     /// The metrics the broker updates.
@@ -314,24 +327,23 @@ impl Broker {
     /// the fast path of [`Broker::org_token`], which callers try first.
     pub fn cached_org_token(
         &self,
-        org: &str,
+        org: &OrgRef,
         min_valid_for: Option<Duration>,
-    ) -> Result<Option<SharedToken>, BrokerError> {
-        let org = self.org(org)?;
-        Ok(self.hit(&org.slot, min_valid_for))
+    ) -> Option<SharedToken> {
+        self.hit(&org.0.slot, min_valid_for)
     }
 
     /// A user's token if the cache holds one that may be handed out now, without waiting:
     /// the fast path of [`Broker::user_token`], which callers try first.
     pub fn cached_user_token(
         &self,
-        org: &str,
+        org: &OrgRef,
         user: &str,
         min_valid_for: Option<Duration>,
     ) -> Result<Option<SharedToken>, BrokerError> {
-        let org = self.org(org)?;
         check_id("user_id", user)?;
         Ok(org
+            .0
             .user_slot_if_held(user)
             .and_then(|slot| self.hit(&slot, min_valid_for)))
     }

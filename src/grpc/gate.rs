@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tonic::{Request, Status, transport::server::UdsConnectInfo};
 use x509_parser::{certificate::X509Certificate, extensions::GeneralName, prelude::FromDer};
 
@@ -19,30 +19,32 @@ use crate::{
 pub struct Gate {
     /// Swapped whole by a reload.
     callers: RwLock<Arc<Callers>>,
-    in_flight: Arc<Semaphore>,
+    in_flight: Semaphore,
     max_in_flight: usize,
 }
 
-/// A call let through: its caller, and its place among the unary calls in flight.
-pub struct Admitted {
+/// A call let through: its caller, and its place among the unary calls in flight (held
+/// until the call's answer is built, and borrowed from the gate rather than counted on a
+/// shared `Arc` every call would bump).
+pub struct Admitted<'g> {
     pub caller: Arc<Authenticated>,
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: Option<SemaphorePermit<'g>>,
 }
 
 impl Gate {
     pub fn new(callers: Callers, max_in_flight: usize) -> Self {
         Self {
             callers: RwLock::new(Arc::new(callers)),
-            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            in_flight: Semaphore::new(max_in_flight),
             max_in_flight,
         }
     }
 
     /// Authenticates the sender of a unary call and admits it within the caller's rate
     /// limit and the server's limit of calls in flight, or refuses it.
-    pub fn admit<T>(&self, request: &Request<T>) -> Result<Admitted, Status> {
+    pub fn admit<T>(&self, request: &Request<T>) -> Result<Admitted<'_>, Status> {
         let mut admitted = self.admit_stream(request)?;
-        let permit = Arc::clone(&self.in_flight).try_acquire_owned().map_err(|_| {
+        let permit = self.in_flight.try_acquire().map_err(|_| {
             Status::resource_exhausted(format!(
                 "the broker is handling {} calls already (server.max_concurrent_requests); retry shortly",
                 self.max_in_flight
@@ -54,10 +56,13 @@ impl Gate {
 
     /// Authenticates the sender of a stream and admits it within the caller's rate limit.
     /// Streams are bounded per connection instead of by the calls in flight.
-    pub fn admit_stream<T>(&self, request: &Request<T>) -> Result<Admitted, Status> {
+    pub fn admit_stream<T>(&self, request: &Request<T>) -> Result<Admitted<'_>, Status> {
         let presented = presented(request);
-        let callers = Arc::clone(&self.callers.read().unwrap_or_else(|p| p.into_inner()));
-        let caller = callers.authenticate(&presented)?;
+        let caller = self
+            .callers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .authenticate(&presented)?;
         caller.admit()?;
         Ok(Admitted {
             caller,
@@ -73,7 +78,7 @@ impl Gate {
     }
 }
 
-impl Admitted {
+impl Admitted<'_> {
     /// Whether the caller may use `permission` on `org`.
     pub fn authorize(&self, permission: Permission, org: &str) -> Result<(), Status> {
         Ok(self.caller.authorize(permission, org)?)

@@ -13,8 +13,9 @@ use super::{
 };
 use crate::{
     auth::Permission,
-    broker::Broker,
+    broker::{Broker, OrgRef},
     config::WatchLimits,
+    metrics::RpcMetrics,
     proto::{
         GetOrgTokenRequest, GetOrgTokenResponse, GetUserTokenRequest, GetUserTokenResponse,
         RefreshRequest, RefreshResponse, WatchTokensRequest, token_service_server::TokenService,
@@ -28,6 +29,16 @@ pub struct TokenServiceImpl {
     options: ServiceOptions,
     streams: Arc<ConnectionStreams>,
     rotation_audits: Arc<RotationAudits>,
+    rpcs: Arc<Rpcs>,
+}
+
+/// The metrics of each method.
+#[derive(Debug)]
+struct Rpcs {
+    org_token: RpcMetrics,
+    user_token: RpcMetrics,
+    refresh: RpcMetrics,
+    watch: RpcMetrics,
 }
 
 /// What the service needs besides the broker.
@@ -43,11 +54,19 @@ pub struct ServiceOptions {
 impl TokenServiceImpl {
     /// The service; `streams` counts each connection's WatchTokens streams.
     pub fn new(broker: Broker, options: ServiceOptions, streams: Arc<ConnectionStreams>) -> Self {
+        let metrics = broker.metrics();
+        let rpcs = Arc::new(Rpcs {
+            org_token: metrics.rpc("GetOrgToken"),
+            user_token: metrics.rpc("GetUserToken"),
+            refresh: metrics.rpc("Refresh"),
+            watch: metrics.rpc("WatchTokens"),
+        });
         Self {
             broker,
             options,
             streams,
             rotation_audits: Arc::default(),
+            rpcs,
         }
     }
 }
@@ -94,8 +113,7 @@ fn min_valid_for(
 impl TokenServiceImpl {
     /// Runs one RPC and records its status code and latency.
     async fn observed<T>(
-        &self,
-        method: &'static str,
+        rpc: &RpcMetrics,
         call: impl std::future::Future<Output = Result<T, Status>>,
     ) -> Result<T, Status> {
         let started = std::time::Instant::now();
@@ -104,9 +122,7 @@ impl TokenServiceImpl {
             Ok(_) => tonic::Code::Ok,
             Err(status) => status.code(),
         };
-        self.broker
-            .metrics()
-            .rpc(method, code_name(code), started.elapsed());
+        rpc.answered(code_name(code), started.elapsed());
         result
     }
 }
@@ -117,23 +133,21 @@ impl TokenService for TokenServiceImpl {
         &self,
         request: Request<GetOrgTokenRequest>,
     ) -> Result<Response<GetOrgTokenResponse>, Status> {
-        self.observed("GetOrgToken", self.org_token_call(request))
-            .await
+        Self::observed(&self.rpcs.org_token, self.org_token_call(request)).await
     }
 
     async fn get_user_token(
         &self,
         request: Request<GetUserTokenRequest>,
     ) -> Result<Response<GetUserTokenResponse>, Status> {
-        self.observed("GetUserToken", self.user_token_call(request))
-            .await
+        Self::observed(&self.rpcs.user_token, self.user_token_call(request)).await
     }
 
     async fn refresh(
         &self,
         request: Request<RefreshRequest>,
     ) -> Result<Response<RefreshResponse>, Status> {
-        self.observed("Refresh", self.refresh_call(request)).await
+        Self::observed(&self.rpcs.refresh, self.refresh_call(request)).await
     }
 
     type WatchTokensStream = WatchResponses;
@@ -142,7 +156,7 @@ impl TokenService for TokenServiceImpl {
         &self,
         request: Request<WatchTokensRequest>,
     ) -> Result<Response<Self::WatchTokensStream>, Status> {
-        self.observed("WatchTokens", self.watch_call(request)).await
+        Self::observed(&self.rpcs.watch, self.watch_call(request)).await
     }
 }
 
@@ -151,12 +165,12 @@ impl TokenServiceImpl {
     /// `permission` on it.
     fn authorized_org(
         &self,
-        admitted: &Admitted,
+        admitted: &Admitted<'_>,
         permission: Permission,
         org: &str,
-    ) -> Result<Arc<str>, Status> {
-        let org = self.broker.org_name(org)?;
-        admitted.authorize(permission, &org)?;
+    ) -> Result<OrgRef, Status> {
+        let org = self.broker.find_org(org)?;
+        admitted.authorize(permission, org.name())?;
         Ok(org)
     }
 
@@ -170,18 +184,19 @@ impl TokenServiceImpl {
         let org = self.authorized_org(&admitted, Permission::OrgToken, &r.org)?;
         let min_valid_for = min_valid_for(r.min_valid_for)?;
         // The cache hit answers at once; only a miss builds the (larger) waiting future.
-        let token = match self.broker.cached_org_token(&org, min_valid_for)? {
+        let token = match self.broker.cached_org_token(&org, min_valid_for) {
             Some(token) => token,
             None => {
                 Box::pin(deadline::within(deadline, async {
-                    Ok(self.broker.org_token(&org, min_valid_for).await?)
+                    Ok(self.broker.org_token(org.name(), min_valid_for).await?)
                 }))
                 .await?
             }
         };
-        admitted.audit("GetOrgToken", &org, None, &token);
+        let org = org.name();
+        admitted.audit("GetOrgToken", org, None, &token);
         Ok(Response::new(GetOrgTokenResponse {
-            token: Some(token_message(&org, None, &token)),
+            token: Some(token_message(org, None, &token)),
         }))
     }
 
@@ -203,12 +218,13 @@ impl TokenServiceImpl {
                 Box::pin(deadline::within(deadline, async {
                     Ok(self
                         .broker
-                        .user_token(&org, &r.user_id, min_valid_for)
+                        .user_token(org.name(), &r.user_id, min_valid_for)
                         .await?)
                 }))
                 .await?
             }
         };
+        let org = org.name();
         let user = Some(r.user_id.as_str());
         admitted.audit("GetUserToken", &org, user, &token);
         Ok(Response::new(GetUserTokenResponse {
@@ -224,15 +240,16 @@ impl TokenServiceImpl {
         let deadline = deadline::of(request.metadata());
         let r = request.into_inner();
         let org = self.authorized_org(&admitted, Permission::Refresh, &r.org)?;
+        let org = org.name();
         let user = (!r.user_id.is_empty()).then_some(r.user_id.as_str());
         let stale = (!r.stale_access_token.is_empty()).then_some(r.stale_access_token.as_str());
         let token = deadline::within(deadline, async {
-            Ok(self.broker.refresh(&org, user, stale).await?)
+            Ok(self.broker.refresh(org, user, stale).await?)
         })
         .await?;
-        admitted.audit("Refresh", &org, user, &token);
+        admitted.audit("Refresh", org, user, &token);
         Ok(Response::new(RefreshResponse {
-            token: Some(token_message(&org, user, &token)),
+            token: Some(token_message(org, user, &token)),
         }))
     }
 
@@ -263,7 +280,7 @@ impl TokenServiceImpl {
                 ))
             })?;
         let events = deadline::within(deadline, async {
-            Ok(self.broker.watch(&org, &r.user_ids).await?)
+            Ok(self.broker.watch(org.name(), &r.user_ids).await?)
         })
         .await?;
         // The stream outlives the call's place among the calls in flight; its caller's
