@@ -226,9 +226,9 @@ impl TokenServiceImpl {
         };
         let org = org.name();
         let user = Some(r.user_id.as_str());
-        admitted.audit("GetUserToken", &org, user, &token);
+        admitted.audit("GetUserToken", org, user, &token);
         Ok(Response::new(GetUserTokenResponse {
-            token: Some(token_message(&org, user, &token)),
+            token: Some(token_message(org, user, &token)),
         }))
     }
 
