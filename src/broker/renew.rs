@@ -125,10 +125,9 @@ impl Broker {
                 self.inner.stats.eviction();
             }
         }
-        let user: Arc<str> = user.into();
         let key = TokenKey {
             org: Arc::clone(&org.name),
-            user: Some(Arc::clone(&user)),
+            user: Some(user.into()),
         };
         let slot = Arc::new(Slot::new(key, None, Arc::downgrade(org)));
         slot.touch(Instant::now());
