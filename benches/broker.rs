@@ -4,13 +4,13 @@
 //! run, because the machines are shared and noisy. Counts come from the sandbox's
 //! counters, memory from the broker's `/proc/PID/status`.
 //!
-//!     cargo bench --bench broker                    # full run (about 13 minutes)
+//!     cargo bench --bench broker                    # full run (about 14 minutes)
 //!     cargo bench --bench broker -- --quick         # smoke run (seconds; CI runs it)
 //!     cargo bench --bench broker -- --soak 120      # a shorter soak
 //!     cargo bench --bench broker -- --only users    # some scenario groups: org, users,
 //!                                                   # cold, watch, soak (comma-separated)
 //!     cargo bench --bench broker -- --users 20000   # fewer user tokens held
-//!     cargo bench --bench broker -- --rounds 20 --phase-ms 500   # speed phases (5 x 2 s)
+//!     cargo bench --bench broker -- --rounds 20 --phase-ms 500   # speed phases (default 10 x 2 s)
 //!
 //! `BENCH_BROKER_WRAPPER="valgrind --tool=massif"` runs the broker under a profiler;
 //! `BENCH_TRACE_PHASES=1` prints each speed phase's wall-clock start, to cut a system-wide
@@ -102,7 +102,7 @@ impl Size {
         } else {
             Size {
                 quick,
-                rounds: value("--rounds").and_then(|s| s.parse().ok()).unwrap_or(5),
+                rounds: value("--rounds").and_then(|s| s.parse().ok()).unwrap_or(10),
                 phase: value("--phase-ms")
                     .and_then(|s| s.parse().ok())
                     .map(Duration::from_millis)
@@ -393,16 +393,27 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 
 /// Health/Check and `call` in alternating phases; the figures of each, and their ratios
 /// pooled over all rounds (the figure judged), with the spread of each round's own ratios
-/// (a Health/Check phase and the measured phase right after it).
+/// (a Health/Check phase and the measured phase next to it, in turn first and second).
 async fn versus_health(channels: &[Channel], concurrency: usize, size: &Size, call: Call) -> Value {
     let (mut health, mut measured) = (Phase::default(), Phase::default());
     let mut rounds = Vec::with_capacity(size.rounds);
     // One warm-up phase each, not counted.
     phase(channels, concurrency, size.phase / 2, Call::Health).await;
     phase(channels, concurrency, size.phase / 2, call).await;
-    for _ in 0..size.rounds {
-        let mut h = phase(channels, concurrency, size.phase, Call::Health).await;
-        let mut m = phase(channels, concurrency, size.phase, call).await;
+    for round in 0..size.rounds {
+        // Every other round runs the measured phase first (A B, B A, ...), so that neither
+        // RPC always follows the other: drift over a pair and whatever one phase leaves
+        // behind for the next (the log writer's backlog, say) fall on both alike.
+        let (mut h, mut m) = if round % 2 == 0 {
+            let h = phase(channels, concurrency, size.phase, Call::Health).await;
+            (h, phase(channels, concurrency, size.phase, call).await)
+        } else {
+            let m = phase(channels, concurrency, size.phase, call).await;
+            (
+                phase(channels, concurrency, size.phase, Call::Health).await,
+                m,
+            )
+        };
         let (hs, ms) = (summary(&mut h), summary(&mut m));
         rounds.push(json!({
             "throughput_ratio": ratio(&ms, &hs, "calls_per_second"),

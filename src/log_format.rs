@@ -128,21 +128,13 @@ fn timestamp(line: &mut String, now: SystemTime) -> bool {
 }
 
 /// Writes `n` in decimal, zero-padded to `width` digits.
-fn push_padded(line: &mut String, mut n: u64, width: usize) {
-    let mut digits = [b'0'; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+fn push_padded(line: &mut String, n: u64, width: usize) {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(n);
+    for _ in digits.len()..width {
+        line.push('0');
     }
-    let start = at.min(digits.len() - width.min(digits.len()));
-    for &d in &digits[start..] {
-        line.push(char::from(d));
-    }
+    line.push_str(digits);
 }
 
 /// The fields of an event as tracing's `DefaultFields` writes them without colours:

@@ -2,9 +2,12 @@
 //! UNAVAILABLE just before the deadline, instead of tonic cancelling it at the deadline.
 //! The flight it waited on goes on, and fills the cache for the next call.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::LazyLock, time::Duration};
 
-use tonic::{Status, metadata::MetadataMap};
+use tonic::{
+    Status,
+    metadata::{AsciiMetadataKey, MetadataMap},
+};
 
 /// The most taken off a deadline to answer in time.
 const ANSWER_MARGIN: Duration = Duration::from_millis(50);
@@ -27,9 +30,13 @@ pub fn parse(value: &str) -> Option<Duration> {
     })
 }
 
+/// The header's name, parsed once: a lookup by `&str` parses the name on every call.
+static GRPC_TIMEOUT: LazyLock<AsciiMetadataKey> =
+    LazyLock::new(|| AsciiMetadataKey::from_static("grpc-timeout"));
+
 /// The caller's deadline, if it sent one.
 pub fn of(metadata: &MetadataMap) -> Option<Duration> {
-    parse(metadata.get("grpc-timeout")?.to_str().ok()?)
+    parse(metadata.get(&*GRPC_TIMEOUT)?.to_str().ok()?)
 }
 
 /// Runs `call`, answering UNAVAILABLE shortly before `deadline` if it has not finished.

@@ -3,10 +3,10 @@
 //! and, once the org is known, whether it may do this. Also the audit line for every token
 //! handed out.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
-use tonic::{Request, Status, transport::server::UdsConnectInfo};
+use tonic::{Request, Status, metadata::AsciiMetadataKey, transport::server::UdsConnectInfo};
 use x509_parser::{certificate::X509Certificate, extensions::GeneralName, prelude::FromDer};
 
 use crate::{
@@ -120,12 +120,16 @@ pub fn audit_rotation(caller: &str, key: &TokenKey, token: &Token, streams: usiz
     );
 }
 
+/// The header's name, parsed once: a lookup by `&str` parses the name on every call.
+static AUTHORIZATION: LazyLock<AsciiMetadataKey> =
+    LazyLock::new(|| AsciiMetadataKey::from_static("authorization"));
+
 /// What the request presents: its bearer key, its client certificate's names, its Unix
 /// peer's uid.
 fn presented<T>(request: &Request<T>) -> Presented<'_> {
     let api_key = request
         .metadata()
-        .get("authorization")
+        .get(&*AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
