@@ -247,7 +247,7 @@ fn sandbox(users: usize, lifetime: &str) -> Process {
 fn broker(sandbox: &Process, extra: &str) -> (Process, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = format!(
-        "[server]\nmax_concurrent_requests = 50000\n{extra}\n[orgs.demo]\ntoken_url = \"http://{0}/oauth/token\"\nauthorization_grant_url = \"http://{0}/oauth/authorization-grant\"\nclient_id = \"demo-client\"\nclient_secret_env = \"DEMO_SECRET\"\n",
+        "{extra}\n[orgs.demo]\ntoken_url = \"http://{0}/oauth/token\"\nauthorization_grant_url = \"http://{0}/oauth/authorization-grant\"\nclient_id = \"demo-client\"\nclient_secret_env = \"DEMO_SECRET\"\n",
         sandbox.addr
     );
     let path = dir.path().join("broker.toml");

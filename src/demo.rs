@@ -6,7 +6,8 @@ use std::io;
 use tokio::net::TcpListener;
 
 use crate::{
-    broker::{CachePolicy, Credentials, OrgSettings},
+    audit::AuditPolicy,
+    broker::{CachePolicy, Credentials, Limits, OrgSettings},
     config::{
         Config, DEFAULT_DRAIN_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
         DEFAULT_REQUEST_TIMEOUT, Listen, WatchLimits,
@@ -44,7 +45,8 @@ pub async fn start(listen: Listen) -> io::Result<(Config, Sandbox)> {
         tls: None,
         allow_unauthenticated: false,
         callers: vec![],
-        max_concurrent_requests: 1024,
+        limits: Limits::default(),
+        audit: AuditPolicy::default(),
         max_request_bytes: 64 * 1024,
         metrics_listen: None,
         drain_timeout: DEFAULT_DRAIN_TIMEOUT,

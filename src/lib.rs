@@ -10,6 +10,7 @@
 //! mode and the tests run against.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod auth;
 pub mod broker;
 pub mod config;
@@ -154,11 +155,14 @@ impl Server {
     pub fn new(config: Config) -> Result<Self, Error> {
         let metrics = Arc::new(metrics::Metrics::default());
         let upstream = Upstream::new(config.request_timeout, Arc::clone(&metrics))?;
-        let broker = Broker::new(config.orgs.clone(), upstream, config.cache.clone(), metrics);
-        let gate = Arc::new(grpc::Gate::new(
-            auth::Callers::new(config.callers.clone()),
-            config.max_concurrent_requests,
-        ));
+        let broker = Broker::new(
+            config.orgs.clone(),
+            upstream,
+            config.cache.clone(),
+            config.limits,
+            metrics,
+        );
+        let gate = Arc::new(grpc::Gate::new(auth::Callers::new(config.callers.clone())));
         Ok(Self {
             broker,
             gate,
@@ -208,7 +212,7 @@ impl Reloader {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let old = &*running;
         let mut restart = Vec::new();
-        let checks: [(&'static str, bool); 9] = [
+        let checks: [(&'static str, bool); 10] = [
             ("server.listen", old.listen != new.listen),
             (
                 "server.tls",
@@ -220,9 +224,10 @@ impl Reloader {
                     != (new.keepalive_interval, new.keepalive_timeout),
             ),
             (
-                "server.max_concurrent_requests",
-                old.max_concurrent_requests != new.max_concurrent_requests,
+                "server.max_waiting_callers and upstream.max_concurrent_flights",
+                old.limits != new.limits,
             ),
+            ("[audit]", old.audit != new.audit),
             (
                 "server.max_request_bytes",
                 old.max_request_bytes != new.max_request_bytes,
@@ -277,9 +282,12 @@ async fn serve(
     let signalled = Arc::new(Notify::new());
     let notify = Arc::clone(&signalled);
     let streams_end = CancellationToken::new();
+    let audit = Arc::new(audit::Audit::new(config.audit));
+    tokio::spawn(Arc::clone(&audit).run(streams_end.clone()));
     let options = grpc::ServiceOptions {
         limits: config.watch.clone(),
         gate,
+        audit: Arc::clone(&audit),
         shutdown: streams_end.clone(),
     };
     let settings = grpc::ServerSettings {
@@ -326,5 +334,7 @@ async fn serve(
         }
     };
     broker.shutdown();
+    // The calls have drained: every repeat counted since the last summary is written.
+    audit.flush(audit::Flush::All);
     result
 }

@@ -243,6 +243,16 @@ impl Collector for State {
                 "User token slots held",
                 stats.user_tokens as i64,
             ),
+            (
+                "waiting_callers",
+                "Callers waiting on the platform (bounded by server.max_waiting_callers)",
+                stats.waiting_callers as i64,
+            ),
+            (
+                "upstream_flights_in_progress",
+                "User-token fetches in progress (bounded by upstream.max_concurrent_flights)",
+                stats.flights_in_progress as i64,
+            ),
         ];
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(value);

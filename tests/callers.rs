@@ -1,5 +1,5 @@
 //! Who may ask: API keys, mutual TLS with real certificates, a real Unix socket, per-caller
-//! policy, rate and concurrency limits, the request size limit, and no followed redirects.
+//! policy, rate limits and the waiting-callers limit, the request size limit, and no followed redirects.
 
 mod common;
 
@@ -148,16 +148,50 @@ async fn a_caller_over_its_rate_limit_is_resource_exhausted() {
     );
 }
 
+/// Past `server.max_waiting_callers` a cache miss is refused, naming the setting; callers
+/// answered from the cache are never counted, however many there are at once.
 #[tokio::test]
-async fn calls_beyond_the_concurrency_limit_are_resource_exhausted() {
-    let h = start("[server]\nmax_concurrent_requests = 2\n".into()).await;
+async fn waiting_callers_beyond_the_limit_are_resource_exhausted_cached_ones_never() {
+    let h = start("[server]\nmax_waiting_callers = 2\n".into()).await;
     h.sandbox.inject(FaultRule::always(
         Fault::Latency { millis: 500 },
         Target::Any,
     ));
-    let calls = (1..=6).map(|i| {
+    let user_calls = |users: std::ops::RangeInclusive<usize>| {
+        join_all(users.map(|i| {
+            let mut c = h.client.clone();
+            let user = h.user(i).person_id;
+            async move {
+                c.get_user_token(GetUserTokenRequest {
+                    org: "acme".into(),
+                    user_id: user,
+                    ..Default::default()
+                })
+                .await
+            }
+        }))
+    };
+    let results = user_calls(1..=6).await;
+    let exhausted: Vec<_> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .filter(|s| s.code() == Code::ResourceExhausted)
+        .collect();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!((ok, exhausted.len()), (2, 4), "{results:?}");
+    assert!(
+        exhausted[0]
+            .message()
+            .contains("server.max_waiting_callers"),
+        "{}",
+        exhausted[0].message()
+    );
+    // The two held users, 200 callers at once: all answered from the cache.
+    h.sandbox.clear_faults();
+    let held: Vec<usize> = (1..=6).filter(|&i| results[i - 1].is_ok()).collect();
+    let cached = join_all((0..200).map(|n| {
         let mut c = h.client.clone();
-        let user = h.user(i).person_id;
+        let user = h.user(held[n % held.len()]).person_id;
         async move {
             c.get_user_token(GetUserTokenRequest {
                 org: "acme".into(),
@@ -166,17 +200,9 @@ async fn calls_beyond_the_concurrency_limit_are_resource_exhausted() {
             })
             .await
         }
-    });
-    let results = join_all(calls).await;
-    let exhausted = results
-        .iter()
-        .filter(|r| {
-            r.as_ref()
-                .is_err_and(|s| s.code() == Code::ResourceExhausted)
-        })
-        .count();
-    let ok = results.iter().filter(|r| r.is_ok()).count();
-    assert_eq!((ok, exhausted), (2, 4), "{results:?}");
+    }))
+    .await;
+    assert!(cached.iter().all(Result::is_ok), "{cached:?}");
 }
 
 #[tokio::test]

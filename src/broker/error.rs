@@ -40,6 +40,12 @@ pub enum BrokerError {
         /// How long the platform asked the broker to wait (429 `Retry-After`).
         retry_after: Option<Duration>,
     },
+    /// So many callers wait on the platform already that one more would not fit the
+    /// memory bound (`server.max_waiting_callers`).
+    #[error(
+        "{limit} callers are already waiting on the platform (server.max_waiting_callers); retry shortly"
+    )]
+    TooManyWaiting { limit: usize },
     /// The caller asked for a token valid longer than the platform's tokens live.
     #[error(
         "min_valid_for {}s cannot be met: the platform's tokens for {key} live {}s; ask for less",

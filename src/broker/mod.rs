@@ -11,6 +11,7 @@
 
 mod error;
 mod key;
+mod limits;
 mod reload;
 mod renew;
 mod schedule;
@@ -32,12 +33,16 @@ use std::{
 
 use futures::future::{BoxFuture, try_join_all};
 use rand::Rng;
-use tokio::{sync::watch, time::Instant};
+use tokio::{
+    sync::{Semaphore, watch},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use error::BrokerError;
 pub use key::{MAX_ID_LEN, TokenKey, check_id};
+pub use limits::Limits;
 pub use reload::OrgChanges;
 pub use schedule::RenewalPolicy;
 use slot::{Flight, Slot, Turn};
@@ -99,6 +104,42 @@ impl Default for CachePolicy {
     }
 }
 
+/// A token handed to a caller, and the key it was handed out for.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub token: SharedToken,
+    pub key: KeyRef,
+}
+
+/// The key a token was served for, by the slot that holds it: its org and user, and an
+/// identity that stays the same for as long as the broker holds the key (for the audit,
+/// which counts hand-outs per key without copying its ids).
+#[derive(Clone)]
+pub struct KeyRef(Arc<Slot>);
+
+impl KeyRef {
+    /// The org and user.
+    pub fn key(&self) -> &TokenKey {
+        &self.0.key
+    }
+
+    /// Whether both name the same slot.
+    pub fn same(&self, other: &KeyRef) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// A number that names the slot while it is held (its address).
+    pub fn id(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+}
+
+impl std::fmt::Debug for KeyRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyRef({})", self.0.key)
+    }
+}
+
 /// A receiver of one key's tokens: the current one, then every new one.
 pub type TokenWatch = watch::Receiver<Held>;
 
@@ -115,6 +156,11 @@ struct Inner {
     policy: CachePolicy,
     stats: Arc<stats::Counters>,
     metrics: Arc<Metrics>,
+    /// Callers waiting on the platform now (`Limits::max_waiting_callers`).
+    waiting: limits::Waiting,
+    /// Places for user-token flights in progress (`Limits::max_concurrent_flights`).
+    flights: Arc<Semaphore>,
+    max_flights: usize,
     /// When each slot is next looked at by the renewal timer.
     timer: Arc<timer::Timer>,
     /// Stops the renewal timer: cancelled by [`Broker::shutdown`], or when the last clone
@@ -198,8 +244,12 @@ impl Broker {
         orgs: Vec<OrgSettings>,
         upstream: Upstream,
         policy: CachePolicy,
+        limits: Limits,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let max_flights = limits
+            .max_concurrent_flights
+            .clamp(1, Semaphore::MAX_PERMITS);
         let broker = Self {
             inner: Arc::new(Inner {
                 orgs: RwLock::default(),
@@ -207,6 +257,9 @@ impl Broker {
                 policy,
                 stats: Arc::default(),
                 metrics,
+                waiting: limits::Waiting::new(limits.max_waiting_callers),
+                flights: Arc::new(Semaphore::new(max_flights)),
+                max_flights,
                 timer: Arc::default(),
                 shutdown: CancellationToken::new(),
             }),
@@ -320,7 +373,10 @@ impl Broker {
             held += users.len();
             watchers += org.slot.watchers() + users.slots().map(|s| s.watchers()).sum::<usize>();
         }
-        self.inner.stats.snapshot(held, watchers)
+        let mut stats = self.inner.stats.snapshot(held, watchers);
+        stats.waiting_callers = self.inner.waiting.count();
+        stats.flights_in_progress = self.inner.max_flights - self.inner.flights.available_permits();
+        stats
     }
 
     /// The org's token if the cache holds one that may be handed out now, without waiting:
@@ -329,8 +385,10 @@ impl Broker {
         &self,
         org: &OrgRef,
         min_valid_for: Option<Duration>,
-    ) -> Option<SharedToken> {
-        self.hit(&org.0.slot, min_valid_for)
+    ) -> Option<Served> {
+        let slot = &org.0.slot;
+        self.hit(slot, min_valid_for)
+            .map(|token| served(slot, token))
     }
 
     /// A user's token if the cache holds one that may be handed out now, without waiting:
@@ -340,12 +398,15 @@ impl Broker {
         org: &OrgRef,
         user: &str,
         min_valid_for: Option<Duration>,
-    ) -> Result<Option<SharedToken>, BrokerError> {
+    ) -> Result<Option<Served>, BrokerError> {
         check_id("user_id", user)?;
-        Ok(org
-            .0
-            .user_slot_if_held(user)
-            .and_then(|slot| self.hit(&slot, min_valid_for)))
+        Ok(org.0.user_slot_if_held(user).and_then(|slot| {
+            let token = self.hit(&slot, min_valid_for)?;
+            Some(Served {
+                token,
+                key: KeyRef(slot),
+            })
+        }))
     }
 
     /// The org's token: from cache while usable, else fetched (one flight however many ask).
@@ -354,9 +415,10 @@ impl Broker {
         &self,
         org: &str,
         min_valid_for: Option<Duration>,
-    ) -> Result<SharedToken, BrokerError> {
+    ) -> Result<Served, BrokerError> {
         let org = self.org(org)?;
-        self.serve(&org, &org.slot, min_valid_for).await
+        let token = self.serve(&org, &org.slot, min_valid_for).await?;
+        Ok(served(&org.slot, token))
     }
 
     /// A token acting as `user` (a person id or ExternalSourceID) of `org`.
@@ -365,11 +427,15 @@ impl Broker {
         org: &str,
         user: &str,
         min_valid_for: Option<Duration>,
-    ) -> Result<SharedToken, BrokerError> {
+    ) -> Result<Served, BrokerError> {
         let org = self.org(org)?;
         check_id("user_id", user)?;
         let slot = self.user_slot(&org, user);
-        self.serve(&org, &slot, min_valid_for).await
+        let token = self.serve(&org, &slot, min_valid_for).await?;
+        Ok(Served {
+            token,
+            key: KeyRef(slot),
+        })
     }
 
     /// Rotates the org token (`user` `None`) or a user's token and returns the new one.
@@ -380,7 +446,7 @@ impl Broker {
         org: &str,
         user: Option<&str>,
         stale: Option<&str>,
-    ) -> Result<SharedToken, BrokerError> {
+    ) -> Result<Served, BrokerError> {
         let org = self.org(org)?;
         let slot = match user {
             None => {
@@ -397,7 +463,12 @@ impl Broker {
             }
         };
         slot.touch(Instant::now());
-        self.token(&org, &slot, Want::Rotation { stale }).await
+        let _waiting = self.inner.waiting.enter()?;
+        let token = self.token(&org, &slot, Want::Rotation { stale }).await?;
+        Ok(Served {
+            token,
+            key: KeyRef(slot),
+        })
     }
 
     /// The events of the org token (`users` empty) or of each user's token: first each
@@ -464,6 +535,7 @@ impl Broker {
             return Ok(token);
         }
         self.inner.stats.miss();
+        let _waiting = self.inner.waiting.enter()?;
         let token = self.usable(org, slot).await?;
         let Some(min) = min_valid_for else {
             return Ok(token);
@@ -566,16 +638,30 @@ impl Broker {
         }
         let broker = self.clone();
         let org = Arc::clone(org);
+        // A user-token flight waits for its place among the flights in progress; an org
+        // token's never does (a user flight in progress may be what needs it).
+        let places = slot
+            .key
+            .user
+            .is_some()
+            .then(|| Arc::clone(&self.inner.flights));
         // The flight owns the lock and runs to the end even if every caller goes away.
-        tokio::spawn(async move { broker.fly(&org, flight, reason).await })
-            .await
-            .unwrap_or_else(|e| {
-                Err(BrokerError::Unavailable {
-                    key: slot.key.to_string(),
-                    detail: format!("the upstream request task failed: {e}"),
-                    retry_after: None,
-                })
+        tokio::spawn(async move {
+            let _place = match places {
+                // Never closed: acquiring fails only if it were.
+                Some(places) => places.acquire_owned().await.ok(),
+                None => None,
+            };
+            broker.fly(&org, flight, reason).await
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(BrokerError::Unavailable {
+                key: slot.key.to_string(),
+                detail: format!("the upstream request task failed: {e}"),
+                retry_after: None,
             })
+        })
     }
 
     /// One upstream request chain for a slot, holding its lock; lands the outcome.
@@ -780,6 +866,14 @@ impl Broker {
     }
 }
 
+/// `token`, served from `slot`.
+fn served(slot: &Arc<Slot>, token: SharedToken) -> Served {
+    Served {
+        token,
+        key: KeyRef(Arc::clone(slot)),
+    }
+}
+
 /// Whether `token` satisfies a caller's `min_valid_for` at `now`.
 fn meets(token: &Token, now: Instant, min_valid_for: Option<Duration>) -> bool {
     match (min_valid_for, token.valid_for(now)) {
@@ -810,6 +904,7 @@ mod tests {
                 vec![],
                 upstream,
                 CachePolicy::default(),
+                Limits::default(),
                 Arc::clone(&metrics),
             )
         };

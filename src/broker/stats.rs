@@ -25,6 +25,10 @@ pub struct BrokerStats {
     pub watch_streams: u64,
     /// Subscriptions held now, over all keys (one per key per stream).
     pub watchers: usize,
+    /// Callers waiting on the platform now (a cache miss, its own flight or another's).
+    pub waiting_callers: usize,
+    /// User-token flights holding a place among `upstream.max_concurrent_flights` now.
+    pub flights_in_progress: usize,
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +91,8 @@ impl Counters {
             user_tokens,
             watch_streams: get(&self.streams),
             watchers,
+            waiting_callers: 0,
+            flights_in_progress: 0,
         }
     }
 }

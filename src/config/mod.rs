@@ -20,8 +20,9 @@ use reqwest::Url;
 use serde::Deserialize;
 
 use crate::{
+    audit::AuditPolicy,
     auth::Caller,
-    broker::{CachePolicy, Credentials, OrgSettings, RenewalPolicy},
+    broker::{CachePolicy, Credentials, Limits, OrgSettings, RenewalPolicy},
     secret::{AccessToken, ClientSecret},
     upstream,
 };
@@ -68,9 +69,11 @@ pub struct Config {
     pub allow_unauthenticated: bool,
     /// Who may ask (`[[callers]]`); empty: anyone who can reach a local listener.
     pub callers: Vec<Caller>,
-    /// Unary calls handled at once; more answer RESOURCE_EXHAUSTED
-    /// (`server.max_concurrent_requests`).
-    pub max_concurrent_requests: usize,
+    /// Callers waiting on the platform at once (`server.max_waiting_callers`) and
+    /// user-token fetches in progress (`upstream.max_concurrent_flights`).
+    pub limits: Limits,
+    /// How tokens handed out are audited (`[audit]`).
+    pub audit: AuditPolicy,
     /// The largest request message accepted, in bytes (`server.max_request_bytes`).
     pub max_request_bytes: usize,
     /// Where Prometheus metrics are served (`metrics.listen`); `None`: off.
@@ -159,7 +162,20 @@ struct RawConfig {
     #[serde(default)]
     metrics: RawMetrics,
     #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
     orgs: BTreeMap<String, RawOrg>,
+}
+
+/// `[audit]`: the audit lines of tokens handed out.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    /// How often repeated hand-outs are written as one summary line each. Default "60s".
+    summary_interval: Option<String>,
+    /// One line for every token handed out, instead of first hand-outs and summaries.
+    /// Default false.
+    every_call: Option<bool>,
 }
 
 /// `[renewal]`: when tokens are renewed ahead of expiry, and how failures back off.
@@ -206,8 +222,12 @@ struct RawServer {
     keepalive_timeout: Option<String>,
     /// Allow a non-local listen address with no `[[callers]]`. Default false.
     allow_unauthenticated: Option<bool>,
-    /// Unary calls handled at once. Default 1024.
-    max_concurrent_requests: Option<usize>,
+    /// Callers waiting on the platform at once (cache misses); more answer
+    /// RESOURCE_EXHAUSTED. Default 100000.
+    max_waiting_callers: Option<usize>,
+    /// Replaced by `max_waiting_callers` and `upstream.max_concurrent_flights`: refused
+    /// with a message that says so.
+    max_concurrent_requests: Option<toml::Value>,
     /// The largest request message accepted, in bytes. Default 65536.
     max_request_bytes: Option<usize>,
     /// `[server.tls]`
@@ -238,6 +258,8 @@ struct RawWatch {
 struct RawUpstream {
     /// Timeout of each request to the platform, e.g. `"10s"`. Default 10 s.
     request_timeout: Option<String>,
+    /// User-token fetches in progress at once; more wait their turn. Default 64.
+    max_concurrent_flights: Option<usize>,
 }
 
 /// A value or a list of values.
@@ -354,6 +376,14 @@ impl Config {
             None => DEFAULT_REQUEST_TIMEOUT,
             Some(text) => parse_duration("upstream.request_timeout", text)?,
         };
+        if raw.server.max_concurrent_requests.is_some() {
+            return Err(error(
+                "server.max_concurrent_requests",
+                "was replaced: callers answered from the cache or joining a fetch in progress are no longer limited; bound the callers waiting on the platform with server.max_waiting_callers (default 100000) and the fetches in progress with upstream.max_concurrent_flights (default 64), or delete the key",
+            ));
+        }
+        let limits = limits(&raw.server, &raw.upstream)?;
+        let audit = audit_policy(&raw.audit)?;
         let cache = cache_policy(&raw.renewal, &raw.cache)?;
         if raw.orgs.is_empty() {
             return Err(error(
@@ -382,13 +412,6 @@ impl Config {
                 })
             })
             .transpose()?;
-        let max_concurrent_requests = raw.server.max_concurrent_requests.unwrap_or(1024);
-        if max_concurrent_requests == 0 {
-            return Err(error(
-                "server.max_concurrent_requests",
-                "must be at least 1",
-            ));
-        }
         let max_request_bytes = raw.server.max_request_bytes.unwrap_or(64 * 1024);
         if !(1024..=16 * 1024 * 1024).contains(&max_request_bytes) {
             return Err(error(
@@ -401,7 +424,8 @@ impl Config {
             tls,
             allow_unauthenticated: raw.server.allow_unauthenticated.unwrap_or(false),
             callers,
-            max_concurrent_requests,
+            limits,
+            audit,
             max_request_bytes,
             metrics_listen,
             drain_timeout,
@@ -431,8 +455,8 @@ impl Config {
         );
         let _ = writeln!(
             out,
-            "allow_unauthenticated = {}\nmax_concurrent_requests = {}\nmax_request_bytes = {}",
-            self.allow_unauthenticated, self.max_concurrent_requests, self.max_request_bytes
+            "allow_unauthenticated = {}\nmax_waiting_callers = {}\nmax_request_bytes = {}",
+            self.allow_unauthenticated, self.limits.max_waiting_callers, self.max_request_bytes
         );
         if let Some(tls) = &self.tls {
             let _ = writeln!(
@@ -448,8 +472,15 @@ impl Config {
         }
         let _ = writeln!(
             out,
-            "\n[upstream]\nrequest_timeout = {}",
-            d(self.request_timeout)
+            "\n[upstream]\nrequest_timeout = {}\nmax_concurrent_flights = {}",
+            d(self.request_timeout),
+            self.limits.max_concurrent_flights
+        );
+        let _ = writeln!(
+            out,
+            "\n[audit]\nsummary_interval = {}\nevery_call = {}",
+            d(self.audit.summary_interval),
+            self.audit.every_call
         );
         let r = &self.cache.renewal;
         let _ = writeln!(
@@ -549,6 +580,49 @@ impl Config {
         }
         Ok(self)
     }
+}
+
+fn limits(server: &RawServer, upstream: &RawUpstream) -> Result<Limits, ConfigError> {
+    let defaults = Limits::default();
+    let limits = Limits {
+        max_waiting_callers: server
+            .max_waiting_callers
+            .unwrap_or(defaults.max_waiting_callers),
+        max_concurrent_flights: upstream
+            .max_concurrent_flights
+            .unwrap_or(defaults.max_concurrent_flights),
+    };
+    for (key, value, max) in [
+        (
+            "server.max_waiting_callers",
+            limits.max_waiting_callers,
+            10_000_000,
+        ),
+        (
+            "upstream.max_concurrent_flights",
+            limits.max_concurrent_flights,
+            10_000,
+        ),
+    ] {
+        if value == 0 || value > max {
+            return Err(error(
+                key,
+                format!("{value} is out of range; write 1 to {max}"),
+            ));
+        }
+    }
+    Ok(limits)
+}
+
+fn audit_policy(audit: &RawAudit) -> Result<AuditPolicy, ConfigError> {
+    let defaults = AuditPolicy::default();
+    Ok(AuditPolicy {
+        summary_interval: match audit.summary_interval.as_deref() {
+            None => defaults.summary_interval,
+            Some(text) => parse_duration("audit.summary_interval", text)?,
+        },
+        every_call: audit.every_call.unwrap_or(defaults.every_call),
+    })
 }
 
 fn cache_policy(renewal: &RawRenewal, cache: &RawCache) -> Result<CachePolicy, ConfigError> {
@@ -965,6 +1039,54 @@ mod tests {
             e.message.contains("client_secret_env") && !e.message.contains("abc"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn limits_and_audit_have_defaults_and_the_old_concurrency_key_names_its_replacements() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.limits.max_waiting_callers, 100_000);
+        assert_eq!(c.audit, AuditPolicy::default());
+        assert_eq!(c.audit.summary_interval, Duration::from_secs(60));
+        let tuned = parse(&GOOD.replace(
+            "[server]",
+            "[upstream]\nmax_concurrent_flights = 3\n[audit]\nsummary_interval = '5s'\nevery_call = true\n[server]\nmax_waiting_callers = 10",
+        ))
+        .unwrap();
+        assert_eq!(
+            tuned.limits,
+            Limits {
+                max_waiting_callers: 10,
+                max_concurrent_flights: 3
+            }
+        );
+        assert!(tuned.audit.every_call);
+        assert_eq!(tuned.audit.summary_interval, Duration::from_secs(5));
+        let old = parse(&GOOD.replace("[server]", "[server]\nmax_concurrent_requests = 1024"))
+            .unwrap_err();
+        assert_eq!(old.key, "server.max_concurrent_requests");
+        for replacement in [
+            "server.max_waiting_callers",
+            "upstream.max_concurrent_flights",
+        ] {
+            assert!(old.message.contains(replacement), "{old}");
+        }
+        for (text, key) in [
+            (
+                "[server]\nmax_waiting_callers = 0",
+                "server.max_waiting_callers",
+            ),
+            (
+                "[upstream]\nmax_concurrent_flights = 0",
+                "upstream.max_concurrent_flights",
+            ),
+            ("[audit]\nsummary_interval = '0s'", "audit.summary_interval"),
+        ] {
+            let text = format!(
+                "{text}\n[orgs.acme]\nenvironment = 'production'\nclient_id = 'x'\nclient_secret_env = 'ACME_SECRET'"
+            );
+            assert_eq!(parse(&text).unwrap_err().key, key, "{text}");
+        }
     }
 
     #[test]

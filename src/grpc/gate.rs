@@ -1,62 +1,42 @@
 //! The gate every TokenService call passes: who is calling (API key, client certificate,
-//! Unix peer uid), whether it is within its rate limit and the server's concurrency limit,
-//! and, once the org is known, whether it may do this. Also the audit line for every token
-//! handed out.
+//! Unix peer uid) and from where, whether it is within its rate limit, and, once the org
+//! is known, whether it may do this. What bounds the broker's work is the broker's own
+//! (`broker::Limits`): a call answered from the cache is never refused for being one of many.
 
-use std::sync::{Arc, LazyLock, RwLock};
+use std::{
+    net::IpAddr,
+    sync::{Arc, LazyLock, RwLock},
+};
 
-use tokio::sync::{Semaphore, SemaphorePermit};
 use tonic::{Request, Status, metadata::AsciiMetadataKey, transport::server::UdsConnectInfo};
 use x509_parser::{certificate::X509Certificate, extensions::GeneralName, prelude::FromDer};
 
-use crate::{
-    auth::{Authenticated, Callers, Permission, Presented},
-    broker::{Token, TokenKey},
-};
+use crate::auth::{Authenticated, Callers, Permission, Presented};
 
-/// Authentication, policy and limits for the service.
+/// Authentication and policy for the service.
 #[derive(Debug)]
 pub struct Gate {
     /// Swapped whole by a reload.
     callers: RwLock<Arc<Callers>>,
-    in_flight: Semaphore,
-    max_in_flight: usize,
 }
 
-/// A call let through: its caller, and its place among the unary calls in flight (held
-/// until the call's answer is built, and borrowed from the gate rather than counted on a
-/// shared `Arc` every call would bump).
-pub struct Admitted<'g> {
+/// A call let through: its caller, and the address it called from (`None` over a Unix
+/// socket), for the audit.
+pub struct Admitted {
     pub caller: Arc<Authenticated>,
-    _permit: Option<SemaphorePermit<'g>>,
+    pub peer: Option<IpAddr>,
 }
 
 impl Gate {
-    pub fn new(callers: Callers, max_in_flight: usize) -> Self {
+    pub fn new(callers: Callers) -> Self {
         Self {
             callers: RwLock::new(Arc::new(callers)),
-            in_flight: Semaphore::new(max_in_flight),
-            max_in_flight,
         }
     }
 
-    /// Authenticates the sender of a unary call and admits it within the caller's rate
-    /// limit and the server's limit of calls in flight, or refuses it.
-    pub fn admit<T>(&self, request: &Request<T>) -> Result<Admitted<'_>, Status> {
-        let mut admitted = self.admit_stream(request)?;
-        let permit = self.in_flight.try_acquire().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "the broker is handling {} calls already (server.max_concurrent_requests); retry shortly",
-                self.max_in_flight
-            ))
-        })?;
-        admitted._permit = Some(permit);
-        Ok(admitted)
-    }
-
-    /// Authenticates the sender of a stream and admits it within the caller's rate limit.
-    /// Streams are bounded per connection instead of by the calls in flight.
-    pub fn admit_stream<T>(&self, request: &Request<T>) -> Result<Admitted<'_>, Status> {
+    /// Authenticates the sender of a call or stream and admits it within the caller's rate
+    /// limit, or refuses it.
+    pub fn admit<T>(&self, request: &Request<T>) -> Result<Admitted, Status> {
         let presented = presented(request);
         let caller = self
             .callers
@@ -66,7 +46,7 @@ impl Gate {
         caller.admit()?;
         Ok(Admitted {
             caller,
-            _permit: None,
+            peer: request.remote_addr().map(|a| a.ip()),
         })
     }
 }
@@ -78,46 +58,11 @@ impl Gate {
     }
 }
 
-impl Admitted<'_> {
+impl Admitted {
     /// Whether the caller may use `permission` on `org`.
     pub fn authorize(&self, permission: Permission, org: &str) -> Result<(), Status> {
         Ok(self.caller.authorize(permission, org)?)
     }
-
-    /// Logs the one audit event of a token handed out.
-    pub fn audit(&self, rpc: &'static str, org: &str, user: Option<&str>, token: &Token) {
-        audit(&self.caller.caller.name, rpc, org, user, token);
-    }
-}
-
-/// The audit event of a token handed out: who got which token (by fingerprint).
-pub fn audit(caller: &str, rpc: &'static str, org: &str, user: Option<&str>, token: &Token) {
-    tracing::info!(
-        target: "tokenbroker::audit",
-        caller,
-        rpc,
-        org = %org,
-        user_id = user.unwrap_or(""),
-        fingerprint = %token.fingerprint,
-        generation = token.generation,
-        "token handed out"
-    );
-}
-
-/// The audit event of a rotation that WatchTokens streams carry to a caller: one for all
-/// `streams` of the caller watching the key (see `watch::RotationAudits`).
-pub fn audit_rotation(caller: &str, key: &TokenKey, token: &Token, streams: usize) {
-    tracing::info!(
-        target: "tokenbroker::audit",
-        caller,
-        rpc = "WatchTokens",
-        org = %key.org,
-        user_id = key.user.as_deref().unwrap_or(""),
-        fingerprint = %token.fingerprint,
-        generation = token.generation,
-        streams,
-        "token handed out"
-    );
 }
 
 /// The header's name, parsed once: a lookup by `&str` parses the name on every call.

@@ -12,8 +12,9 @@ use super::{
     watch::{ConnectionStreams, RotationAudits, WatchResponses},
 };
 use crate::{
+    audit::{Audit, HandOut},
     auth::Permission,
-    broker::{Broker, OrgRef},
+    broker::{Broker, OrgRef, Served},
     config::WatchLimits,
     metrics::RpcMetrics,
     proto::{
@@ -45,8 +46,10 @@ struct Rpcs {
 #[derive(Debug, Clone)]
 pub struct ServiceOptions {
     pub limits: WatchLimits,
-    /// Authentication, policy and limits.
+    /// Authentication and policy.
     pub gate: Arc<Gate>,
+    /// The audit of tokens handed out.
+    pub audit: Arc<Audit>,
     /// Cancelled when the server shuts down: every watch stream ends with UNAVAILABLE.
     pub shutdown: CancellationToken,
 }
@@ -165,13 +168,24 @@ impl TokenServiceImpl {
     /// `permission` on it.
     fn authorized_org(
         &self,
-        admitted: &Admitted<'_>,
+        admitted: &Admitted,
         permission: Permission,
         org: &str,
     ) -> Result<OrgRef, Status> {
         let org = self.broker.find_org(org)?;
         admitted.authorize(permission, org.name())?;
         Ok(org)
+    }
+
+    /// Audits a token handed out by `rpc` to the admitted caller.
+    fn audit(&self, admitted: &Admitted, rpc: &'static str, served: &Served) {
+        self.options.audit.handed_out(HandOut {
+            caller: &admitted.caller,
+            peer: admitted.peer,
+            rpc,
+            key: &served.key,
+            token: &served.token,
+        });
     }
 
     async fn org_token_call(
@@ -184,8 +198,8 @@ impl TokenServiceImpl {
         let org = self.authorized_org(&admitted, Permission::OrgToken, &r.org)?;
         let min_valid_for = min_valid_for(r.min_valid_for)?;
         // The cache hit answers at once; only a miss builds the (larger) waiting future.
-        let token = match self.broker.cached_org_token(&org, min_valid_for) {
-            Some(token) => token,
+        let served = match self.broker.cached_org_token(&org, min_valid_for) {
+            Some(served) => served,
             None => {
                 Box::pin(deadline::within(deadline, async {
                     Ok(self.broker.org_token(org.name(), min_valid_for).await?)
@@ -193,10 +207,9 @@ impl TokenServiceImpl {
                 .await?
             }
         };
-        let org = org.name();
-        admitted.audit("GetOrgToken", org, None, &token);
+        self.audit(&admitted, "GetOrgToken", &served);
         Ok(Response::new(GetOrgTokenResponse {
-            token: Some(token_message(org, None, &token)),
+            token: Some(token_message(org.name(), None, &served.token)),
         }))
     }
 
@@ -212,8 +225,8 @@ impl TokenServiceImpl {
         let cached = self
             .broker
             .cached_user_token(&org, &r.user_id, min_valid_for)?;
-        let token = match cached {
-            Some(token) => token,
+        let served = match cached {
+            Some(served) => served,
             None => {
                 Box::pin(deadline::within(deadline, async {
                     Ok(self
@@ -224,11 +237,13 @@ impl TokenServiceImpl {
                 .await?
             }
         };
-        let org = org.name();
-        let user = Some(r.user_id.as_str());
-        admitted.audit("GetUserToken", org, user, &token);
+        self.audit(&admitted, "GetUserToken", &served);
         Ok(Response::new(GetUserTokenResponse {
-            token: Some(token_message(org, user, &token)),
+            token: Some(token_message(
+                org.name(),
+                Some(r.user_id.as_str()),
+                &served.token,
+            )),
         }))
     }
 
@@ -243,13 +258,13 @@ impl TokenServiceImpl {
         let org = org.name();
         let user = (!r.user_id.is_empty()).then_some(r.user_id.as_str());
         let stale = (!r.stale_access_token.is_empty()).then_some(r.stale_access_token.as_str());
-        let token = deadline::within(deadline, async {
+        let served = deadline::within(deadline, async {
             Ok(self.broker.refresh(org, user, stale).await?)
         })
         .await?;
-        admitted.audit("Refresh", org, user, &token);
+        self.audit(&admitted, "Refresh", &served);
         Ok(Response::new(RefreshResponse {
-            token: Some(token_message(org, user, &token)),
+            token: Some(token_message(org, user, &served.token)),
         }))
     }
 
@@ -257,7 +272,7 @@ impl TokenServiceImpl {
         &self,
         request: Request<WatchTokensRequest>,
     ) -> Result<Response<WatchResponses>, Status> {
-        let admitted = self.options.gate.admit_stream(&request)?;
+        let admitted = self.options.gate.admit(&request)?;
         let deadline = deadline::of(request.metadata());
         let peer = request.remote_addr();
         let r = request.into_inner();

@@ -14,6 +14,7 @@ impl From<BrokerError> for Status {
             }
             BrokerError::Unavailable { .. } => Code::Unavailable,
             BrokerError::OutOfRange { .. } => Code::OutOfRange,
+            BrokerError::TooManyWaiting { .. } => Code::ResourceExhausted,
         };
         Status::new(code, e.to_string())
     }

@@ -190,16 +190,12 @@ impl Stream for WatchResponses {
             ))));
         }
         match &polled {
-            Poll::Ready(Some(WatchEvent::Initial(key, token))) => super::gate::audit(
-                &self.audit.caller,
-                "WatchTokens",
-                &key.org,
-                key.user.as_deref(),
-                token,
-            ),
+            Poll::Ready(Some(WatchEvent::Initial(key, token))) => {
+                crate::audit::stream_initial(&self.audit.caller, key, token)
+            }
             Poll::Ready(Some(WatchEvent::Token(key, token))) => {
                 if let Some(streams) = self.audit.first_to_send(key, token.generation) {
-                    super::gate::audit_rotation(&self.audit.caller, key, token, streams);
+                    crate::audit::stream_rotation(&self.audit.caller, key, token, streams);
                 }
             }
             _ => {}

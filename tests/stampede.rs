@@ -1,0 +1,113 @@
+//! A stampede is the job: with the default config (nothing but the org), thousands of
+//! concurrent callers of cold keys are all answered, over real sockets, and the platform
+//! sees one request chain per key.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, acme_toml};
+use futures::future::join_all;
+use tokenbroker::{
+    proto::{GetOrgTokenRequest, GetUserTokenRequest},
+    sandbox::{Fault, FaultRule, SandboxOrg, Target},
+};
+
+/// The test sandbox with `users` users whose every answer takes `latency`, so that all the
+/// callers arrive while the first flight is still in the air.
+async fn start(users: u32, latency: Duration) -> Harness {
+    let mut config = common::sandbox_config();
+    config.orgs = vec![SandboxOrg {
+        users,
+        ..config.orgs[0].clone()
+    }];
+    let h = Harness::with(config, acme_toml, |_| None).await;
+    h.sandbox.inject(FaultRule::always(
+        Fault::Latency {
+            millis: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+        },
+        Target::Any,
+    ));
+    h
+}
+
+/// `n` clients, each on its own HTTP/2 connection.
+async fn clients(
+    h: &Harness,
+    n: usize,
+) -> Vec<tokenbroker::proto::token_service_client::TokenServiceClient<tonic::transport::Channel>> {
+    join_all((0..n).map(|_| h.new_client())).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_callers_of_a_cold_org_token_cost_one_request() {
+    let h = start(1, Duration::from_millis(300)).await;
+    let clients = clients(&h, 8).await;
+    let calls = (0..10_000).map(|i| {
+        let mut c = clients[i % clients.len()].clone();
+        async move {
+            c.get_org_token(GetOrgTokenRequest {
+                org: "acme".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().token.map(|t| t.access_token))
+        }
+    });
+    let answers = join_all(calls).await;
+    let failed: Vec<_> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 10000 failed, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+    let first = answers[0].as_ref().ok().cloned().flatten();
+    assert!(first.is_some());
+    assert!(answers.iter().all(|a| a.as_ref().ok() == Some(&first)));
+    let stats = h.sandbox.stats();
+    assert_eq!(stats.client_credentials, 1, "{stats:?}");
+    assert_eq!(stats.upstream_requests(), 1, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_cold_users_times_ten_callers_cost_a_grant_and_an_exchange_each() {
+    let users = 1_000;
+    let h = start(users, Duration::from_millis(50)).await;
+    let ids: Vec<String> = h.sandbox.config().orgs[0]
+        .users()
+        .into_iter()
+        .map(|u| u.person_id)
+        .collect();
+    let clients = clients(&h, 8).await;
+    let calls = (0..10 * ids.len()).map(|i| {
+        let mut c = clients[i % clients.len()].clone();
+        let user = ids[i % ids.len()].clone();
+        async move {
+            c.get_user_token(GetUserTokenRequest {
+                org: "acme".into(),
+                user_id: user.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| (user, r.into_inner().token.map(|t| t.user_id)))
+        }
+    });
+    let answers = join_all(calls).await;
+    let failed: Vec<_> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 10000 failed, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert!(answers.iter().all(|a| {
+        a.as_ref()
+            .is_ok_and(|(user, got)| got.as_deref() == Some(user.as_str()))
+    }));
+    let stats = h.sandbox.stats();
+    assert_eq!(stats.authorization_grant, u64::from(users), "{stats:?}");
+    assert_eq!(stats.authorization_code, u64::from(users), "{stats:?}");
+    assert_eq!(stats.client_credentials, 1, "{stats:?}");
+    assert_eq!(stats.refresh_token, 0, "{stats:?}");
+}
