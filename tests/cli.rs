@@ -153,3 +153,119 @@ fn help_explains_demo_mode_and_the_sandbox() {
         "{help}"
     );
 }
+
+/// The address a broker logged in its "listening" line.
+fn listening_addr(lines: &[String]) -> String {
+    let line = lines.last().unwrap();
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .or_else(|| {
+            // JSON: "addr":"127.0.0.1:PORT"
+            line.split("\"addr\":\"").nth(1)?.split('"').next()
+        });
+    addr.unwrap_or_else(|| panic!("no addr in {line}"))
+        .to_owned()
+}
+
+async fn org_tokens(addr: &str, n: usize) {
+    let mut client = TokenServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    for _ in 0..n {
+        client
+            .get_org_token(GetOrgTokenRequest::default())
+            .await
+            .unwrap();
+    }
+}
+
+/// Stops the broker with SIGTERM and returns the rest of its log.
+async fn stop(mut child: Child, rx: &mpsc::Receiver<String>) -> Vec<String> {
+    sigterm(&child);
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    rx.try_iter().collect()
+}
+
+#[tokio::test]
+async fn audit_lines_come_out_in_json_and_repeats_are_written_at_shutdown() {
+    let (child, rx) = spawn(&["--listen", "127.0.0.1:0", "--log-format", "json"]);
+    let lines = read_until(&rx, "tokenbroker listening");
+    org_tokens(&listening_addr(&lines), 3).await;
+    let log = stop(child, &rx).await;
+    let audit: Vec<serde_json::Value> = log
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "tokenbroker::audit")
+        .collect();
+    assert_eq!(audit.len(), 2, "{log:#?}");
+    let (first, summary) = (&audit[0]["fields"], &audit[1]["fields"]);
+    assert_eq!(first["message"], "token handed out");
+    assert_eq!(
+        (&first["rpc"], &first["peer"], &first["generation"]),
+        (&"GetOrgToken".into(), &"127.0.0.1".into(), &1.into())
+    );
+    assert_eq!(summary["message"], "token handed out again");
+    assert_eq!(summary["count"], 2, "written at shutdown: {summary}");
+    assert_eq!(summary["fingerprint"], first["fingerprint"]);
+}
+
+#[tokio::test]
+async fn every_call_logs_one_audit_line_per_hand_out() {
+    let sandbox = tokenbroker::sandbox::Sandbox::start(
+        SandboxConfig::demo(),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[audit]\nevery_call = true\n[orgs.demo]\ntoken_url = \"{}\"\nauthorization_grant_url = \"{}\"\nclient_id = \"demo-client\"\nclient_secret_env = \"DEMO_SECRET\"\n",
+            sandbox.token_url(),
+            sandbox.authorization_grant_url()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("DEMO_SECRET", "demo-secret")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let lines = read_until(&rx, "tokenbroker listening");
+    org_tokens(&listening_addr(&lines), 4).await;
+    let log = stop(child, &rx).await;
+    let audit: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("tokenbroker::audit"))
+        .collect();
+    assert_eq!(audit.len(), 4, "{log:#?}");
+    assert!(
+        audit
+            .iter()
+            .all(|l| l.contains("token handed out") && !l.contains("again"))
+    );
+}
