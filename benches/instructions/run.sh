@@ -4,6 +4,10 @@
 # figures however busy the machine is (the timed benchmark cannot tell 1 % apart).
 #
 #   cargo build --release && benches/instructions/run.sh [org|user] [CALLS]
+#   EXTRA_TOML='[audit]\nevery_call = true' benches/instructions/run.sh org
+#
+# With EXTRA_TOML the broker runs from a config (the sandbox as its own process, org
+# "demo") with those lines added, instead of in demo mode: for a non-default setting.
 #
 # Needs valgrind and Python's grpcio and grpcio-tools (tests/interop/python/requirements.txt).
 # Prints the broker's instructions per call for each phase (two of each); keeps the
@@ -16,10 +20,21 @@ out=target/instructions
 mkdir -p "$out"
 rm -f "$out"/callgrind.out*
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-RUST_LOG=info valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out" \
-    target/release/tokenbroker --listen "127.0.0.1:$port" >/dev/null 2>"$out/broker.log" &
+args=(--listen "127.0.0.1:$port")
+sandbox=
+if [[ -n "${EXTRA_TOML:-}" ]]; then
+    sandbox_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    target/release/tokenbroker sandbox --listen "127.0.0.1:$sandbox_port" 2>"$out/sandbox.log" &
+    sandbox=$!
+    printf '%b\n[orgs.demo]\ntoken_url = "http://127.0.0.1:%s/oauth/token"\nauthorization_grant_url = "http://127.0.0.1:%s/oauth/authorization-grant"\nclient_id = "demo-client"\nclient_secret_env = "DEMO_SECRET"\n' \
+        "$EXTRA_TOML" "$sandbox_port" "$sandbox_port" >"$out/broker.toml"
+    args+=(--config "$out/broker.toml")
+    sleep 1
+fi
+DEMO_SECRET=demo-secret RUST_LOG=info valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out" \
+    target/release/tokenbroker "${args[@]}" >/dev/null 2>"$out/broker.log" &
 broker=$!
-trap 'kill -INT $broker 2>/dev/null || true' EXIT
+trap 'kill -INT $broker 2>/dev/null || true; [[ -z "$sandbox" ]] || kill $sandbox 2>/dev/null || true' EXIT
 for _ in $(seq 120); do
     grep -q "readiness changed ready=true" "$out/broker.log" && break
     sleep 0.5
@@ -27,6 +42,7 @@ done
 python3 benches/instructions/drive.py "$broker" "127.0.0.1:$port" "$calls" "$kind"
 kill -INT $broker
 wait $broker || true
+[[ -z "$sandbox" ]] || kill $sandbox 2>/dev/null || true
 trap - EXIT
 for dump in "$out"/callgrind.out.*; do
     phase=$(sed -n 's/^desc: Trigger: dump //p' "$dump")

@@ -44,6 +44,14 @@ impl UserId {
             Self::Shared(id) => id,
         }
     }
+
+    /// The id's bytes, without the UTF-8 check `as_str` makes: what lookups compare.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Shared(id) => id.as_bytes(),
+        }
+    }
 }
 
 impl From<&str> for UserId {
@@ -70,7 +78,7 @@ impl Deref for UserId {
 // As the `str` it holds, however it is held.
 impl PartialEq for UserId {
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -78,7 +86,7 @@ impl Eq for UserId {}
 
 impl hash::Hash for UserId {
     fn hash<H: hash::Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
+        self.as_bytes().hash(state);
     }
 }
 
@@ -105,6 +113,11 @@ impl fmt::Display for TokenKey {
 
 /// Checks a caller-supplied id: present, at most 256 bytes, no control characters.
 pub fn check_id(field: &'static str, value: &str) -> Result<(), BrokerError> {
+    // The usual id (person ids, ExternalSourceIDs): printable ASCII without spaces, which
+    // passes every check below; one pass over its bytes says so.
+    if (1..=MAX_ID_LEN).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Ok(());
+    }
     let problem = if value.is_empty() {
         "is required".to_owned()
     } else if value.len() > MAX_ID_LEN {

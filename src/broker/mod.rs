@@ -48,7 +48,7 @@ pub use schedule::RenewalPolicy;
 use slot::{Flight, Slot, Turn};
 pub use stats::BrokerStats;
 pub use token::{
-    Gone, GoneReason, Held, MAX_EXPIRY_MARGIN, Reason, SharedToken, Token, usable_until,
+    Gone, GoneReason, Held, MAX_EXPIRY_MARGIN, Reason, SharedToken, Token, UnixTime, usable_until,
 };
 use users::UserSlots;
 pub use watch_events::{TokenEvents, WatchEvent};

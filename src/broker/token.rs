@@ -2,7 +2,7 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use tokio::time::Instant;
@@ -13,6 +13,37 @@ use crate::secret::{AccessToken, Fingerprint};
 /// The most a token's usable life is cut short before its expiry, so that a caller has
 /// time to use what it was handed.
 pub const MAX_EXPIRY_MARGIN: Duration = Duration::from_secs(10);
+
+/// A wall-clock time as seconds and nanoseconds since the Unix epoch (the epoch itself for
+/// a clock set before it): what a protobuf `Timestamp` holds, in 12 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UnixTime {
+    pub seconds: i64,
+    pub nanos: u32,
+}
+
+impl UnixTime {
+    /// `d` later.
+    pub fn after(self, d: Duration) -> Self {
+        let nanos = self.nanos + d.subsec_nanos();
+        let carry = i64::from(nanos >= 1_000_000_000);
+        let seconds = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        Self {
+            seconds: self.seconds.saturating_add(seconds).saturating_add(carry),
+            nanos: nanos % 1_000_000_000,
+        }
+    }
+}
+
+impl From<SystemTime> for UnixTime {
+    fn from(t: SystemTime) -> Self {
+        let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        Self {
+            seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            nanos: d.subsec_nanos(),
+        }
+    }
+}
 
 /// Why a token was minted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +80,9 @@ pub struct Token {
     pub reason: Reason,
     /// The token type when the platform said other than "Bearer".
     other_type: Option<Box<str>>,
-    /// When the broker asked the platform for it (wall clock, for callers).
-    pub issued_at: SystemTime,
+    /// When the broker asked the platform for it (wall clock, for callers), kept as the
+    /// answers carry it, so that no call converts it.
+    issued_at: UnixTime,
     /// When it was asked for (monotonic): its expiry is counted from here, a conservative
     /// start, as the platform began counting no earlier.
     requested: Instant,
@@ -78,7 +110,7 @@ impl Token {
             access_token,
             reason: Reason::Issued,
             other_type: (token_type != "Bearer").then(|| token_type.into_boxed_str()),
-            issued_at: wall,
+            issued_at: UnixTime::from(wall),
             requested: mono,
             lifetime: Some(lifetime),
             renew_at: Some(mono + renew_after),
@@ -93,7 +125,7 @@ impl Token {
             access_token,
             reason: Reason::Issued,
             other_type: None,
-            issued_at: SystemTime::now(),
+            issued_at: UnixTime::from(SystemTime::now()),
             requested: Instant::now(),
             lifetime: None,
             renew_at: None,
@@ -106,9 +138,14 @@ impl Token {
         self.other_type.as_deref().unwrap_or("Bearer")
     }
 
+    /// When the broker asked for it (wall clock).
+    pub fn issued_at(&self) -> UnixTime {
+        self.issued_at
+    }
+
     /// When the platform stops accepting it (wall clock); `None` for a long-lived token.
-    pub fn expires_at(&self) -> Option<SystemTime> {
-        self.lifetime.map(|l| self.issued_at + l)
+    pub fn expires_at(&self) -> Option<UnixTime> {
+        self.lifetime.map(|l| self.issued_at.after(l))
     }
 
     /// Monotonic expiry; `None` for a long-lived token.
@@ -212,7 +249,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn tokens_stop_being_usable_before_they_expire() {
-        let requested = (Instant::now(), SystemTime::now());
+        let whole_second = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let requested = (Instant::now(), whole_second);
         let hundred = Duration::from_secs(100);
         let t = Token::issued(
             AccessToken::new("a"),
@@ -230,6 +268,17 @@ mod tests {
         assert_eq!(t.valid_for(Instant::now()), Some(Duration::from_secs(10)));
         tokio::time::advance(Duration::from_secs(10)).await;
         assert!(!t.is_valid(Instant::now()));
+        // The wall clock as answers carry it.
+        let late = Token::issued(
+            AccessToken::new("c"),
+            "Bearer".into(),
+            (Instant::now(), whole_second + Duration::from_millis(400)),
+            hundred + Duration::from_millis(700),
+            hundred / 2,
+        );
+        let at = |seconds, nanos| UnixTime { seconds, nanos };
+        assert_eq!(late.issued_at(), at(1_800_000_000, 400_000_000));
+        assert_eq!(late.expires_at(), Some(at(1_800_000_101, 100_000_000)));
         let forever = Token::long_lived(AccessToken::new("b"));
         tokio::time::advance(Duration::from_secs(10 * 365 * 24 * 3600)).await;
         assert!(forever.is_usable(Instant::now()) && forever.is_valid(Instant::now()));

@@ -22,18 +22,20 @@ pub(super) struct UserSlots {
 struct ByUser(Arc<Slot>);
 
 impl ByUser {
-    fn user(&self) -> &str {
-        self.0.key.user.as_deref().unwrap_or_default()
+    /// The user id's bytes: compared without the UTF-8 check a `&str` would need.
+    fn user(&self) -> &[u8] {
+        self.0.key.user.as_ref().map_or(&[], |u| u.as_bytes())
     }
 }
 
-impl Borrow<str> for ByUser {
-    fn borrow(&self) -> &str {
+impl Borrow<[u8]> for ByUser {
+    fn borrow(&self) -> &[u8] {
         self.user()
     }
 }
 
-// As `str` hashes and compares, so that lookups by `&str` find the entry (`Borrow`'s rule).
+// As `[u8]` hashes and compares, so that lookups by the id's bytes find the entry
+// (`Borrow`'s rule).
 impl Hash for ByUser {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.user().hash(state);
@@ -50,7 +52,7 @@ impl Eq for ByUser {}
 
 impl UserSlots {
     pub fn get(&self, user: &str) -> Option<&Arc<Slot>> {
-        self.set.get(user).map(|s| &s.0)
+        self.set.get(user.as_bytes()).map(|s| &s.0)
     }
 
     /// Adds a user slot (the slot of a key with a user), replacing one of the same user.
@@ -60,7 +62,7 @@ impl UserSlots {
     }
 
     pub fn remove(&mut self, user: &str) -> Option<Arc<Slot>> {
-        self.set.take(user).map(|s| s.0)
+        self.set.take(user.as_bytes()).map(|s| s.0)
     }
 
     pub fn len(&self) -> usize {

@@ -1,16 +1,18 @@
 //! Domain tokens to protobuf messages.
 
-use std::time::SystemTime;
-
 use prost_types::Timestamp;
 
 use crate::{
-    broker::{Reason, Token},
+    broker::{Reason, Token, UnixTime},
     proto,
 };
 
-fn timestamp(t: SystemTime) -> Timestamp {
-    Timestamp::from(t)
+fn timestamp(t: UnixTime) -> Timestamp {
+    Timestamp {
+        seconds: t.seconds,
+        // Below 10^9 by construction.
+        nanos: i32::try_from(t.nanos).unwrap_or(0),
+    }
 }
 
 /// The message of `t`, the token of `org` (and of `user`, for a user token).
@@ -19,7 +21,7 @@ pub fn token_message(org: &str, user: Option<&str>, t: &Token) -> proto::Token {
         access_token: t.access_token.expose().to_owned(),
         token_type: t.token_type().to_owned(),
         expires_at: t.expires_at().map(timestamp),
-        issued_at: Some(timestamp(t.issued_at)),
+        issued_at: Some(timestamp(t.issued_at())),
         org: org.to_owned(),
         user_id: user.unwrap_or_default().to_owned(),
         generation: t.generation,

@@ -37,12 +37,15 @@ impl Gate {
     /// Authenticates the sender of a call or stream and admits it within the caller's rate
     /// limit, or refuses it.
     pub fn admit<T>(&self, request: &Request<T>) -> Result<Admitted, Status> {
-        let presented = presented(request);
-        let caller = self
-            .callers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .authenticate(&presented)?;
+        let callers = self.callers.read().unwrap_or_else(|p| p.into_inner());
+        // With no callers configured anyone local may ask: what a request presents is not
+        // looked at (three lookups fewer on every call).
+        let caller = if callers.is_open() {
+            callers.authenticate(&Presented::default())?
+        } else {
+            callers.authenticate(&presented(request))?
+        };
+        drop(callers);
         caller.admit()?;
         Ok(Admitted {
             caller,

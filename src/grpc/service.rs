@@ -193,15 +193,15 @@ impl TokenServiceImpl {
         request: Request<GetOrgTokenRequest>,
     ) -> Result<Response<GetOrgTokenResponse>, Status> {
         let admitted = self.options.gate.admit(&request)?;
-        let deadline = deadline::of(request.metadata());
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
         let org = self.authorized_org(&admitted, Permission::OrgToken, &r.org)?;
         let min_valid_for = min_valid_for(r.min_valid_for)?;
         // The cache hit answers at once; only a miss builds the (larger) waiting future.
         let served = match self.broker.cached_org_token(&org, min_valid_for) {
             Some(served) => served,
+            // The caller's deadline matters only to a call that waits.
             None => {
-                Box::pin(deadline::within(deadline, async {
+                Box::pin(deadline::within(deadline::of(&metadata), async {
                     Ok(self.broker.org_token(org.name(), min_valid_for).await?)
                 }))
                 .await?
@@ -218,8 +218,7 @@ impl TokenServiceImpl {
         request: Request<GetUserTokenRequest>,
     ) -> Result<Response<GetUserTokenResponse>, Status> {
         let admitted = self.options.gate.admit(&request)?;
-        let deadline = deadline::of(request.metadata());
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
         let org = self.authorized_org(&admitted, Permission::UserToken, &r.org)?;
         let min_valid_for = min_valid_for(r.min_valid_for)?;
         let cached = self
@@ -228,7 +227,7 @@ impl TokenServiceImpl {
         let served = match cached {
             Some(served) => served,
             None => {
-                Box::pin(deadline::within(deadline, async {
+                Box::pin(deadline::within(deadline::of(&metadata), async {
                     Ok(self
                         .broker
                         .user_token(org.name(), &r.user_id, min_valid_for)
