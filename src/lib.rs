@@ -23,10 +23,11 @@ pub mod sandbox;
 pub mod secret;
 pub mod upstream;
 
-/// The generated `tokenbroker.v1` messages, server and client.
+/// The generated `tokenbroker.v1` messages and client. (The server is built from its own
+/// copy of the messages: `grpc::wire`.)
 #[allow(clippy::all, missing_docs)]
 pub mod proto {
-    tonic::include_proto!("tokenbroker.v1");
+    include!(concat!(env!("OUT_DIR"), "/client/tokenbroker.v1.rs"));
 }
 
 use std::{future::Future, sync::Arc};

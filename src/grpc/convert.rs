@@ -2,10 +2,8 @@
 
 use prost_types::Timestamp;
 
-use crate::{
-    broker::{Reason, Token, UnixTime},
-    proto,
-};
+use super::wire;
+use crate::broker::{Reason, Token, UnixTime};
 
 fn timestamp(t: UnixTime) -> Timestamp {
     Timestamp {
@@ -16,8 +14,8 @@ fn timestamp(t: UnixTime) -> Timestamp {
 }
 
 /// The message of `t`, the token of `org` (and of `user`, for a user token).
-pub fn token_message(org: &str, user: Option<&str>, t: &Token) -> proto::Token {
-    proto::Token {
+pub fn token_message(org: &str, user: Option<&str>, t: &Token) -> wire::Token {
+    wire::Token {
         access_token: t.access_token.expose().to_owned(),
         token_type: t.token_type().to_owned(),
         expires_at: t.expires_at().map(timestamp),
@@ -28,7 +26,7 @@ pub fn token_message(org: &str, user: Option<&str>, t: &Token) -> proto::Token {
     }
 }
 
-impl From<Reason> for proto::TokenEventReason {
+impl From<Reason> for wire::TokenEventReason {
     fn from(r: Reason) -> Self {
         match r {
             Reason::Issued => Self::Issued,

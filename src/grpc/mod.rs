@@ -10,6 +10,13 @@ mod service;
 mod status;
 mod watch;
 
+/// The `tokenbroker.v1` messages and server as the broker serves them: the same bytes on
+/// the wire as [`crate::proto`], with the answers' token boxed (see `build.rs`).
+#[allow(clippy::all, missing_docs)]
+pub(crate) mod wire {
+    include!(concat!(env!("OUT_DIR"), "/server/tokenbroker.v1.rs"));
+}
+
 use std::{future::Future, sync::Arc, time::Duration};
 
 use futures::TryStreamExt;
@@ -22,7 +29,7 @@ use watch::ConnectionStreams;
 pub use gate::Gate;
 pub use service::{ServiceOptions, TokenServiceImpl};
 
-use crate::{Listener, broker::Broker, config::TlsFiles, proto};
+use crate::{Listener, broker::Broker, config::TlsFiles};
 
 /// The encoded descriptor set of `proto/`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
@@ -85,9 +92,11 @@ pub async fn serve(
         builder = builder.tls_config(config).map_err(crate::Error::Serve)?;
     }
     let watch_streams = Arc::new(ConnectionStreams::default());
-    let token_service = proto::token_service_server::TokenServiceServer::new(
-        TokenServiceImpl::new(broker, options, Arc::clone(&watch_streams)),
-    )
+    let token_service = wire::token_service_server::TokenServiceServer::new(TokenServiceImpl::new(
+        broker,
+        options,
+        Arc::clone(&watch_streams),
+    ))
     .max_decoding_message_size(settings.max_request_bytes);
     let router = builder
         .add_service(token_service)

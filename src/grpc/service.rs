@@ -16,11 +16,11 @@ use crate::{
     auth::Permission,
     broker::{Broker, OrgRef, Served},
     config::WatchLimits,
-    metrics::RpcMetrics,
-    proto::{
+    grpc::wire::{
         GetOrgTokenRequest, GetOrgTokenResponse, GetUserTokenRequest, GetUserTokenResponse,
         RefreshRequest, RefreshResponse, WatchTokensRequest, token_service_server::TokenService,
     },
+    metrics::RpcMetrics,
 };
 
 /// The gRPC face of a [`Broker`].
@@ -209,7 +209,7 @@ impl TokenServiceImpl {
         };
         self.audit(&admitted, "GetOrgToken", &served);
         Ok(Response::new(GetOrgTokenResponse {
-            token: Some(token_message(org.name(), None, &served.token)),
+            token: Some(Box::new(token_message(org.name(), None, &served.token))),
         }))
     }
 
@@ -238,11 +238,11 @@ impl TokenServiceImpl {
         };
         self.audit(&admitted, "GetUserToken", &served);
         Ok(Response::new(GetUserTokenResponse {
-            token: Some(token_message(
+            token: Some(Box::new(token_message(
                 org.name(),
                 Some(r.user_id.as_str()),
                 &served.token,
-            )),
+            ))),
         }))
     }
 
@@ -263,7 +263,7 @@ impl TokenServiceImpl {
         .await?;
         self.audit(&admitted, "Refresh", &served);
         Ok(Response::new(RefreshResponse {
-            token: Some(token_message(org, user, &served.token)),
+            token: Some(Box::new(token_message(org, user, &served.token))),
         }))
     }
 

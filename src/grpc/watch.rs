@@ -19,7 +19,7 @@ use tonic::Status;
 
 use crate::{
     broker::{GoneReason, TokenEvents, TokenKey, WatchEvent},
-    proto::{TokenEventReason, WatchTokensResponse},
+    grpc::wire::{TokenEventReason, WatchTokensResponse},
 };
 
 /// Open WatchTokens streams per connection (keyed by the peer's address, which names one
