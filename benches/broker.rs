@@ -11,6 +11,11 @@
 //!                                                   # cold, watch, soak (comma-separated)
 //!     cargo bench --bench broker -- --users 20000   # fewer user tokens held
 //!     cargo bench --bench broker -- --rounds 20 --phase-ms 500   # speed phases (default 10 x 2 s)
+//!     cargo bench --bench broker -- --broker-toml '[audit]\nevery_call = true'
+//!                                       # a non-default setting for the org and users brokers
+//!
+//! Every broker runs with the default config: its TOML holds only what points it at the
+//! sandbox. A scenario that needs another setting names it beside its figure.
 //!
 //! `BENCH_BROKER_WRAPPER="valgrind --tool=massif"` runs the broker under a profiler;
 //! `BENCH_TRACE_PHASES=1` prints each speed phase's wall-clock start, to cut a system-wide
@@ -57,6 +62,10 @@ struct Size {
     soak: Duration,
     /// The scenario groups to run (`--only org,users,cold,watch,soak`); all when empty.
     only: Vec<String>,
+    /// Callers waiting at once on one cold key, for the memory they cost.
+    waiters: usize,
+    /// Extra TOML for the org and users brokers (`--broker-toml`, `\n` for new lines).
+    broker_toml: String,
 }
 
 impl Size {
@@ -81,6 +90,9 @@ impl Size {
             .map(|o| o.split(',').map(str::to_owned).collect())
             .unwrap_or_default();
         let users = value("--users").and_then(|s| s.parse().ok());
+        let broker_toml = value("--broker-toml")
+            .unwrap_or_default()
+            .replace("\\n", "\n");
         let out = value("--out")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("target/bench/broker.json"));
@@ -98,6 +110,8 @@ impl Size {
                 rotations: 1,
                 soak: Duration::from_secs(soak),
                 only: only.clone(),
+                waiters: 2_000,
+                broker_toml: broker_toml.clone(),
             }
         } else {
             Size {
@@ -118,6 +132,8 @@ impl Size {
                     .unwrap_or(5),
                 soak: Duration::from_secs(soak),
                 only: only.clone(),
+                waiters: 100_000,
+                broker_toml,
             }
         };
         (size, out)
@@ -509,7 +525,13 @@ async fn main() {
 
     // 1. Cached GetOrgToken, 64 callers, against Health/Check.
     let platform = sandbox(size.users_held, "1h");
-    let (b, _dir) = broker(&platform, "").await_ready().await;
+    if !size.broker_toml.is_empty() {
+        eprintln!(
+            "org and users brokers with the non-default settings {:?}",
+            size.broker_toml
+        );
+    }
+    let (b, _dir) = broker(&platform, &size.broker_toml).await_ready().await;
     let chans = channels(&b.addr, 4).await;
     TokenServiceClient::new(chans[0].clone())
         .get_org_token(GetOrgTokenRequest::default())
@@ -520,8 +542,8 @@ async fn main() {
         table.row(
             "GetOrgToken cached, 64 callers: throughput vs Health/Check",
             with_rounds(&org, "throughput_ratio"),
-            ">= 0.95x",
-            org["throughput_ratio"].as_f64().unwrap_or(0.0) >= 0.95,
+            ">= 0.97x",
+            org["throughput_ratio"].as_f64().unwrap_or(0.0) >= 0.97,
         );
         table.row(
             "GetOrgToken cached, 64 callers: p99 vs Health/Check",
@@ -618,8 +640,8 @@ async fn main() {
         table.row(
             &format!("GetUserToken cached, {users} users held: throughput vs Health"),
             with_rounds(&user, "throughput_ratio"),
-            ">= 0.90x",
-            user["throughput_ratio"].as_f64().unwrap_or(0.0) >= 0.90,
+            ">= 0.95x",
+            user["throughput_ratio"].as_f64().unwrap_or(0.0) >= 0.95,
         );
         // The target is for 100,000 users; a smoke run holds too few to judge it. Judged on
         // the broker serving them (steady state); the figure right after the fill is shown.
@@ -638,10 +660,10 @@ async fn main() {
 
     // 3. Cold key: many concurrent GetOrgToken, one upstream request.
     if size.runs("cold") {
-        let cold = |extra: &'static str| broker(&platform, extra);
-        let (b, _d) = cold("[cache]\nprefetch_org_tokens = false")
-            .await_ready()
-            .await;
+        // Not the default: by default the broker fetches the org token at start, and the
+        // key must be cold when the callers arrive.
+        let cold = || broker(&platform, "[cache]\nprefetch_org_tokens = false");
+        let (b, _d) = cold().await_ready().await;
         let chans = channels(&b.addr, 10).await;
         let before = stats(&platform).await;
         let n = size.cold_callers;
@@ -655,7 +677,7 @@ async fn main() {
             + count(&after, "refresh_token")
             - count(&before, "refresh_token");
         table.row(
-            &format!("{n} concurrent GetOrgToken on a cold key"),
+            &format!("{n} concurrent GetOrgToken on a cold key (prefetch_org_tokens = false)"),
             format!("{upstream} upstream, {ok}/{n} ok"),
             "exactly 1",
             upstream == 1 && ok == n,
@@ -735,9 +757,53 @@ async fn main() {
         );
         drop(chans);
         drop(b);
+
+        // 6. What a waiting caller costs: many callers of one cold key while the platform
+        // takes 15 s to answer, the broker's RSS growth divided by their number.
+        let (b, _d) = cold().await_ready().await;
+        let n = size.waiters;
+        // Enough connections for every call to be a stream on one (1,256 each by default).
+        let chans = channels(&b.addr, n.div_ceil(1_000)).await;
+        let quiet_rss = b.rss_mib();
+        let slow = json!({"kind": "latency", "millis": 15_000, "target": "client_credentials", "times": 1});
+        reqwest::Client::new()
+            .post(format!("http://{}/sandbox/faults", platform.addr))
+            .json(&slow)
+            .send()
+            .await
+            .expect("fault injected");
+        let waiting: Vec<_> = (0..n)
+            .map(|i| {
+                let mut c = TokenServiceClient::new(chans[i % chans.len()].clone());
+                tokio::spawn(
+                    async move { c.get_org_token(GetOrgTokenRequest::default()).await.is_ok() },
+                )
+            })
+            .collect();
+        // All sent and waiting (well before the 15 s answer): the peak.
+        tokio::time::sleep(Duration::from_secs(if size.quick { 2 } else { 8 })).await;
+        let waiting_rss = b.rss_mib();
+        let ok = join_all(waiting)
+            .await
+            .into_iter()
+            .filter(|r| matches!(r, Ok(true)))
+            .count();
+        let per_caller = (waiting_rss - quiet_rss) * 1024.0 * 1024.0 / n as f64;
+        table.row(
+            &format!("{n} callers waiting on one cold key: broker memory per waiting caller"),
+            format!("{per_caller:.0} bytes ({quiet_rss:.1} -> {waiting_rss:.1} MiB), {ok}/{n} ok"),
+            "all answered",
+            ok == n,
+        );
+        figures.insert(
+            "waiting_callers".into(),
+            json!({"callers": n, "ok": ok, "quiet_rss_mib": quiet_rss, "waiting_rss_mib": waiting_rss, "bytes_per_caller": per_caller}),
+        );
+        drop(chans);
+        drop(b);
     }
 
-    // 6. Many subscribers over many connections: a forced rotation reaches them all.
+    // 7. Many subscribers over many connections: a forced rotation reaches them all.
     if size.runs("watch") {
         let (b, _d) = broker(&platform, "").await_ready().await;
         let chans = channels(&b.addr, size.connections).await;
@@ -825,7 +891,7 @@ async fn main() {
     }
     drop(platform);
 
-    // 7. Soak: 1-second tokens under steady load.
+    // 8. Soak: 1-second tokens under steady load.
     if size.runs("soak") {
         let platform = sandbox(100, "1s");
         let (b, _d) = broker(&platform, "").await_ready().await;

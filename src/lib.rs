@@ -16,8 +16,6 @@ pub mod broker;
 pub mod config;
 pub mod demo;
 pub mod grpc;
-pub mod log_format;
-pub mod log_writer;
 pub mod metrics;
 pub mod sandbox;
 pub mod secret;

@@ -79,24 +79,23 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // One thread writes the log in batches, so a call never waits on stderr; a caller waits
-    // rather than a line is dropped when it falls far behind (audit events must not be lost).
-    let (writer, _flush_on_exit) = match tokenbroker::log_writer::LogWriter::new(std::io::stderr())
-    {
-        Ok(writer) => writer,
-        Err(e) => {
-            eprintln!("error: could not start the log writer thread: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    // One thread writes the log, so a call never waits on stderr; a caller waits rather
+    // than a line is dropped when it falls far behind (audit lines must not be lost), and
+    // everything logged is written before the process exits (the guard's drop).
+    let (writer, _flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("tokenbroker-log")
+        // Buffered: the writer thread writes what it has taken off its queue in one go,
+        // and flushes whenever the queue runs dry.
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
     match cli.log_format {
-        LogFormat::Text => logs
-            .with_ansi(std::io::stderr().is_terminal())
-            .event_format(tokenbroker::log_format::PlainLines::default())
-            .init(),
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().init(),
     }
     match cli.command {
