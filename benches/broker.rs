@@ -759,19 +759,31 @@ async fn main() {
         drop(b);
 
         // 6. What a waiting caller costs: many callers of one cold key while the platform
-        // takes 15 s to answer, the broker's RSS growth divided by their number.
-        let (b, _d) = cold().await_ready().await;
+        // takes 30 s to answer, the broker's RSS growth divided by their number, read once
+        // its metrics count them all waiting. Not the default: the org token is not fetched
+        // at start (the key must be cold), the platform may take 60 s (so that 100,000
+        // calls can be sent before it answers), and metrics are on (to count them).
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let waiting_toml = format!(
+            "[cache]\nprefetch_org_tokens = false\n[upstream]\nrequest_timeout = \"60s\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\""
+        );
+        let (b, _d) = broker(&platform, &waiting_toml).await_ready().await;
         let n = size.waiters;
         // Enough connections for every call to be a stream on one (1,256 each by default).
         let chans = channels(&b.addr, n.div_ceil(1_000)).await;
         let quiet_rss = b.rss_mib();
-        let slow = json!({"kind": "latency", "millis": 15_000, "target": "client_credentials", "times": 1});
-        reqwest::Client::new()
-            .post(format!("http://{}/sandbox/faults", platform.addr))
+        let answer_in = Duration::from_secs(if size.quick { 5 } else { 30 });
+        let slow = json!({"kind": "latency", "millis": answer_in.as_millis() as u64, "target": "client_credentials", "times": 1});
+        let http = reqwest::Client::new();
+        http.post(format!("http://{}/sandbox/faults", platform.addr))
             .json(&slow)
             .send()
             .await
             .expect("fault injected");
+        let sent = Instant::now();
         let waiting: Vec<_> = (0..n)
             .map(|i| {
                 let mut c = TokenServiceClient::new(chans[i % chans.len()].clone());
@@ -780,24 +792,42 @@ async fn main() {
                 )
             })
             .collect();
-        // All sent and waiting (well before the 15 s answer): the peak.
-        tokio::time::sleep(Duration::from_secs(if size.quick { 2 } else { 8 })).await;
+        let waiting_now = || async {
+            let text = http
+                .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.lines()
+                .find_map(|l| l.strip_prefix("tokenbroker_waiting_callers "))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        };
+        let mut counted = 0;
+        while counted < n && sent.elapsed() + Duration::from_secs(2) < answer_in {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            counted = waiting_now().await.unwrap_or(0);
+        }
         let waiting_rss = b.rss_mib();
         let ok = join_all(waiting)
             .await
             .into_iter()
             .filter(|r| matches!(r, Ok(true)))
             .count();
-        let per_caller = (waiting_rss - quiet_rss) * 1024.0 * 1024.0 / n as f64;
+        let per_caller = (waiting_rss - quiet_rss) * 1024.0 * 1024.0 / counted.max(1) as f64;
         table.row(
-            &format!("{n} callers waiting on one cold key: broker memory per waiting caller"),
-            format!("{per_caller:.0} bytes ({quiet_rss:.1} -> {waiting_rss:.1} MiB), {ok}/{n} ok"),
-            "all answered",
-            ok == n,
+            &format!("{n} callers waiting on one cold key: broker memory per waiting caller (non-default, see README)"),
+            format!(
+                "{per_caller:.0} bytes ({counted} waiting: {quiet_rss:.1} -> {waiting_rss:.1} MiB), {ok}/{n} ok"
+            ),
+            "all wait, all answered",
+            ok == n && counted == n,
         );
         figures.insert(
             "waiting_callers".into(),
-            json!({"callers": n, "ok": ok, "quiet_rss_mib": quiet_rss, "waiting_rss_mib": waiting_rss, "bytes_per_caller": per_caller}),
+            json!({"callers": n, "counted_waiting": counted, "ok": ok, "quiet_rss_mib": quiet_rss, "waiting_rss_mib": waiting_rss, "bytes_per_caller": per_caller}),
         );
         drop(chans);
         drop(b);
