@@ -10,7 +10,7 @@ use std::{
     hash::BuildHasher,
     net::IpAddr,
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use hashbrown::{DefaultHashBuilder, HashTable};
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     auth::Authenticated,
     broker::{KeyRef, SharedToken, Token, TokenKey},
+    secret::Fingerprint,
 };
 
 /// How tokens handed out are audited (`[audit]`).
@@ -40,9 +41,11 @@ impl Default for AuditPolicy {
     }
 }
 
-/// The most (caller, address, key) combinations counted at once (about 64 bytes each);
-/// beyond it every count is written out and counting starts afresh.
+/// The most (caller, address, key) combinations counted at once (32 bytes each, about 4
+/// MiB for 100,000 keys); beyond it every count is written out and counting starts afresh.
 const MAX_TRACKED: usize = 250_000;
+/// The most (caller, address) pairs told apart; beyond it, likewise.
+const MAX_AUDIENCES: usize = 65_536;
 
 /// A token handed out to a caller.
 #[derive(Debug, Clone, Copy)]
@@ -60,46 +63,97 @@ pub struct HandOut<'a> {
 pub struct Audit {
     policy: AuditPolicy,
     hasher: DefaultHashBuilder,
-    counts: Mutex<HashTable<Count>>,
+    /// When counting began: the counts' times are seconds after it.
+    epoch: SystemTime,
+    counts: Mutex<Counts>,
 }
 
-/// The hand-outs of one generation of a key to one caller from one address.
+/// What the lock guards.
+#[derive(Debug, Default)]
+struct Counts {
+    /// Each (caller, address) pair seen, named in a count by its place here.
+    audiences: Vec<Audience>,
+    table: HashTable<Count>,
+}
+
+/// A caller from an address.
 #[derive(Debug)]
-struct Count {
+struct Audience {
     caller: Arc<Authenticated>,
     peer: Option<IpAddr>,
-    key: KeyRef,
-    /// The generation counted.
-    token: SharedToken,
-    /// Hand-outs since the last line.
-    repeats: u64,
-    /// Milliseconds since the Unix epoch of the first and last of those.
-    first_ms: u64,
-    last_ms: u64,
 }
 
-impl Count {
-    fn is(&self, h: &HandOut<'_>) -> bool {
-        Arc::ptr_eq(&self.caller, h.caller) && self.peer == h.peer && self.key.same(h.key)
+/// The hand-outs of one generation of a key to one audience: 32 bytes, as a broker that
+/// holds 100,000 user tokens counts 100,000 of them (BENCHMARKS.md).
+#[derive(Debug)]
+struct Count {
+    key: KeyRef,
+    audience: u32,
+    generation: u32,
+    fingerprint: Fingerprint,
+    /// Hand-outs since the last line.
+    repeats: u32,
+    /// Seconds after the epoch of the first and last of those.
+    first_s: u32,
+    last_s: u32,
+}
+
+impl Counts {
+    /// The place of the audience of `h`, added if new.
+    fn audience(&mut self, h: &HandOut<'_>) -> u32 {
+        let found = self
+            .audiences
+            .iter()
+            .position(|a| Arc::ptr_eq(&a.caller, h.caller) && a.peer == h.peer);
+        let place = found.unwrap_or_else(|| {
+            self.audiences.push(Audience {
+                caller: Arc::clone(h.caller),
+                peer: h.peer,
+            });
+            self.audiences.len() - 1
+        });
+        u32::try_from(place).unwrap_or(u32::MAX)
     }
 
-    /// The summary line of the repeats counted, if any; counting starts again.
-    fn take_summary(&mut self) -> Option<Summary> {
-        if self.repeats == 0 {
-            return None;
-        }
-        let summary = Summary {
-            caller: Arc::clone(&self.caller),
-            peer: self.peer,
-            key: self.key.clone(),
-            token: Arc::clone(&self.token),
-            count: self.repeats,
-            first_ms: self.first_ms,
-            last_ms: self.last_ms,
-        };
-        self.repeats = 0;
-        Some(summary)
+    /// Every summary; the counts are forgotten.
+    fn take_all(&mut self) -> Vec<Summary> {
+        let Self { audiences, table } = self;
+        let summaries = table
+            .iter_mut()
+            .filter_map(|count| take_summary(audiences, count))
+            .collect();
+        table.clear();
+        audiences.clear();
+        summaries
     }
+}
+
+/// Whether `count` counts the hand-outs of `h`'s key to `h`'s audience.
+fn counts_for(audiences: &[Audience], count: &Count, h: &HandOut<'_>) -> bool {
+    count.key.same(h.key) && {
+        let audience = &audiences[count.audience as usize];
+        Arc::ptr_eq(&audience.caller, h.caller) && audience.peer == h.peer
+    }
+}
+
+/// The summary line of `count`'s repeats, if any; counting starts again.
+fn take_summary(audiences: &[Audience], count: &mut Count) -> Option<Summary> {
+    if count.repeats == 0 {
+        return None;
+    }
+    let audience = &audiences[count.audience as usize];
+    let summary = Summary {
+        caller: Arc::clone(&audience.caller),
+        peer: audience.peer,
+        key: count.key.clone(),
+        generation: count.generation,
+        fingerprint: count.fingerprint,
+        count: count.repeats,
+        first_s: count.first_s,
+        last_s: count.last_s,
+    };
+    count.repeats = 0;
+    Some(summary)
 }
 
 /// Repeats to write as one line (built under the lock, written after it).
@@ -107,26 +161,28 @@ struct Summary {
     caller: Arc<Authenticated>,
     peer: Option<IpAddr>,
     key: KeyRef,
-    token: SharedToken,
-    count: u64,
-    first_ms: u64,
-    last_ms: u64,
+    generation: u32,
+    fingerprint: Fingerprint,
+    count: u32,
+    first_s: u32,
+    last_s: u32,
 }
 
 impl Summary {
-    fn write(&self) {
+    fn write(&self, epoch: SystemTime) {
         let key = self.key.key();
+        let at = |s: u32| humantime::format_rfc3339_seconds(epoch + Duration::from_secs(s.into()));
         tracing::info!(
             target: "tokenbroker::audit",
             caller = self.caller.caller.name.as_str(),
             peer = %Peer(self.peer),
             org = %key.org,
             user_id = key.user.as_deref().unwrap_or(""),
-            fingerprint = %self.token.fingerprint,
-            generation = self.token.generation,
+            fingerprint = %self.fingerprint,
+            generation = self.generation,
             count = self.count,
-            first = %time(self.first_ms),
-            last = %time(self.last_ms),
+            first = %at(self.first_s),
+            last = %at(self.last_s),
             "token handed out again"
         );
     }
@@ -138,7 +194,7 @@ pub enum Flush {
     /// The summary interval passed: counts are written, and combinations unused for a
     /// whole interval are forgotten (their next hand-out is logged as a first one).
     Interval,
-    /// Shutdown, or the table is full: everything is written and forgotten.
+    /// Shutdown: everything is written and forgotten.
     All,
 }
 
@@ -147,17 +203,26 @@ impl Audit {
         Self {
             policy,
             hasher: DefaultHashBuilder::default(),
+            epoch: SystemTime::now(),
             counts: Mutex::default(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashTable<Count>> {
+    fn lock(&self) -> MutexGuard<'_, Counts> {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn hash(&self, caller: &Arc<Authenticated>, peer: Option<IpAddr>, key: &KeyRef) -> u64 {
         self.hasher
             .hash_one((Arc::as_ptr(caller) as usize, peer, key.id()))
+    }
+
+    /// Seconds since the epoch, now.
+    fn now_s(&self) -> u32 {
+        let elapsed = SystemTime::now()
+            .duration_since(self.epoch)
+            .unwrap_or_default();
+        u32::try_from(elapsed.as_secs()).unwrap_or(u32::MAX)
     }
 
     /// Records a token handed out: a line at once if it is the first of its generation to
@@ -167,64 +232,78 @@ impl Audit {
             first_line(&h);
             return;
         }
-        let now = now_ms();
+        let now = self.now_s();
+        let generation = u32::try_from(h.token.generation).unwrap_or(u32::MAX);
         let hash = self.hash(h.caller, h.peer, h.key);
         let mut counts = self.lock();
-        let replaced = match counts.find_mut(hash, |c| c.is(&h)) {
-            Some(count) if Arc::ptr_eq(&count.token, h.token) => {
+        let Counts { audiences, table } = &mut *counts;
+        let summary = match table.find_mut(hash, |c| counts_for(audiences, c, &h)) {
+            Some(count)
+                if count.generation == generation && count.fingerprint == h.token.fingerprint =>
+            {
                 if count.repeats == 0 {
-                    count.first_ms = now;
+                    count.first_s = now;
                 }
-                count.repeats += 1;
-                count.last_ms = now;
+                count.repeats = count.repeats.saturating_add(1);
+                count.last_s = now;
                 return;
             }
             // A new generation for this caller and address: the old one's repeats first.
             Some(count) => {
-                let summary = count.take_summary();
-                count.token = Arc::clone(h.token);
-                count.last_ms = now;
-                summary
+                let summary = take_summary(audiences, count);
+                count.generation = generation;
+                count.fingerprint = h.token.fingerprint;
+                count.last_s = now;
+                summary.into_iter().collect()
             }
-            None => {
-                let full = if counts.len() >= MAX_TRACKED {
-                    let summaries = take_all(&mut counts);
-                    counts.clear();
-                    Some(summaries)
-                } else {
-                    None
-                };
-                counts.insert_unique(
-                    hash,
-                    Count {
-                        caller: Arc::clone(h.caller),
-                        peer: h.peer,
-                        key: h.key.clone(),
-                        token: Arc::clone(h.token),
-                        repeats: 0,
-                        first_ms: now,
-                        last_ms: now,
-                    },
-                    |c| self.hash(&c.caller, c.peer, &c.key),
-                );
-                drop(counts);
-                if let Some(summaries) = full {
-                    tracing::warn!(
-                        target: "tokenbroker::audit",
-                        tracked = MAX_TRACKED,
-                        "audit: too many callers, addresses and keys to count at once; wrote every count now"
-                    );
-                    summaries.iter().for_each(Summary::write);
-                }
-                first_line(&h);
-                return;
-            }
+            None => self.insert(&mut counts, hash, generation, now, &h),
         };
         drop(counts);
-        if let Some(summary) = replaced {
-            summary.write();
+        for summary in &summary {
+            summary.write(self.epoch);
         }
         first_line(&h);
+    }
+
+    /// Starts counting the hand-outs of `h`'s generation to its audience; when the table
+    /// is full, it is emptied first and its summaries returned.
+    fn insert(
+        &self,
+        counts: &mut Counts,
+        hash: u64,
+        generation: u32,
+        now: u32,
+        h: &HandOut<'_>,
+    ) -> Vec<Summary> {
+        let mut summaries = Vec::new();
+        if counts.table.len() >= MAX_TRACKED || counts.audiences.len() >= MAX_AUDIENCES {
+            summaries = counts.take_all();
+            tracing::warn!(
+                target: "tokenbroker::audit",
+                tracked = MAX_TRACKED,
+                audiences = MAX_AUDIENCES,
+                "audit: too many callers, addresses and keys to count at once; wrote every count now"
+            );
+        }
+        let audience = counts.audience(h);
+        let Counts { audiences, table } = counts;
+        table.insert_unique(
+            hash,
+            Count {
+                key: h.key.clone(),
+                audience,
+                generation,
+                fingerprint: h.token.fingerprint,
+                repeats: 0,
+                first_s: now,
+                last_s: now,
+            },
+            |c| {
+                let a = &audiences[c.audience as usize];
+                self.hash(&a.caller, a.peer, &c.key)
+            },
+        );
+        summaries
     }
 
     /// Writes the repeats counted since their last line (see [`Flush`]).
@@ -232,24 +311,24 @@ impl Audit {
         let summaries = {
             let mut counts = self.lock();
             match how {
-                Flush::All => {
-                    let summaries = take_all(&mut counts);
-                    counts.clear();
-                    summaries
-                }
+                Flush::All => counts.take_all(),
                 Flush::Interval => {
-                    let idle_before =
-                        now_ms().saturating_sub(duration_ms(self.policy.summary_interval));
+                    let interval =
+                        u32::try_from(self.policy.summary_interval.as_secs()).unwrap_or(u32::MAX);
+                    let idle_before = self.now_s().saturating_sub(interval);
                     let mut summaries = Vec::new();
-                    counts.retain(|count| {
-                        summaries.extend(count.take_summary());
-                        count.last_ms >= idle_before
+                    let Counts { audiences, table } = &mut *counts;
+                    table.retain(|count| {
+                        summaries.extend(take_summary(audiences, count));
+                        count.last_s >= idle_before
                     });
                     summaries
                 }
             }
         };
-        summaries.iter().for_each(Summary::write);
+        for summary in &summaries {
+            summary.write(self.epoch);
+        }
     }
 
     /// Writes the counts every summary interval until `shutdown` (the server writes the
@@ -268,10 +347,6 @@ impl Audit {
             }
         }
     }
-}
-
-fn take_all(counts: &mut HashTable<Count>) -> Vec<Summary> {
-    counts.iter_mut().filter_map(Count::take_summary).collect()
 }
 
 /// The line of a first hand-out (and of every hand-out with `every_call`).
@@ -330,19 +405,4 @@ impl std::fmt::Display for Peer {
             None => f.write_str("unix"),
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, duration_ms)
-}
-
-fn duration_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// A time in milliseconds since the Unix epoch, as RFC 3339.
-fn time(ms: u64) -> humantime::Rfc3339Timestamp {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms))
 }
