@@ -111,3 +111,62 @@ async fn a_thousand_cold_users_times_ten_callers_cost_a_grant_and_an_exchange_ea
     assert_eq!(stats.client_credentials, 1, "{stats:?}");
     assert_eq!(stats.refresh_token, 0, "{stats:?}");
 }
+
+/// Past `upstream.max_concurrent_flights`, user-token fetches wait their turn instead of
+/// being refused: every caller is answered, and the broker never has more fetches in
+/// progress than the limit (its own gauge, sampled while the calls wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_fetches_past_the_flight_limit_wait_their_turn() {
+    let mut config = common::sandbox_config();
+    config.orgs[0].users = 12;
+    let h = Harness::with(
+        config,
+        |s| format!("[upstream]\nmax_concurrent_flights = 2\n{}", acme_toml(s)),
+        |_| None,
+    )
+    .await;
+    // The org token first, so that only user fetches are in the air below.
+    h.client
+        .clone()
+        .get_org_token(GetOrgTokenRequest::default())
+        .await
+        .unwrap();
+    h.sandbox.inject(FaultRule::always(
+        Fault::Latency { millis: 100 },
+        Target::Any,
+    ));
+    let calls = join_all((1..=12).map(|i| {
+        let mut c = h.client.clone();
+        let user = h.user(i).person_id;
+        async move {
+            c.get_user_token(GetUserTokenRequest {
+                org: "acme".into(),
+                user_id: user,
+                ..Default::default()
+            })
+            .await
+        }
+    }));
+    let broker = h.broker.clone();
+    let sample = async move {
+        let (mut most_flights, mut most_waiting) = (0, 0);
+        for _ in 0..400 {
+            let stats = broker.stats();
+            most_flights = most_flights.max(stats.flights_in_progress);
+            most_waiting = most_waiting.max(stats.waiting_callers);
+            if stats.user_tokens == 12 && stats.waiting_callers == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (most_flights, most_waiting)
+    };
+    let (answers, (most_flights, most_waiting)) = tokio::join!(calls, sample);
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert_eq!(most_flights, 2, "at most the limit, and the limit is used");
+    assert!(
+        most_waiting > 2,
+        "the callers past it waited: {most_waiting}"
+    );
+    assert_eq!(h.sandbox.stats().authorization_grant, 12);
+}

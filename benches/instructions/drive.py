@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Drives a broker that runs under callgrind (see run.sh): Health/Check and then the measured
 RPC, CALLS of each with 64 in flight, callgrind's counters zeroed before and dumped after
-each phase, twice over. Usage: drive.py PID ADDR CALLS org|user"""
+each phase, twice over; user tokens for USERS users (default 50) are fetched first, then
+called round robin. Usage: drive.py PID ADDR CALLS org|user [USERS]"""
 import importlib.resources
 import os
 import subprocess
@@ -37,10 +38,11 @@ from hc import health_pb2, health_pb2_grpc  # noqa: E402
 from tokenbroker.v1 import token_service_pb2 as pb, token_service_pb2_grpc as rpc  # noqa: E402
 
 pid, addr, calls, kind = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+held = int(sys.argv[5]) if len(sys.argv) > 5 else 50
 channel = grpc.insecure_channel(addr)
 health = health_pb2_grpc.HealthStub(channel)
 tokens = rpc.TokenServiceStub(channel)
-users = [f"EMP-{n:05d}" for n in range(1, 51)]
+users = [f"EMP-{n:05d}" for n in range(1, held + 1)]
 
 
 def check(i):
@@ -52,7 +54,9 @@ def org_token(i):
 
 
 def user_token(i):
-    return tokens.GetUserToken.future(pb.GetUserTokenRequest(user_id=users[i % len(users)]), timeout=600)
+    # Strided, so that consecutive calls touch users far apart in memory.
+    return tokens.GetUserToken.future(
+        pb.GetUserTokenRequest(user_id=users[(i * 7919) % len(users)]), timeout=600)
 
 
 measured = {"org": org_token, "user": user_token}[kind]
@@ -74,7 +78,7 @@ def callgrind(*args):
 
 
 run(check, 200)  # warm-up: connections, caches (the user tokens fetched)
-run(measured, 200)
+run(measured, max(200, held) if kind == "user" else 200)
 for phase, call in [("health", check), (kind, measured), ("health", check), (kind, measured)]:
     callgrind("-z")
     run(call, calls)

@@ -6,6 +6,8 @@
 #   cargo build --release && benches/instructions/run.sh [org|user] [CALLS]
 #   EXTRA_TOML='[audit]\nevery_call = true' benches/instructions/run.sh org
 #
+# USERS=100000 benches/instructions/run.sh user: the user tokens held (and called, round
+# robin); default 50. More than the demo's 100 also runs the broker from a config.
 # With EXTRA_TOML the broker runs from a config (the sandbox as its own process, org
 # "demo") with those lines added, instead of in demo mode: for a non-default setting.
 #
@@ -22,12 +24,13 @@ rm -f "$out"/callgrind.out*
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 args=(--listen "127.0.0.1:$port")
 sandbox=
-if [[ -n "${EXTRA_TOML:-}" ]]; then
+users=${USERS:-50}
+if [[ -n "${EXTRA_TOML:-}" || "$users" -gt 100 ]]; then
     sandbox_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    target/release/tokenbroker sandbox --listen "127.0.0.1:$sandbox_port" 2>"$out/sandbox.log" &
+    target/release/tokenbroker sandbox --listen "127.0.0.1:$sandbox_port" --users "$((users > 100 ? users : 100))" 2>"$out/sandbox.log" &
     sandbox=$!
     printf '%b\n[orgs.demo]\ntoken_url = "http://127.0.0.1:%s/oauth/token"\nauthorization_grant_url = "http://127.0.0.1:%s/oauth/authorization-grant"\nclient_id = "demo-client"\nclient_secret_env = "DEMO_SECRET"\n' \
-        "$EXTRA_TOML" "$sandbox_port" "$sandbox_port" >"$out/broker.toml"
+        "${EXTRA_TOML:-}" "$sandbox_port" "$sandbox_port" >"$out/broker.toml"
     args+=(--config "$out/broker.toml")
     sleep 1
 fi
@@ -39,7 +42,7 @@ for _ in $(seq 120); do
     grep -q "readiness changed ready=true" "$out/broker.log" && break
     sleep 0.5
 done
-python3 benches/instructions/drive.py "$broker" "127.0.0.1:$port" "$calls" "$kind"
+python3 benches/instructions/drive.py "$broker" "127.0.0.1:$port" "$calls" "$kind" "$users"
 kill -INT $broker
 wait $broker || true
 [[ -z "$sandbox" ]] || kill $sandbox 2>/dev/null || true

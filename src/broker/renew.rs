@@ -141,7 +141,7 @@ impl Broker {
         let held = match slot.held() {
             Held::Empty => HeldKind::Empty,
             Held::Token(t) => HeldKind::Token {
-                renew_at: t.renew_at,
+                renew_at: t.renew_at(),
                 expires: t.expires(),
             },
             Held::Gone(_) => HeldKind::Gone,
