@@ -365,23 +365,9 @@ fn first_line(h: &HandOut<'_>) {
     );
 }
 
-/// The audit line of a token a WatchTokens stream sends first.
-pub fn stream_initial(caller: &str, key: &TokenKey, token: &Token) {
-    tracing::info!(
-        target: "tokenbroker::audit",
-        caller,
-        rpc = "WatchTokens",
-        org = %key.org,
-        user_id = key.user.as_deref().unwrap_or(""),
-        fingerprint = %token.fingerprint,
-        generation = token.generation,
-        "token handed out"
-    );
-}
-
-/// The audit line of a rotation that WatchTokens streams carry to a caller: one for all
-/// `streams` of the caller watching the key.
-pub fn stream_rotation(caller: &str, key: &TokenKey, token: &Token, streams: usize) {
+/// The audit line of a token WatchTokens streams send to a caller: a stream's first token
+/// (`streams` 1), or a rotation, one line for all `streams` of the caller watching the key.
+pub fn streamed(caller: &str, key: &TokenKey, token: &Token, streams: usize) {
     tracing::info!(
         target: "tokenbroker::audit",
         caller,

@@ -7,13 +7,11 @@ mod common;
 
 use std::{
     collections::HashMap,
-    io::Write,
     net::{IpAddr, Ipv4Addr},
-    sync::{Arc, Mutex},
     time::Duration,
 };
 
-use common::{Harness, acme_toml, sandbox_config, with_key};
+use common::{Capture, Harness, acme_toml, sandbox_config, with_key};
 use tokenbroker::{
     auth::api_key_hash,
     proto::{
@@ -22,42 +20,18 @@ use tokenbroker::{
     },
 };
 use tonic::transport::Endpoint;
-use tracing_subscriber::fmt::MakeWriter;
 
 const PAYROLL: &str = "payroll-key-audit-1";
 const ERP: &str = "erp-key-audit-2";
 
-/// Everything logged, in memory.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
-
-impl Capture {
-    /// The audit lines logged so far.
-    fn audit_lines(&self) -> Vec<String> {
-        String::from_utf8(self.0.lock().unwrap().clone())
-            .unwrap()
-            .lines()
-            .filter(|l| l.contains("tokenbroker::audit"))
-            .map(str::to_owned)
-            .collect()
-    }
+/// The audit lines logged so far.
+fn audit_lines(capture: &Capture) -> Vec<String> {
+    capture
+        .text()
+        .lines()
+        .filter(|l| l.contains("tokenbroker::audit"))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The value of `name=` in a log line (quotes removed).
@@ -160,7 +134,7 @@ async fn first_hand_outs_at_once_repeats_summarised_and_every_count_adds_up() {
     );
 
     // At once: one line per caller, address and key for generation 1; no summary yet.
-    let lines = capture.audit_lines();
+    let lines = audit_lines(&capture);
     let firsts: Vec<&String> = lines
         .iter()
         .filter(|l| l.contains("token handed out") && !l.contains("again"))
@@ -201,7 +175,7 @@ async fn first_hand_outs_at_once_repeats_summarised_and_every_count_adds_up() {
         .token
         .unwrap();
     assert_eq!(rotated.generation, 2);
-    let lines = capture.audit_lines();
+    let lines = audit_lines(&capture);
     let summary = lines
         .iter()
         .position(|l| {
@@ -234,7 +208,7 @@ async fn first_hand_outs_at_once_repeats_summarised_and_every_count_adds_up() {
             .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let lines = capture.audit_lines();
+    let lines = audit_lines(&capture);
     assert!(
         lines.iter().any(|l| l.contains("again")
             && l.contains("peer=127.0.0.2")
@@ -258,7 +232,7 @@ async fn first_hand_outs_at_once_repeats_summarised_and_every_count_adds_up() {
     let handed_out = ok_calls(&h);
     assert_eq!(handed_out, 50 + 5 + 20 + 1 + 1 + 3 + 7);
     let h = h.stop_and_keep().await;
-    let lines = capture.audit_lines();
+    let lines = audit_lines(&capture);
     let total: u64 = lines.iter().map(|l| counted(l)).sum();
     assert_eq!(total, handed_out, "{lines:#?}");
     // Per caller too.

@@ -21,6 +21,8 @@ fn spawn(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
         .args(args)
         .env_remove("TOKENBROKER_CONFIG")
         .env("RUST_LOG", "info")
+        // The sandbox's published demo secret, for configs that name it.
+        .env("DEMO_SECRET", "demo-secret")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -238,28 +240,12 @@ async fn every_call_logs_one_audit_line_per_hand_out_and_none_is_lost() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "--config",
-            path.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .env("DEMO_SECRET", "demo-secret")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (child, rx) = spawn(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
     let lines = read_until(&rx, "tokenbroker listening");
     // Many lines at once: none is dropped, and all are written before the process exits.
     org_tokens(&listening_addr(&lines), 3_000).await;

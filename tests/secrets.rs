@@ -4,43 +4,17 @@
 
 mod common;
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
-use common::{Harness, acme_toml, sandbox_config, with_key};
+use common::{Capture, Harness, acme_toml, sandbox_config, with_key};
 use tokenbroker::{
     auth::api_key_hash,
     proto::{GetOrgTokenRequest, GetUserTokenRequest, RefreshRequest, WatchTokensRequest},
     sandbox::{Fault, FaultRule, MalformedBody, Target},
 };
 use tonic::{Request, Status};
-use tracing_subscriber::fmt::MakeWriter;
 
 const KEY: &str = "audit-key-42bd";
-
-/// Everything logged, in memory.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_logged_or_answered_holds_a_secret() {
@@ -188,7 +162,7 @@ async fn nothing_logged_or_answered_holds_a_secret() {
     );
     secrets.push(h.sandbox.config().orgs[0].client_secret.clone());
     secrets.push(KEY.to_owned());
-    let logged = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logged = capture.text();
     assert!(logged.len() > 10_000, "the run logged at every level");
     let answered: String = answers.iter().map(|s| format!("{s:?}\n")).collect();
     for secret in &secrets {

@@ -191,11 +191,11 @@ impl Stream for WatchResponses {
         }
         match &polled {
             Poll::Ready(Some(WatchEvent::Initial(key, token))) => {
-                crate::audit::stream_initial(&self.audit.caller, key, token)
+                crate::audit::streamed(&self.audit.caller, key, token, 1)
             }
             Poll::Ready(Some(WatchEvent::Token(key, token))) => {
                 if let Some(streams) = self.audit.first_to_send(key, token.generation) {
-                    crate::audit::stream_rotation(&self.audit.caller, key, token, streams);
+                    crate::audit::streamed(&self.audit.caller, key, token, streams);
                 }
             }
             _ => {}

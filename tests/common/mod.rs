@@ -2,7 +2,13 @@
 //! check at the end of every test that the sandbox saw no refresh token or code used twice.
 #![allow(dead_code)]
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{
+    io::Write,
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tokenbroker::{
     broker::Broker,
@@ -12,6 +18,7 @@ use tokenbroker::{
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
+use tracing_subscriber::fmt::MakeWriter;
 
 pub const SECRET_ENV: &str = "ACME_SECRET";
 
@@ -228,5 +235,34 @@ impl Drop for Harness {
             stats.code_reuse, 0,
             "an authorization code was presented twice: {stats:?}"
         );
+    }
+}
+
+/// Everything logged, in memory: install it with `with_writer` as the global subscriber's
+/// writer, then read what the run logged.
+#[derive(Clone, Default)]
+pub struct Capture(pub Arc<Mutex<Vec<u8>>>);
+
+impl Capture {
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Capture {
+        self.clone()
     }
 }
