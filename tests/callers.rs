@@ -6,7 +6,6 @@ mod common;
 use std::{os::unix::fs::MetadataExt, path::Path};
 
 use common::{Harness, acme_toml, sandbox_config, with_key};
-use futures::future::join_all;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
 use tokenbroker::{
     Listener,
@@ -157,21 +156,7 @@ async fn waiting_callers_beyond_the_limit_are_resource_exhausted_cached_ones_nev
         Fault::Latency { millis: 500 },
         Target::Any,
     ));
-    let user_calls = |users: std::ops::RangeInclusive<usize>| {
-        join_all(users.map(|i| {
-            let mut c = h.client.clone();
-            let user = h.user(i).person_id;
-            async move {
-                c.get_user_token(GetUserTokenRequest {
-                    org: "acme".into(),
-                    user_id: user,
-                    ..Default::default()
-                })
-                .await
-            }
-        }))
-    };
-    let results = user_calls(1..=6).await;
+    let results = h.user_tokens((1..=6).map(|i| h.user(i).person_id)).await;
     let exhausted: Vec<_> = results
         .iter()
         .filter_map(|r| r.as_ref().err())
@@ -189,20 +174,10 @@ async fn waiting_callers_beyond_the_limit_are_resource_exhausted_cached_ones_nev
     // The two held users, 200 callers at once: all answered from the cache.
     h.sandbox.clear_faults();
     let held: Vec<usize> = (1..=6).filter(|&i| results[i - 1].is_ok()).collect();
-    let cached = join_all((0..200).map(|n| {
-        let mut c = h.client.clone();
-        let user = h.user(held[n % held.len()]).person_id;
-        async move {
-            c.get_user_token(GetUserTokenRequest {
-                org: "acme".into(),
-                user_id: user,
-                ..Default::default()
-            })
-            .await
-        }
-    }))
-    .await;
-    assert!(cached.iter().all(Result::is_ok), "{cached:?}");
+    let cached = h
+        .user_tokens((0..200).map(|n| h.user(held[n % held.len()]).person_id))
+        .await;
+    common::assert_all_ok(&cached);
 }
 
 #[tokio::test]

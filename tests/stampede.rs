@@ -55,13 +55,7 @@ async fn ten_thousand_callers_of_a_cold_org_token_cost_one_request() {
         }
     });
     let answers = join_all(calls).await;
-    let failed: Vec<_> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of 10000 failed, e.g. {:?}",
-        failed.len(),
-        failed.first()
-    );
+    common::assert_all_ok(&answers);
     let first = answers[0].as_ref().ok().cloned().flatten();
     assert!(first.is_some());
     assert!(answers.iter().all(|a| a.as_ref().ok() == Some(&first)));
@@ -94,13 +88,7 @@ async fn a_thousand_cold_users_times_ten_callers_cost_a_grant_and_an_exchange_ea
         }
     });
     let answers = join_all(calls).await;
-    let failed: Vec<_> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of 10000 failed, e.g. {:?}",
-        failed.len(),
-        failed.first()
-    );
+    common::assert_all_ok(&answers);
     assert!(answers.iter().all(|a| {
         a.as_ref()
             .is_ok_and(|(user, got)| got.as_deref() == Some(user.as_str()))
@@ -135,18 +123,7 @@ async fn user_fetches_past_the_flight_limit_wait_their_turn() {
         Fault::Latency { millis: 100 },
         Target::Any,
     ));
-    let calls = join_all((1..=12).map(|i| {
-        let mut c = h.client.clone();
-        let user = h.user(i).person_id;
-        async move {
-            c.get_user_token(GetUserTokenRequest {
-                org: "acme".into(),
-                user_id: user,
-                ..Default::default()
-            })
-            .await
-        }
-    }));
+    let calls = h.user_tokens((1..=12).map(|i| h.user(i).person_id));
     let broker = h.broker.clone();
     let sample = async move {
         let (mut most_flights, mut most_waiting) = (0, 0);
@@ -162,7 +139,7 @@ async fn user_fetches_past_the_flight_limit_wait_their_turn() {
         (most_flights, most_waiting)
     };
     let (answers, (most_flights, most_waiting)) = tokio::join!(calls, sample);
-    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    common::assert_all_ok(&answers);
     assert_eq!(most_flights, 2, "at most the limit, and the limit is used");
     assert!(
         most_waiting > 2,

@@ -43,6 +43,18 @@ pub fn lifetime(secs: u64) -> SandboxConfig {
     config
 }
 
+/// Asserts that no call in `answers` failed, naming the first failure and how many.
+pub fn assert_all_ok<T, E: std::fmt::Debug>(answers: &[Result<T, E>]) {
+    let failed: Vec<&E> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed, e.g. {:?}",
+        failed.len(),
+        answers.len(),
+        failed.first()
+    );
+}
+
 /// A request carrying `key` as `authorization: Bearer` metadata.
 pub fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -164,6 +176,26 @@ impl Harness {
         TokenServiceClient::connect(format!("http://{}", self.addr))
             .await
             .unwrap()
+    }
+
+    /// Concurrent GetUserToken calls of org `acme`, one for each of `users` (ids), each on
+    /// the harness's connection.
+    pub async fn user_tokens(
+        &self,
+        users: impl IntoIterator<Item = String>,
+    ) -> Vec<Result<tonic::Response<tokenbroker::proto::GetUserTokenResponse>, tonic::Status>> {
+        futures::future::join_all(users.into_iter().map(|user| {
+            let mut c = self.client.clone();
+            async move {
+                c.get_user_token(tokenbroker::proto::GetUserTokenRequest {
+                    org: "acme".into(),
+                    user_id: user,
+                    ..Default::default()
+                })
+                .await
+            }
+        }))
+        .await
     }
 
     /// The i-th seeded user of the sandbox's first org (1-based).
