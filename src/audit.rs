@@ -13,7 +13,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use hashbrown::{DefaultHashBuilder, HashTable};
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -73,6 +73,8 @@ pub struct Audit {
 struct Counts {
     /// Each (caller, address) pair seen, named in a count by its place here.
     audiences: Vec<Audience>,
+    /// The place of each pair, by the caller's address in memory (its `Arc` is held above).
+    places: HashMap<(usize, Option<IpAddr>), u32>,
     table: HashTable<Count>,
 }
 
@@ -101,29 +103,34 @@ struct Count {
 impl Counts {
     /// The place of the audience of `h`, added if new.
     fn audience(&mut self, h: &HandOut<'_>) -> u32 {
-        let found = self
-            .audiences
-            .iter()
-            .position(|a| Arc::ptr_eq(&a.caller, h.caller) && a.peer == h.peer);
-        let place = found.unwrap_or_else(|| {
-            self.audiences.push(Audience {
-                caller: Arc::clone(h.caller),
-                peer: h.peer,
-            });
-            self.audiences.len() - 1
-        });
-        u32::try_from(place).unwrap_or(u32::MAX)
+        let audiences = &mut self.audiences;
+        *self
+            .places
+            .entry((Arc::as_ptr(h.caller) as usize, h.peer))
+            .or_insert_with(|| {
+                audiences.push(Audience {
+                    caller: Arc::clone(h.caller),
+                    peer: h.peer,
+                });
+                // At most MAX_AUDIENCES.
+                u32::try_from(audiences.len() - 1).unwrap_or(u32::MAX)
+            })
     }
 
     /// Every summary; the counts are forgotten.
     fn take_all(&mut self) -> Vec<Summary> {
-        let Self { audiences, table } = self;
+        let Self {
+            audiences,
+            places,
+            table,
+        } = self;
         let summaries = table
             .iter_mut()
             .filter_map(|count| take_summary(audiences, count))
             .collect();
         table.clear();
         audiences.clear();
+        places.clear();
         summaries
     }
 }
@@ -236,7 +243,9 @@ impl Audit {
         let generation = u32::try_from(h.token.generation).unwrap_or(u32::MAX);
         let hash = self.hash(h.caller, h.peer, h.key);
         let mut counts = self.lock();
-        let Counts { audiences, table } = &mut *counts;
+        let Counts {
+            audiences, table, ..
+        } = &mut *counts;
         let summary = match table.find_mut(hash, |c| counts_for(audiences, c, &h)) {
             Some(count)
                 if count.generation == generation && count.fingerprint == h.token.fingerprint =>
@@ -286,7 +295,9 @@ impl Audit {
             );
         }
         let audience = counts.audience(h);
-        let Counts { audiences, table } = counts;
+        let Counts {
+            audiences, table, ..
+        } = counts;
         table.insert_unique(
             hash,
             Count {
@@ -317,7 +328,9 @@ impl Audit {
                         u32::try_from(self.policy.summary_interval.as_secs()).unwrap_or(u32::MAX);
                     let idle_before = self.now_s().saturating_sub(interval);
                     let mut summaries = Vec::new();
-                    let Counts { audiences, table } = &mut *counts;
+                    let Counts {
+                        audiences, table, ..
+                    } = &mut *counts;
                     table.retain(|count| {
                         summaries.extend(take_summary(audiences, count));
                         count.last_s >= idle_before
