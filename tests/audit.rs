@@ -80,6 +80,8 @@ async fn first_hand_outs_at_once_repeats_summarised_and_every_count_adds_up() {
         api_key_hash(PAYROLL),
         api_key_hash(ERP)
     );
+    // The first summary interval ends no sooner than 2 s after this.
+    let started = std::time::Instant::now();
     let h = Harness::with(
         sandbox_config(),
         move |s| format!("{callers}\n{}", acme_toml(s)),
@@ -150,7 +152,9 @@ async fn first_hand_outs_at_once_repeats_summarised_and_every_count_adds_up() {
             .iter()
             .any(|l| l.contains("caller=\"erp\"") && field(l, "user_id") == Some(user.as_str()))
     );
-    assert!(!lines.iter().any(|l| l.contains("again")), "{lines:#?}");
+    if started.elapsed() < Duration::from_millis(1900) {
+        assert!(!lines.iter().any(|l| l.contains("again")), "{lines:#?}");
+    }
 
     // A new generation: the old one's repeats are summarised at once, before its first line.
     let current = payroll
@@ -176,29 +180,30 @@ async fn first_hand_outs_at_once_repeats_summarised_and_every_count_adds_up() {
         .unwrap();
     assert_eq!(rotated.generation, 2);
     let lines = audit_lines(&capture);
-    let summary = lines
+    let refresh_line = lines
         .iter()
-        .position(|l| {
+        .position(|l| l.contains("rpc=\"Refresh\"") && l.contains("generation=2"))
+        .expect("the Refresh hand-out, logged at once");
+    // Every repeat of generation 1 to this address is written before it (in one line, or
+    // in two if a summary interval ended meanwhile).
+    let summaries: Vec<&String> = lines[..refresh_line]
+        .iter()
+        .filter(|l| {
             l.contains("again")
                 && l.contains("peer=127.0.0.1")
                 && l.contains("generation=1")
                 && l.contains("org=acme")
                 && field(l, "user_id") == Some("")
         })
-        .unwrap_or_else(|| panic!("no summary of generation 1: {lines:#?}"));
+        .collect();
     assert_eq!(
-        field(&lines[summary], "count"),
-        Some("50"),
-        "{}",
-        lines[summary]
+        summaries.iter().map(|l| counted(l)).sum::<u64>(),
+        50,
+        "{lines:#?}"
     );
-    assert!(field(&lines[summary], "first").is_some_and(|t| t.ends_with('Z')));
-    assert!(field(&lines[summary], "last").is_some());
-    let refresh_line = lines
-        .iter()
-        .position(|l| l.contains("rpc=\"Refresh\"") && l.contains("generation=2"))
-        .expect("the Refresh hand-out, logged at once");
-    assert!(summary < refresh_line);
+    let last = summaries.last().expect("a summary of generation 1");
+    assert!(field(last, "first").is_some_and(|t| t.ends_with('Z')));
+    assert!(field(last, "last").is_some());
 
     // Every summary interval: the other address's and the user's repeats.
     for _ in 0..3 {
@@ -209,18 +214,15 @@ async fn first_hand_outs_at_once_repeats_summarised_and_every_count_adds_up() {
     }
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let lines = audit_lines(&capture);
-    assert!(
-        lines.iter().any(|l| l.contains("again")
-            && l.contains("peer=127.0.0.2")
-            && field(l, "count") == Some("4")),
-        "{lines:#?}"
-    );
-    assert!(
-        lines.iter().any(|l| l.contains("again")
-            && l.contains("caller=\"erp\"")
-            && field(l, "count") == Some("19")),
-        "{lines:#?}"
-    );
+    let repeats = |selector: &str| -> u64 {
+        lines
+            .iter()
+            .filter(|l| l.contains("again") && l.contains(selector))
+            .map(|l| counted(l))
+            .sum()
+    };
+    assert_eq!(repeats("peer=127.0.0.2"), 4, "{lines:#?}");
+    assert_eq!(repeats("caller=\"erp\""), 19, "{lines:#?}");
 
     // At shutdown: the rest. Then every count adds up to the tokens handed out.
     for _ in 0..7 {
