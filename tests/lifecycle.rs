@@ -317,6 +317,57 @@ async fn throttling_is_honoured_no_request_before_retry_after() {
     assert_eq!(h.sandbox.stats().client_credentials, 2);
 }
 
+/// A 429 on a refresh: the refresh token is spent (never presented again) and the primary
+/// grant waits out the same `Retry-After` instead of following at once.
+#[tokio::test]
+async fn a_throttled_refresh_holds_the_primary_grant_too() {
+    let h = Harness::with_extra(sandbox_config(), FAST_BACKOFF).await;
+    let first = org_token(&h).await.unwrap();
+    h.sandbox.inject(FaultRule::times(
+        Fault::RateLimit {
+            retry_after_secs: 1,
+        },
+        Target::RefreshToken,
+        1,
+    ));
+    let started = std::time::Instant::now();
+    let refresh = |stale: String| {
+        let mut c = h.client.clone();
+        async move {
+            c.refresh(tokenbroker::proto::RefreshRequest {
+                org: "acme".into(),
+                stale_access_token: stale,
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    let status = refresh(first.access_token.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("429"), "{}", status.message());
+    if started.elapsed() < Duration::from_secs(1) {
+        let stats = h.sandbox.stats();
+        assert_eq!(
+            (stats.refresh_token, stats.client_credentials),
+            (1, 1),
+            "no primary grant inside the Retry-After: {stats:?}"
+        );
+    }
+    // Once it has passed: a new token through the primary grant.
+    let renewed = eventually(|| async {
+        Ok(refresh(first.access_token.clone())
+            .await?
+            .into_inner()
+            .token
+            .unwrap())
+    })
+    .await;
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(renewed.generation, 2);
+    let stats = h.sandbox.stats();
+    assert_eq!((stats.refresh_token, stats.client_credentials), (1, 2));
+}
+
 #[tokio::test]
 async fn a_slow_platform_is_waited_for() {
     let h = Harness::with_extra(sandbox_config(), "").await;

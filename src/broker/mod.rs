@@ -761,7 +761,12 @@ impl Broker {
             .await
         {
             Ok(grant) => return Ok((grant, reason)),
-            Err(e @ UpstreamError::CredentialsRejected { .. }) => {
+            // Rejected credentials fail the primary grant too; a 429 holds every request
+            // to the platform, the primary grant's included, until its `Retry-After` (the
+            // refresh token stays spent: the next flight uses the primary grant).
+            Err(
+                e @ (UpstreamError::CredentialsRejected { .. } | UpstreamError::RateLimited { .. }),
+            ) => {
                 return Err(BrokerError::upstream(key, &e));
             }
             Err(e) => {
