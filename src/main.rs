@@ -169,6 +169,9 @@ async fn broker(config_path: Option<PathBuf>, listen: Option<Listen>) -> ExitCod
     }
 }
 
+/// How long a reload may take to read the config and its secret files.
+const RELOAD_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Re-reads the config on SIGHUP, and when the file changes (checked every 2 s). A config
 /// that does not load is refused with its reason, and the running one stays.
 async fn reload_on_change(path: PathBuf, listen: Option<Listen>, reloader: tokenbroker::Reloader) {
@@ -195,10 +198,29 @@ async fn reload_on_change(path: PathBuf, listen: Option<Listen>, reloader: token
                 "the config file changed"
             }
         };
-        let loaded = Config::load(&path).and_then(|c| match &listen {
-            Some(listen) => c.with_listen(listen.clone()),
-            None => Ok(c),
+        // Off the runtime's threads, and given up on after a while: a secret on a hung
+        // mount must not freeze the calls being served.
+        let (load_path, load_listen) = (path.clone(), listen.clone());
+        let load = tokio::task::spawn_blocking(move || {
+            Config::load(&load_path).and_then(|c| match load_listen {
+                Some(listen) => c.with_listen(listen),
+                None => Ok(c),
+            })
         });
+        let loaded = match tokio::time::timeout(RELOAD_READ_TIMEOUT, load).await {
+            Ok(Ok(loaded)) => loaded,
+            Ok(Err(e)) => Err(tokenbroker::config::ConfigError {
+                key: String::new(),
+                message: format!("reading the config failed: {e}"),
+            }),
+            Err(_) => Err(tokenbroker::config::ConfigError {
+                key: String::new(),
+                message: format!(
+                    "reading the config or its secret files took over {}s (a hung mount?)",
+                    RELOAD_READ_TIMEOUT.as_secs()
+                ),
+            }),
+        };
         match loaded {
             Ok(config) => {
                 info!(reason = why, "reloading the config");

@@ -482,6 +482,36 @@ async fn sighup_and_a_changed_file_reload_the_config_and_a_bad_one_is_refused() 
         "the running config stays"
     );
 
+    // A secret path that is a FIFO (opening it would block forever): refused, nothing
+    // freezes, the running config stays.
+    let fifo = dir.path().join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::write(
+        &path,
+        format!(
+            "{}
+{}",
+            org_toml("acme"),
+            org_toml("globex")
+        )
+        .replacen(
+            "client_secret_file = \"secret\"",
+            "client_secret_file = \"fifo\"",
+            1,
+        ),
+    )
+    .unwrap();
+    hup(&child);
+    let refused = wait_for("config reload refused");
+    assert!(refused.contains("not a regular file"), "{refused}");
+    assert!(c.get_org_token(ask("globex")).await.is_ok());
+
     // Without a signal: the file's change is noticed.
     std::fs::write(&path, org_toml("acme")).unwrap();
     wait_for("config reloaded");

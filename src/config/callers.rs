@@ -162,14 +162,13 @@ pub struct TlsFiles {
 }
 
 pub(super) fn tls(raw: RawTls, base: &Path) -> Result<TlsFiles, ConfigError> {
+    // Certificate chains and keys are kilobytes; a megabyte is far beyond any.
     let read = |field: &str, path: &str| {
-        let path = base.join(path);
-        std::fs::read_to_string(&path).map_err(|e| {
-            error(
-                format!("server.tls.{field}"),
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })
+        super::read_small_file(
+            &format!("server.tls.{field}"),
+            &base.join(path),
+            1024 * 1024,
+        )
     };
     let cert_pem = read("cert_file", &raw.cert_file)?;
     if !cert_pem.contains("-----BEGIN CERTIFICATE-----") {

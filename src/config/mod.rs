@@ -886,18 +886,46 @@ fn read_secret(
                 ),
             )
         })?,
-        (None, Some(path)) => {
-            let path = base.join(path);
-            std::fs::read_to_string(&path)
-                .map_err(|e| error(key, format!("cannot read {}: {e}", path.display())))?
-        }
+        (None, Some(path)) => read_small_file(key, &base.join(path), MAX_SECRET_FILE_BYTES)?,
         (None, None) => return Err(error(key, "is not set")),
     };
     let value = value.trim().to_owned();
     if value.is_empty() {
         return Err(error(key, "the secret is empty"));
     }
+    if value.chars().any(char::is_control) {
+        return Err(error(
+            key,
+            "the secret holds control characters (a NUL byte, a line break inside it...); write it on one line",
+        ));
+    }
     Ok(value)
+}
+
+/// The largest secret file read (a client secret, a token or an API key is far smaller).
+pub(crate) const MAX_SECRET_FILE_BYTES: u64 = 16 * 1024;
+
+/// Reads the regular file (or symlink to one) at `path`, of at most `max` bytes, as text.
+/// Anything else is refused before it is opened: a FIFO or a device would block or never
+/// end, and a huge file would be read into memory whole.
+pub(crate) fn read_small_file(key: &str, path: &Path, max: u64) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let cannot = |why: String| error(key, format!("cannot read {}: {why}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| cannot(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(cannot("not a regular file".into()));
+    }
+    if meta.len() > max {
+        return Err(cannot(format!("{} bytes; the limit is {max}", meta.len())));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(max + 1).read_to_string(&mut text))
+        .map_err(|e| cannot(e.to_string()))?;
+    if text.len() as u64 > max {
+        return Err(cannot(format!("more than {max} bytes")));
+    }
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -1101,6 +1129,52 @@ mod tests {
                 .unwrap_err()
                 .message
                 .starts_with("invalid TOML")
+        );
+    }
+
+    /// Secret files are regular files of a few KiB holding one line: a FIFO (which would
+    /// block the reader), a 1 GB sparse file, NUL bytes are refused before anything is
+    /// held, naming the key and the file.
+    #[test]
+    fn secret_files_must_be_small_regular_files_of_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = |file: &str| {
+            format!("[orgs.a]\nenvironment='sandbox'\nclient_id='x'\nclient_secret_file='{file}'")
+        };
+        let refused = |file: &str| Config::parse(&config(file), &env, dir.path()).unwrap_err();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let e = refused("fifo");
+        assert_eq!(e.key, "orgs.a.client_secret_file");
+        assert!(
+            e.message.contains("not a regular file") && e.message.contains("fifo"),
+            "{e}"
+        );
+        let huge = std::fs::File::create(dir.path().join("huge")).unwrap();
+        huge.set_len(1 << 30).unwrap();
+        let e = refused("huge");
+        assert!(
+            e.message.contains("1073741824 bytes; the limit is 16384"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("nul"), b"abc\0def\n").unwrap();
+        assert!(refused("nul").message.contains("control characters"));
+        std::fs::write(dir.path().join("two"), "abc\ndef\n").unwrap();
+        assert!(refused("two").message.contains("control characters"));
+        std::fs::write(dir.path().join("good"), "s3cret\n").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("good"), dir.path().join("link")).unwrap();
+        let c = Config::parse(&config("link"), &env, dir.path()).unwrap();
+        let Credentials::Client { secrets, .. } = &c.orgs[0].credentials else {
+            panic!()
+        };
+        assert_eq!(
+            secrets[0].expose(),
+            "s3cret",
+            "a symlink to a regular file is read"
         );
     }
 
