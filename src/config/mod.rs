@@ -240,6 +240,8 @@ struct RawServer {
 struct RawMetrics {
     /// `IP:PORT` of the Prometheus `/metrics` listener. Unset: no metrics listener.
     listen: Option<String>,
+    /// Serve metrics on an address other machines reach. Default false.
+    allow_public: Option<bool>,
 }
 
 /// `[watch]`
@@ -399,7 +401,7 @@ impl Config {
             .collect::<Result<_, _>>()?;
         let callers = callers::callers(raw.callers, &org_names)?;
         let tls = raw.server.tls.map(|t| callers::tls(t, base)).transpose()?;
-        let metrics_listen = raw
+        let metrics_listen: Option<std::net::SocketAddr> = raw
             .metrics
             .listen
             .as_deref()
@@ -412,6 +414,17 @@ impl Config {
                 })
             })
             .transpose()?;
+        if let Some(addr) = metrics_listen
+            && !addr.ip().is_loopback()
+            && !raw.metrics.allow_public.unwrap_or(false)
+        {
+            return Err(error(
+                "metrics.listen",
+                format!(
+                    "{addr} is reachable from other machines, and the metrics name orgs and callers; listen on loopback (e.g. \"127.0.0.1:9090\"), or set metrics.allow_public = true"
+                ),
+            ));
+        }
         let max_request_bytes = raw.server.max_request_bytes.unwrap_or(64 * 1024);
         if !(1024..=16 * 1024 * 1024).contains(&max_request_bytes) {
             return Err(error(
@@ -1115,6 +1128,17 @@ mod tests {
             );
             assert_eq!(parse(&text).unwrap_err().key, key, "{text}");
         }
+    }
+
+    #[test]
+    fn a_public_metrics_listener_must_be_allowed() {
+        let with =
+            |metrics: &str| parse(&GOOD.replace("[server]", &format!("{metrics}\n[server]")));
+        let e = with("[metrics]\nlisten = '0.0.0.0:9090'").unwrap_err();
+        assert_eq!(e.key, "metrics.listen");
+        assert!(e.message.contains("metrics.allow_public"), "{e}");
+        assert!(with("[metrics]\nlisten = '0.0.0.0:9090'\nallow_public = true").is_ok());
+        assert!(with("[metrics]\nlisten = '127.0.0.1:9090'").is_ok());
     }
 
     #[test]
