@@ -128,6 +128,44 @@ async fn policy_denies_what_a_caller_was_not_given_and_names_it() {
     );
 }
 
+/// An unknown or missing org is answered with the orgs this caller may use, never the
+/// names of others'.
+#[tokio::test]
+async fn org_errors_list_only_the_callers_own_orgs() {
+    let h = Harness::with(
+        sandbox_config(),
+        |s| {
+            format!(
+                "{}\n{}[orgs.globex]\ntoken_url = \"{}\"\nauthorization_grant_url = \"{}\"\nclient_id = \"acme-client\"\nclient_secret_env = \"ACME_SECRET\"\n",
+                callers_toml(""),
+                acme_toml(s),
+                s.token_url(),
+                s.authorization_grant_url()
+            )
+        },
+        |_| None,
+    )
+    .await;
+    let mut c = h.client.clone();
+    for name in ["nope", ""] {
+        let status = c
+            .get_org_token(with_key(
+                GetOrgTokenRequest {
+                    org: name.into(),
+                    ..Default::default()
+                },
+                KEY,
+            ))
+            .await
+            .unwrap_err();
+        let message = status.message();
+        assert!(
+            message.contains("acme") && !message.contains("globex"),
+            "{name:?}: {message}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_caller_over_its_rate_limit_is_resource_exhausted() {
     let h = start(callers_toml(

@@ -329,9 +329,14 @@ impl Broker {
     }
 
     /// The configured org `name` refers to (the only org, when `name` is empty), found
-    /// once for a call's checks and its cache lookup.
-    pub fn find_org(&self, name: &str) -> Result<OrgRef, BrokerError> {
-        self.org(name).map(OrgRef)
+    /// once for a call's checks and its cache lookup. An error lists the orgs for which
+    /// `visible` is true (those the caller may use), never the others.
+    pub fn find_org(
+        &self,
+        name: &str,
+        visible: &dyn Fn(&str) -> bool,
+    ) -> Result<OrgRef, BrokerError> {
+        self.org_listing(name, visible).map(OrgRef)
     }
 
     /// The metrics the broker updates.
@@ -497,6 +502,15 @@ impl Broker {
     }
 
     fn org(&self, name: &str) -> Result<Arc<Org>, BrokerError> {
+        self.org_listing(name, &|_| true)
+    }
+
+    /// [`Broker::org`], its errors listing only the orgs `visible` lets through.
+    fn org_listing(
+        &self,
+        name: &str,
+        visible: &dyn Fn(&str) -> bool,
+    ) -> Result<Arc<Org>, BrokerError> {
         let orgs = self.inner.orgs.read().unwrap_or_else(|p| p.into_inner());
         if name.is_empty()
             && orgs.len() == 1
@@ -508,19 +522,27 @@ impl Broker {
             return Ok(Arc::clone(org));
         }
         drop(orgs);
+        let listed = || {
+            let names: Vec<String> = self
+                .org_names()
+                .into_iter()
+                .filter(|n| visible(n))
+                .collect();
+            names.join(", ")
+        };
         if name.is_empty() {
             return Err(BrokerError::InvalidArgument {
                 field: "org",
                 problem: format!(
                     "is required when several orgs are configured ({})",
-                    self.org_names().join(", ")
+                    listed()
                 ),
             });
         }
         check_id("org", name)?;
         Err(BrokerError::UnknownOrg {
             org: name.to_owned(),
-            known: self.org_names().join(", "),
+            known: listed(),
         })
     }
 

@@ -172,7 +172,9 @@ impl TokenServiceImpl {
         permission: Permission,
         org: &str,
     ) -> Result<OrgRef, Status> {
-        let org = self.broker.find_org(org)?;
+        // Errors name only the orgs this caller may use for this RPC.
+        let may_use = |name: &str| admitted.authorize(permission, name).is_ok();
+        let org = self.broker.find_org(org, &may_use)?;
         admitted.authorize(permission, org.name())?;
         Ok(org)
     }
