@@ -368,6 +368,33 @@ async fn a_throttled_refresh_holds_the_primary_grant_too() {
     assert_eq!((stats.refresh_token, stats.client_credentials), (1, 2));
 }
 
+/// In a token's last tenth of life a caller waits on its renewal; when the platform hangs
+/// and the caller's deadline comes first, it gets the still valid token, not an error.
+#[tokio::test]
+async fn a_caller_whose_deadline_comes_during_a_renewal_gets_the_still_valid_token() {
+    let h = Harness::with_extra(lifetime(10), "").await;
+    let token = org_token(&h).await.unwrap();
+    h.sandbox
+        .inject(FaultRule::always(Fault::Hang, Target::Token));
+    // Past the point where it is handed out without a renewal (9 s of 10), still valid.
+    while seconds_left(&token) > 0.7 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut request = tonic::Request::new(org_request(None));
+    request.set_timeout(Duration::from_millis(300));
+    let got = h
+        .client
+        .clone()
+        .get_org_token(request)
+        .await
+        .expect("the still valid token, not UNAVAILABLE")
+        .into_inner()
+        .token
+        .unwrap();
+    assert_eq!(got.access_token, token.access_token);
+    assert!(seconds_left(&got) > 0.0);
+}
+
 #[tokio::test]
 async fn a_slow_platform_is_waited_for() {
     let h = Harness::with_extra(sandbox_config(), "").await;

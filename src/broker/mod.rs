@@ -414,6 +414,30 @@ impl Broker {
         }))
     }
 
+    /// The key's token if it is still valid (though past the point where it is handed out
+    /// without renewing first) and meets `min_valid_for`: what a caller whose deadline
+    /// comes while it waits on the renewal gets rather than an error.
+    pub fn still_valid(
+        &self,
+        org: &OrgRef,
+        user: Option<&str>,
+        min_valid_for: Option<Duration>,
+    ) -> Option<Served> {
+        let slot = match user {
+            None => Arc::clone(&org.0.slot),
+            Some(user) => org.0.user_slot_if_held(user)?,
+        };
+        let now = Instant::now();
+        let token = slot
+            .current()
+            .filter(|t| t.is_valid(now) && meets(t, now, min_valid_for))?;
+        self.inner.stats.served_stale();
+        Some(Served {
+            token,
+            key: KeyRef(slot),
+        })
+    }
+
     /// The org's token: from cache while usable, else fetched (one flight however many ask).
     /// With `min_valid_for`, the token returned stays valid at least that long.
     pub async fn org_token(

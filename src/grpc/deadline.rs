@@ -44,16 +44,29 @@ pub async fn within<T>(
     deadline: Option<Duration>,
     call: impl Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
+    within_or(deadline, call, || None).await
+}
+
+/// [`within`], but when the deadline comes first, `fallback`'s answer if it has one (the
+/// still valid token a caller waiting on its renewal may have).
+pub async fn within_or<T>(
+    deadline: Option<Duration>,
+    call: impl Future<Output = Result<T, Status>>,
+    fallback: impl FnOnce() -> Option<T>,
+) -> Result<T, Status> {
     let Some(deadline) = deadline else {
         return call.await;
     };
     let budget = deadline.saturating_sub((deadline / 10).min(ANSWER_MARGIN));
-    tokio::time::timeout(budget, call).await.unwrap_or_else(|_| {
-        Err(Status::unavailable(format!(
-            "no token within the call's deadline ({} ms): the platform is slow or unreachable; the broker keeps trying, so retry shortly",
-            deadline.as_millis()
-        )))
-    })
+    match tokio::time::timeout(budget, call).await {
+        Ok(answer) => answer,
+        Err(_) => fallback().ok_or_else(|| {
+            Status::unavailable(format!(
+                "no token within the call's deadline ({} ms): the platform is slow or unreachable; the broker keeps trying, so retry shortly",
+                deadline.as_millis()
+            ))
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -84,5 +97,11 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert_eq!(start.elapsed(), Duration::from_millis(950));
         assert!(within(None, async { Ok::<_, Status>(7) }).await.is_ok());
+        let slow = async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok::<_, Status>(1)
+        };
+        let held = within_or(Some(Duration::from_secs(1)), slow, || Some(2)).await;
+        assert_eq!(held.ok(), Some(2), "the fallback answers at the deadline");
     }
 }

@@ -203,9 +203,11 @@ impl TokenServiceImpl {
             Some(served) => served,
             // The caller's deadline matters only to a call that waits.
             None => {
-                Box::pin(deadline::within(deadline::of(&metadata), async {
-                    Ok(self.broker.org_token(org.name(), min_valid_for).await?)
-                }))
+                Box::pin(deadline::within_or(
+                    deadline::of(&metadata),
+                    async { Ok(self.broker.org_token(org.name(), min_valid_for).await?) },
+                    || self.broker.still_valid(&org, None, min_valid_for),
+                ))
                 .await?
             }
         };
@@ -229,12 +231,19 @@ impl TokenServiceImpl {
         let served = match cached {
             Some(served) => served,
             None => {
-                Box::pin(deadline::within(deadline::of(&metadata), async {
-                    Ok(self
-                        .broker
-                        .user_token(org.name(), &r.user_id, min_valid_for)
-                        .await?)
-                }))
+                Box::pin(deadline::within_or(
+                    deadline::of(&metadata),
+                    async {
+                        Ok(self
+                            .broker
+                            .user_token(org.name(), &r.user_id, min_valid_for)
+                            .await?)
+                    },
+                    || {
+                        self.broker
+                            .still_valid(&org, Some(&r.user_id), min_valid_for)
+                    },
+                ))
                 .await?
             }
         };
