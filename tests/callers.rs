@@ -441,6 +441,18 @@ async fn a_unix_socket_names_the_caller_by_its_uid() {
         let result = unix_client(&path).await.get_org_token(org()).await;
         if allowed_uid == uid {
             assert_eq!(result.unwrap().into_inner().token.unwrap().org, "acme");
+            // A malformed credential is refused, not passed over for the uid.
+            let mut basic = Request::new(org());
+            basic
+                .metadata_mut()
+                .insert("authorization", "Basic dXNlcjpwdw==".parse().unwrap());
+            let status = unix_client(&path)
+                .await
+                .get_org_token(basic)
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), Code::Unauthenticated);
+            assert!(status.message().contains("Bearer"), "{}", status.message());
         } else {
             let status = result.unwrap_err();
             assert_eq!(status.code(), Code::Unauthenticated);

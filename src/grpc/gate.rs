@@ -43,7 +43,15 @@ impl Gate {
         let caller = if callers.is_open() {
             callers.authenticate(&Presented::default())?
         } else {
-            callers.authenticate(&presented(request))?
+            let presented = presented(request);
+            // A credential sent but unreadable is refused, never passed over for another
+            // (the connection's uid or certificate).
+            if presented.api_key.is_none() && request.metadata().contains_key(&*AUTHORIZATION) {
+                return Err(Status::unauthenticated(
+                    "the authorization metadata must be \"Bearer <API key>\"",
+                ));
+            }
+            callers.authenticate(&presented)?
         };
         drop(callers);
         caller.admit()?;
