@@ -98,7 +98,9 @@ pub enum Listener {
 }
 
 impl Listener {
-    /// Binds `listen`. A Unix socket file left by an earlier run is replaced.
+    /// Binds `listen`. A Unix socket file left by an earlier run is replaced, but only when
+    /// no one answers on it: a second broker on the same path is refused (`AddrInUse`)
+    /// rather than taking the path from a live one.
     pub async fn bind(listen: &Listen) -> std::io::Result<Self> {
         match listen {
             Listen::Tcp(addr) => Ok(Self::Tcp(TcpListener::bind(addr).await?)),
@@ -107,6 +109,12 @@ impl Listener {
                     use std::os::unix::fs::FileTypeExt;
                     m.file_type().is_socket()
                 }) {
+                    if tokio::net::UnixStream::connect(path).await.is_ok() {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::AddrInUse,
+                            format!("a process is listening on {} already", path.display()),
+                        ));
+                    }
                     std::fs::remove_file(path)?;
                 }
                 Ok(Self::Unix(UnixListener::bind(path)?))

@@ -465,6 +465,26 @@ async fn a_unix_socket_names_the_caller_by_its_uid() {
     }
 }
 
+/// A Unix socket path a live process listens on is refused; a stale socket file (no one
+/// listening) is replaced.
+#[tokio::test]
+async fn a_live_unix_socket_is_never_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.sock");
+    let listen = Listen::Unix(path.clone());
+    let live = Listener::bind(&listen).await.unwrap();
+    let Err(e) = Listener::bind(&listen).await else {
+        panic!("a second listener took the live socket");
+    };
+    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+    drop(live);
+    assert!(path.exists(), "the socket file stays behind");
+    assert!(
+        Listener::bind(&listen).await.is_ok(),
+        "a stale one is replaced"
+    );
+}
+
 #[test]
 fn without_callers_only_local_listeners_are_allowed() {
     let org =
