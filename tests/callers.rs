@@ -38,6 +38,24 @@ async fn start(toml: String) -> Harness {
     .await
 }
 
+/// The payroll caller (org `acme` only) and a second org, `other`, it may not use.
+async fn with_org_other() -> Harness {
+    Harness::with(
+        sandbox_config(),
+        |s| {
+            format!(
+                "{}\n{}\n[orgs.other]\ntoken_url = \"{}\"\nauthorization_grant_url = \"{}\"\nclient_id = \"acme-client\"\nclient_secret_env = \"ACME_SECRET\"\n",
+                callers_toml(""),
+                acme_toml(s),
+                s.token_url(),
+                s.authorization_grant_url()
+            )
+        },
+        |_| None,
+    )
+    .await
+}
+
 fn org() -> GetOrgTokenRequest {
     GetOrgTokenRequest {
         org: "acme".into(),
@@ -83,20 +101,7 @@ async fn an_api_key_names_the_caller_and_anything_else_is_unauthenticated() {
 
 #[tokio::test]
 async fn policy_denies_what_a_caller_was_not_given_and_names_it() {
-    let h = Harness::with(
-        sandbox_config(),
-        |s| {
-            format!(
-                "{}\n{}\n[orgs.other]\ntoken_url = \"{}\"\nauthorization_grant_url = \"{}\"\nclient_id = \"acme-client\"\nclient_secret_env = \"ACME_SECRET\"\n",
-                callers_toml(""),
-                acme_toml(s),
-                s.token_url(),
-                s.authorization_grant_url()
-            )
-        },
-        |_| None,
-    )
-    .await;
+    let h = with_org_other().await;
     let mut c = h.client.clone();
     let user = GetUserTokenRequest {
         org: "acme".into(),
@@ -132,20 +137,7 @@ async fn policy_denies_what_a_caller_was_not_given_and_names_it() {
 /// names of others'.
 #[tokio::test]
 async fn org_errors_list_only_the_callers_own_orgs() {
-    let h = Harness::with(
-        sandbox_config(),
-        |s| {
-            format!(
-                "{}\n{}[orgs.globex]\ntoken_url = \"{}\"\nauthorization_grant_url = \"{}\"\nclient_id = \"acme-client\"\nclient_secret_env = \"ACME_SECRET\"\n",
-                callers_toml(""),
-                acme_toml(s),
-                s.token_url(),
-                s.authorization_grant_url()
-            )
-        },
-        |_| None,
-    )
-    .await;
+    let h = with_org_other().await;
     let mut c = h.client.clone();
     for name in ["nope", ""] {
         let status = c
@@ -160,7 +152,7 @@ async fn org_errors_list_only_the_callers_own_orgs() {
             .unwrap_err();
         let message = status.message();
         assert!(
-            message.contains("acme") && !message.contains("globex"),
+            message.contains("acme") && !message.contains("other"),
             "{name:?}: {message}"
         );
     }

@@ -393,7 +393,7 @@ impl Broker {
     ) -> Option<Served> {
         let slot = &org.0.slot;
         self.hit(slot, min_valid_for)
-            .map(|token| served(slot, token))
+            .map(|token| served(Arc::clone(slot), token))
     }
 
     /// A user's token if the cache holds one that may be handed out now, without waiting:
@@ -407,10 +407,7 @@ impl Broker {
         check_id("user_id", user)?;
         Ok(org.0.user_slot_if_held(user).and_then(|slot| {
             let token = self.hit(&slot, min_valid_for)?;
-            Some(Served {
-                token,
-                key: KeyRef(slot),
-            })
+            Some(served(slot, token))
         }))
     }
 
@@ -432,10 +429,7 @@ impl Broker {
             .current()
             .filter(|t| t.is_valid(now) && meets(t, now, min_valid_for))?;
         self.inner.stats.served_stale();
-        Some(Served {
-            token,
-            key: KeyRef(slot),
-        })
+        Some(served(slot, token))
     }
 
     /// The org's token: from cache while usable, else fetched (one flight however many ask).
@@ -447,7 +441,7 @@ impl Broker {
     ) -> Result<Served, BrokerError> {
         let org = self.org(org)?;
         let token = self.serve(&org, &org.slot, min_valid_for).await?;
-        Ok(served(&org.slot, token))
+        Ok(served(Arc::clone(&org.slot), token))
     }
 
     /// A token acting as `user` (a person id or ExternalSourceID) of `org`.
@@ -461,10 +455,7 @@ impl Broker {
         check_id("user_id", user)?;
         let slot = self.user_slot(&org, user);
         let token = self.serve(&org, &slot, min_valid_for).await?;
-        Ok(Served {
-            token,
-            key: KeyRef(slot),
-        })
+        Ok(served(slot, token))
     }
 
     /// Rotates the org token (`user` `None`) or a user's token and returns the new one.
@@ -494,10 +485,7 @@ impl Broker {
         slot.touch(Instant::now());
         let _waiting = self.inner.waiting.enter()?;
         let token = self.token(&org, &slot, Want::Rotation { stale }).await?;
-        Ok(Served {
-            token,
-            key: KeyRef(slot),
-        })
+        Ok(served(slot, token))
     }
 
     /// The events of the org token (`users` empty) or of each user's token: first each
@@ -918,10 +906,10 @@ impl Broker {
 }
 
 /// `token`, served from `slot`.
-fn served(slot: &Arc<Slot>, token: SharedToken) -> Served {
+fn served(slot: Arc<Slot>, token: SharedToken) -> Served {
     Served {
         token,
-        key: KeyRef(Arc::clone(slot)),
+        key: KeyRef(slot),
     }
 }
 
