@@ -109,13 +109,20 @@ impl Listener {
                     use std::os::unix::fs::FileTypeExt;
                     m.file_type().is_socket()
                 }) {
-                    if tokio::net::UnixStream::connect(path).await.is_ok() {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::AddrInUse,
-                            format!("a process is listening on {} already", path.display()),
-                        ));
+                    // Only a refused connection says no one listens; a full backlog
+                    // (`WouldBlock`) or anything else is not proof of a stale file.
+                    match tokio::net::UnixStream::connect(path).await {
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                            std::fs::remove_file(path)?;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        _ => {
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::AddrInUse,
+                                format!("a process is listening on {} already", path.display()),
+                            ));
+                        }
                     }
-                    std::fs::remove_file(path)?;
                 }
                 Ok(Self::Unix(UnixListener::bind(path)?))
             }
