@@ -55,6 +55,9 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(tonic::transport::Error),
+    /// The server's TLS certificate or key could not be used.
+    #[error("{0}")]
+    Tls(String),
     /// A listener could not be opened.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -227,7 +230,7 @@ impl Reloader {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let old = &*running;
         let mut restart = Vec::new();
-        let checks: [(&'static str, bool); 10] = [
+        let checks: [(&'static str, bool); 11] = [
             ("server.listen", old.listen != new.listen),
             (
                 "server.tls",
@@ -254,6 +257,11 @@ impl Reloader {
             ("[renewal] and [cache]", old.cache != new.cache),
             ("[watch]", old.watch != new.watch),
             ("metrics.listen", old.metrics_listen != new.metrics_listen),
+            (
+                "server.max_connections and server.handshake_timeout",
+                (old.max_connections, old.handshake_timeout)
+                    != (new.max_connections, new.handshake_timeout),
+            ),
         ];
         for (key, changed) in checks {
             if changed {
@@ -272,6 +280,35 @@ impl Reloader {
         );
         *running = new;
         restart
+    }
+}
+
+/// The connection limit `config` sets, or three quarters of the open-file limit; logged,
+/// with a warning when the setting leaves too few descriptors for the rest.
+fn connection_limits(config: &Config) -> grpc::ConnectionLimits {
+    let open_files = grpc::open_file_limit();
+    let max_connections = config
+        .max_connections
+        .unwrap_or_else(|| grpc::default_max_connections(open_files));
+    let open_files_text = open_files.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
+    tracing::info!(
+        max_connections,
+        open_file_limit = %open_files_text,
+        handshake_timeout = ?config.handshake_timeout,
+        "connection limits"
+    );
+    if let Some(limit) = open_files
+        && max_connections as u64 + 32 > limit
+    {
+        tracing::warn!(
+            max_connections,
+            open_file_limit = limit,
+            "server.max_connections leaves fewer than 32 of the open-file limit for the platform's connections and files; at the limit, accepts back off"
+        );
+    }
+    grpc::ConnectionLimits {
+        max_connections,
+        handshake_timeout: config.handshake_timeout,
     }
 }
 
@@ -312,6 +349,7 @@ async fn serve(
         max_concurrent_streams: u32::try_from(config.watch.max_streams_per_connection + 256)
             .unwrap_or(u32::MAX),
         max_request_bytes: config.max_request_bytes,
+        connections: connection_limits(&config),
         tls: config.tls.clone(),
     };
     if let Some(addr) = config.metrics_listen {

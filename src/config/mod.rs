@@ -57,6 +57,8 @@ impl Default for WatchLimits {
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// The default wait for a ping's answer.
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default time a new connection has to finish TLS and send the HTTP/2 preface.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A validated configuration, ready to run.
 #[derive(Debug, Clone)]
@@ -84,6 +86,12 @@ pub struct Config {
     pub keepalive_interval: Duration,
     /// A connection whose ping is not answered within this is closed (`server.keepalive_timeout`).
     pub keepalive_timeout: Duration,
+    /// The most connections open at once (`server.max_connections`); `None`: three
+    /// quarters of the open-file limit, read at start.
+    pub max_connections: Option<usize>,
+    /// A connection must finish TLS and send the HTTP/2 preface within this
+    /// (`server.handshake_timeout`).
+    pub handshake_timeout: Duration,
     /// Bounds on WatchTokens (`[watch]`).
     pub watch: WatchLimits,
     /// Timeout of each request to the platform (`upstream.request_timeout`).
@@ -222,6 +230,11 @@ struct RawServer {
     keepalive_timeout: Option<String>,
     /// Allow a non-local listen address with no `[[callers]]`. Default false.
     allow_unauthenticated: Option<bool>,
+    /// The most connections open at once; more wait in the listen backlog. Default:
+    /// three quarters of the open-file limit.
+    max_connections: Option<usize>,
+    /// How long a new connection has to finish TLS and send the HTTP/2 preface. Default "10s".
+    handshake_timeout: Option<String>,
     /// Callers waiting on the platform at once (cache misses); more answer
     /// RESOURCE_EXHAUSTED. Default 100000.
     max_waiting_callers: Option<usize>,
@@ -349,6 +362,16 @@ impl Config {
             None => DEFAULT_KEEPALIVE_TIMEOUT,
             Some(text) => parse_duration("server.keepalive_timeout", text)?,
         };
+        let handshake_timeout = match raw.server.handshake_timeout.as_deref() {
+            None => DEFAULT_HANDSHAKE_TIMEOUT,
+            Some(text) => parse_duration("server.handshake_timeout", text)?,
+        };
+        if raw.server.max_connections == Some(0) {
+            return Err(error(
+                "server.max_connections",
+                "0 would accept no one; write at least 1, or delete the key for three quarters of the open-file limit",
+            ));
+        }
         let defaults = WatchLimits::default();
         let watch = WatchLimits {
             max_keys_per_stream: raw
@@ -444,6 +467,8 @@ impl Config {
             drain_timeout,
             keepalive_interval,
             keepalive_timeout,
+            max_connections: raw.server.max_connections,
+            handshake_timeout,
             watch,
             request_timeout,
             cache,
@@ -460,12 +485,21 @@ impl Config {
         let d = |d: Duration| format!("{:?}", humantime::format_duration(d).to_string());
         let _ = writeln!(
             out,
-            "[server]\nlisten = {:?}\ndrain_timeout = {}\nkeepalive_interval = {}\nkeepalive_timeout = {}",
+            "[server]\nlisten = {:?}\ndrain_timeout = {}\nkeepalive_interval = {}\nkeepalive_timeout = {}\nhandshake_timeout = {}",
             self.listen.to_string(),
             d(self.drain_timeout),
             d(self.keepalive_interval),
-            d(self.keepalive_timeout)
+            d(self.keepalive_timeout),
+            d(self.handshake_timeout)
         );
+        match self.max_connections {
+            Some(n) => {
+                let _ = writeln!(out, "max_connections = {n}");
+            }
+            None => out.push_str(
+                "# max_connections: three quarters of the open-file limit, read at start\n",
+            ),
+        }
         let _ = writeln!(
             out,
             "allow_unauthenticated = {}\nmax_waiting_callers = {}\nmax_request_bytes = {}",

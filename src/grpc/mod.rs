@@ -6,8 +6,10 @@ mod coalesce;
 mod convert;
 mod deadline;
 mod gate;
+mod incoming;
 mod service;
 mod status;
+mod tls;
 mod watch;
 
 /// The `tokenbroker.v1` messages and server as the broker serves them: the same bytes on
@@ -19,14 +21,11 @@ pub(crate) mod wire {
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use futures::TryStreamExt;
-use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig, server::TcpIncoming};
-
 use coalesce::Coalesced;
 use watch::ConnectionStreams;
 
 pub use gate::Gate;
+pub use incoming::{ConnectionLimits, default_max_connections, open_file_limit};
 pub use service::{ServiceOptions, TokenServiceImpl};
 
 use crate::{Listener, broker::Broker, config::TlsFiles};
@@ -46,6 +45,8 @@ pub struct ServerSettings {
     pub max_concurrent_streams: u32,
     /// The largest request message accepted.
     pub max_request_bytes: usize,
+    /// Connections open at once, and the deadline for each one's handshake.
+    pub connections: ConnectionLimits,
     /// Server TLS, and mutual TLS when it names a client CA.
     pub tls: Option<TlsFiles>,
 }
@@ -80,17 +81,12 @@ pub async fn serve(
         .http2_keepalive_interval(Some(settings.keepalive_interval))
         .http2_keepalive_timeout(Some(settings.keepalive_timeout))
         .max_concurrent_streams(Some(settings.max_concurrent_streams));
-    if let Some(tls) = &settings.tls {
-        let mut config = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&tls.cert_pem, tls.key_pem.expose()));
-        if let Some(ca) = &tls.client_ca_pem {
-            // Optional: callers may still authenticate with an API key instead.
-            config = config
-                .client_ca_root(Certificate::from_pem(ca))
-                .client_auth_optional(true);
-        }
-        builder = builder.tls_config(config).map_err(crate::Error::Serve)?;
-    }
+    let tls = settings
+        .tls
+        .as_ref()
+        .map(tls::acceptor)
+        .transpose()
+        .map_err(crate::Error::Tls)?;
     let watch_streams = Arc::new(ConnectionStreams::default());
     let token_service = wire::token_service_server::TokenServiceServer::new(TokenServiceImpl::new(
         broker,
@@ -103,18 +99,35 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
-    // Accepted connections: TCP without Nagle's delay (answers are small and wanted at
-    // once: with it, a call could wait 40 ms for a delayed acknowledgement), and the writes
-    // of a connection that pushes WatchTokens messages consolidated (see `coalesce`).
-    match listener {
-        Listener::Tcp(listener) => {
+    // Accepted connections (see `incoming`): TCP without Nagle's delay (answers are small
+    // and wanted at once: with it, a call could wait 40 ms for a delayed acknowledgement),
+    // and the writes of a connection that pushes WatchTokens messages consolidated (see
+    // `coalesce`). Unix peers have no address to count their streams by: written at once.
+    let limits = settings.connections;
+    match (listener, tls) {
+        (Listener::Tcp(listener), None) => {
+            let incoming = incoming::connections(listener, limits, move |io| {
+                let streams = tcp_setup(&io, &watch_streams);
+                async move { Ok(Coalesced::new(io, streams)) }
+            });
             router
-                .serve_with_incoming_shutdown(tcp_connections(listener, watch_streams), shutdown)
+                .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
         }
-        Listener::Unix(listener) => {
-            // Unix peers have no address to count their streams by: written at once.
-            let incoming = UnixListenerStream::new(listener).map_ok(|io| Coalesced::new(io, None));
+        (Listener::Tcp(listener), Some(tls)) => {
+            let incoming = incoming::connections(listener, limits, move |io| {
+                let streams = tcp_setup(&io, &watch_streams);
+                let accept = tls.accept(io);
+                async move { Ok(Coalesced::new(accept.await?, streams)) }
+            });
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        (Listener::Unix(listener), _) => {
+            let incoming = incoming::connections(listener, limits, |io| {
+                std::future::ready(Ok(Coalesced::new(io, None)))
+            });
             router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
@@ -123,18 +136,16 @@ pub async fn serve(
     .map_err(crate::Error::Serve)
 }
 
-/// Accepted TCP connections as the server takes them: without Nagle's delay, and each
-/// sharing its count of WatchTokens streams with its writer.
-fn tcp_connections(
-    listener: tokio::net::TcpListener,
-    watch_streams: Arc<ConnectionStreams>,
-) -> impl futures::Stream<Item = std::io::Result<Coalesced<tokio::net::TcpStream>>> {
-    TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .map_ok(move |io| {
-            let streams = io.peer_addr().ok().map(|p| watch_streams.connection(p));
-            Coalesced::new(io, streams)
-        })
+/// Readies an accepted TCP connection: Nagle's delay off, and the count of its
+/// WatchTokens streams that its writer consults.
+fn tcp_setup(
+    io: &tokio::net::TcpStream,
+    watch_streams: &ConnectionStreams,
+) -> Option<Arc<std::sync::atomic::AtomicUsize>> {
+    if let Err(e) = io.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot turn Nagle's delay off");
+    }
+    io.peer_addr().ok().map(|p| watch_streams.connection(p))
 }
 
 /// The health service name that reports readiness.
@@ -174,8 +185,6 @@ async fn track_readiness(
 
 #[cfg(test)]
 mod tests {
-    use futures::StreamExt;
-
     use super::*;
 
     #[tokio::test]
@@ -184,14 +193,11 @@ mod tests {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("address");
-        let watch_streams = Arc::new(ConnectionStreams::default());
-        let mut accepted = Box::pin(tcp_connections(listener, Arc::clone(&watch_streams)));
+        let watch_streams = ConnectionStreams::default();
         let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let conn = accepted
-            .next()
-            .await
-            .expect("a connection")
-            .expect("accepted");
+        let (conn, _) = listener.accept().await.expect("accepted");
+        let streams = tcp_setup(&conn, &watch_streams);
+        let conn = Coalesced::new(conn, streams);
         assert!(conn.get_ref().nodelay().expect("nodelay"), "Nagle is off");
         assert!(!conn.pushes());
         // A WatchTokens stream of this connection (named by the client's address).
