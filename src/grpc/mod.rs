@@ -2,6 +2,7 @@
 //! error-to-status mapping, and the server assembly (TokenService, grpc.health.v1 and
 //! server reflection v1 and v1alpha).
 
+mod authority;
 mod coalesce;
 mod convert;
 mod deadline;
@@ -102,7 +103,8 @@ pub async fn serve(
     // Accepted connections (see `incoming`): TCP without Nagle's delay (answers are small
     // and wanted at once: with it, a call could wait 40 ms for a delayed acknowledgement),
     // and the writes of a connection that pushes WatchTokens messages consolidated (see
-    // `coalesce`). Unix peers have no address to count their streams by: written at once.
+    // `coalesce`). Unix connections pass a filter for the `:authority` standard clients send
+    // there (see `authority`).
     let limits = settings.connections;
     match (listener, tls) {
         (Listener::Tcp(listener), None) => {
@@ -126,7 +128,7 @@ pub async fn serve(
         }
         (Listener::Unix(listener), _) => {
             let incoming = incoming::connections(listener, limits, |io| {
-                std::future::ready(Ok(Coalesced::new(io, None)))
+                std::future::ready(Ok(authority::Lenient::new(io)))
             });
             router
                 .serve_with_incoming_shutdown(incoming, shutdown)

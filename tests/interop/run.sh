@@ -21,10 +21,11 @@ failed=0
 python3 "$here/python/client.py" || failed=$((failed + 1))
 node "$here/node/client.js" || failed=$((failed + 1))
 "$here/grpcurl.sh" || failed=$((failed + 1))
+TOKENBROKER="${CARGO_TARGET_DIR:-$root/target}/debug/tokenbroker" "$here/unix.sh" || failed=$((failed + 1))
 # The README's examples run too, so they cannot rot.
 cd "$root"
 python3 examples/python/get_token.py > /dev/null || { echo "examples/python failed"; failed=$((failed + 1)); }
 NODE_PATH="$here/node/node_modules" node examples/node/get_token.js > /dev/null || { echo "examples/node failed"; failed=$((failed + 1)); }
 examples/grpcurl.sh > /dev/null 2>&1 || { echo "examples/grpcurl.sh failed"; failed=$((failed + 1)); }
-echo "interop: $((6 - failed)) passed, $failed failed"
+echo "interop: $((7 - failed)) passed, $failed failed"
 [ "$failed" -eq 0 ]
