@@ -147,3 +147,74 @@ async fn user_fetches_past_the_flight_limit_wait_their_turn() {
     );
     assert_eq!(h.sandbox.stats().authorization_grant, 12);
 }
+
+/// While every limit is full — callers waiting on a slow platform up to
+/// `server.max_waiting_callers`, fetches up to `upstream.max_concurrent_flights` — a cached
+/// answer is never refused: another client's cached calls all succeed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_answers_are_never_refused_while_the_limits_are_full() {
+    let h = Harness::with(
+        common::sandbox_config(),
+        |s| format!("[server]\nmax_waiting_callers = 1000\n{}", acme_toml(s)),
+        |_| None,
+    )
+    .await;
+    let cached_user = h.user(1).person_id;
+    let warm = h.user_tokens([cached_user.clone()]).await;
+    common::assert_all_ok(&warm);
+    h.sandbox.inject(FaultRule::always(
+        Fault::Latency { millis: 30_000 },
+        Target::Any,
+    ));
+    // 1,100 calls on ids nobody has: 1,000 wait on the platform, the rest are refused.
+    let held = clients(&h, 4).await;
+    let (tx, mut refused) = tokio::sync::mpsc::unbounded_channel();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..1_100 {
+        let mut c = held[i % held.len()].clone();
+        let tx = tx.clone();
+        calls.spawn(async move {
+            let answer = c
+                .get_user_token(GetUserTokenRequest {
+                    org: "acme".into(),
+                    user_id: format!("EMP-9{i:05}"),
+                    ..Default::default()
+                })
+                .await;
+            let _ = tx.send(answer.map(|_| ()));
+        });
+    }
+    for _ in 0..600 {
+        if h.broker.stats().waiting_callers == 1_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.broker.stats().waiting_callers, 1_000, "the limit is full");
+    assert_eq!(
+        h.broker.stats().flights_in_progress,
+        64,
+        "so is the flight limit"
+    );
+    // Another client, cached keys: every call answered.
+    let mut other = h.new_client().await;
+    for _ in 0..200 {
+        other
+            .get_org_token(GetOrgTokenRequest::default())
+            .await
+            .expect("a cached org token");
+    }
+    let again = h.user_tokens((0..200).map(|_| cached_user.clone())).await;
+    common::assert_all_ok(&again);
+    // The only answers so far: the 100 callers past the waiting limit, refused.
+    let mut answers = Vec::new();
+    while let Ok(answer) = refused.try_recv() {
+        answers.push(answer);
+    }
+    assert_eq!(answers.len(), 100, "{answers:?}");
+    assert!(answers.iter().all(|a| {
+        a.as_ref()
+            .is_err_and(|s| s.code() == tonic::Code::ResourceExhausted)
+    }));
+    calls.abort_all();
+}
