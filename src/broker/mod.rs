@@ -45,7 +45,7 @@ pub use key::{MAX_ID_LEN, TokenKey, check_id};
 pub use limits::Limits;
 pub use reload::OrgChanges;
 pub use schedule::RenewalPolicy;
-use slot::{Flight, Slot, Turn};
+use slot::{Flight, Landing, Slot, Turn};
 pub use stats::BrokerStats;
 pub use token::{
     Gone, GoneReason, Held, MAX_EXPIRY_MARGIN, Reason, SharedToken, Token, UnixTime, usable_until,
@@ -741,12 +741,28 @@ impl Broker {
                 );
                 (Ok(Arc::new(token)), None)
             }
-            Err(e) => {
+            Err(Miss::Failed(e)) => {
                 // This one included: `land` records it.
                 let failures = flight.state().failures().saturating_add(1);
                 warn!(key = %slot.key, failures, error = %e, "could not obtain a token");
                 let hold = self.hold_after(&e, failures);
-                (Err(e), Some(hold))
+                (Err(e), Some(Landing::Failed { hold }))
+            }
+            Err(Miss::Blocked(e)) => {
+                // Not this key's failure: its backoff stays where it was, and it tries
+                // again (jittered, so that a crowd of users does not all at once) as soon
+                // as the org may.
+                let org_retry = org.slot.state().retry_at().map_or(Duration::ZERO, |at| {
+                    at.saturating_duration_since(Instant::now())
+                });
+                let jitter = self.inner.policy.renewal.backoff(1, rand::rng().random());
+                info!(key = %slot.key, error = %e, "waiting for the org token");
+                (
+                    Err(e),
+                    Some(Landing::Blocked {
+                        hold: org_retry + jitter,
+                    }),
+                )
             }
         };
         flight.land(&outcome, hold);
@@ -779,7 +795,7 @@ impl Broker {
         key: &TokenKey,
         flight: &Flight,
         reason: Reason,
-    ) -> Result<(Grant, Reason), BrokerError> {
+    ) -> Result<(Grant, Reason), Miss> {
         // INVARIANT: a refresh token is presented at most once, ever. It is moved out of
         // the slot before it is sent, so whatever happens to the answer (success, an error,
         // a timeout, a reset connection, a 5xx after the platform spent it) it can never be
@@ -801,7 +817,7 @@ impl Broker {
             Err(
                 e @ (UpstreamError::CredentialsRejected { .. } | UpstreamError::RateLimited { .. }),
             ) => {
-                return Err(BrokerError::upstream(key, &e));
+                return Err(Miss::Failed(BrokerError::upstream(key, &e)));
             }
             Err(e) => {
                 warn!(key = %key, error = %e, "refresh token spent without a usable answer; re-issuing through the primary grant");
@@ -812,9 +828,9 @@ impl Broker {
 
     /// Client credentials for the org token; authorization grant then code exchange for a
     /// user token.
-    async fn primary_grant(&self, org: &Arc<Org>, key: &TokenKey) -> Result<Grant, BrokerError> {
+    async fn primary_grant(&self, org: &Arc<Org>, key: &TokenKey) -> Result<Grant, Miss> {
         let upstream = &self.inner.upstream;
-        let fail = |e: UpstreamError| BrokerError::upstream(key, &e);
+        let fail = |e: UpstreamError| Miss::Failed(BrokerError::upstream(key, &e));
         let config = org.config();
         match (&key.user, &config.credentials) {
             (None, Credentials::Client { client_id, secrets }) => {
@@ -838,16 +854,18 @@ impl Broker {
                     }
                 }
                 Err(last_error.map_or_else(
-                    || BrokerError::NotRotatable {
-                        org: org.name.to_string(),
+                    || {
+                        Miss::Failed(BrokerError::NotRotatable {
+                            org: org.name.to_string(),
+                        })
                     },
                     fail,
                 ))
             }
             // A static org's slot always holds its token; nothing can issue another.
-            (None, Credentials::Static(_)) => Err(BrokerError::NotRotatable {
+            (None, Credentials::Static(_)) => Err(Miss::Failed(BrokerError::NotRotatable {
                 org: org.name.to_string(),
-            }),
+            })),
             (Some(user), _) => {
                 let code = self.authorization_grant(org, key, user).await?;
                 upstream
@@ -866,10 +884,13 @@ impl Broker {
         org: &Arc<Org>,
         key: &TokenKey,
         user: &str,
-    ) -> Result<AuthCode, BrokerError> {
+    ) -> Result<AuthCode, Miss> {
         let upstream = &self.inner.upstream;
         let config = org.config();
-        let bearer = self.org_slot_token(org, Want::Usable).await?;
+        let bearer = self
+            .org_slot_token(org, Want::Usable)
+            .await
+            .map_err(Miss::Blocked)?;
         let answer = match upstream
             .authorization_grant(&config.client, &bearer.access_token, user)
             .await
@@ -879,14 +900,17 @@ impl Broker {
             {
                 info!(org = %org.name, "the grant endpoint rejected the org token; rotating it once");
                 let stale = Some(bearer.access_token.expose());
-                let bearer = self.org_slot_token(org, Want::Rotation { stale }).await?;
+                let bearer = self
+                    .org_slot_token(org, Want::Rotation { stale })
+                    .await
+                    .map_err(Miss::Blocked)?;
                 upstream
                     .authorization_grant(&config.client, &bearer.access_token, user)
                     .await
             }
             other => other,
         };
-        answer.map_err(|e| BrokerError::upstream(key, &e))
+        answer.map_err(|e| Miss::Failed(BrokerError::upstream(key, &e)))
     }
 
     /// The org token, from inside a user flight. Boxed: a user flight may start an org
@@ -903,6 +927,14 @@ impl Broker {
             }
         })
     }
+}
+
+/// Why a flight got no grant.
+enum Miss {
+    /// Its own request chain failed: one more failure in a row for its key.
+    Failed(BrokerError),
+    /// A user key's flight could not get the org token it needs: not the key's failure.
+    Blocked(BrokerError),
 }
 
 /// `token`, served from `slot`.

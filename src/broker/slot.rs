@@ -86,6 +86,14 @@ impl SlotState {
     }
 }
 
+/// How a failed flight lands: after a failure of its own (counted, held for `hold`), or
+/// blocked on something it needs (the org token for a user key: not counted).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Landing {
+    Failed { hold: Duration },
+    Blocked { hold: Duration },
+}
+
 /// The lock on a slot, held for one upstream flight; released when dropped.
 pub(crate) struct Flight {
     slot: Arc<Slot>,
@@ -254,9 +262,10 @@ impl Flight {
         self.slot.state()
     }
 
-    /// Ends the flight: installs its token (waking every watcher) or records one more
-    /// failure, its error and how long to hold off (`hold`), then releases the lock.
-    pub fn land(self, outcome: &Result<SharedToken, BrokerError>, hold: Option<Duration>) {
+    /// Ends the flight: installs its token (waking every watcher) or records its error
+    /// and how long to hold off (one more failure in a row unless it was blocked), then
+    /// releases the lock.
+    pub fn land(self, outcome: &Result<SharedToken, BrokerError>, landing: Option<Landing>) {
         {
             let mut state = self.slot.state();
             match outcome {
@@ -265,8 +274,15 @@ impl Flight {
                     self.slot.install(Held::Token(Arc::clone(token)));
                 }
                 Err(e) => {
+                    let (count, hold) = match landing {
+                        Some(Landing::Failed { hold }) => {
+                            (state.failures().saturating_add(1), Some(hold))
+                        }
+                        Some(Landing::Blocked { hold }) => (state.failures(), Some(hold)),
+                        None => (state.failures().saturating_add(1), None),
+                    };
                     state.failure = Some(Box::new(Failure {
-                        count: state.failures().saturating_add(1),
+                        count,
                         error: e.clone(),
                         retry_at: hold.map(|h| Instant::now() + h),
                     }));
