@@ -104,7 +104,7 @@ pub(super) fn action(view: &View, now: Instant) -> Action {
 
 impl Broker {
     /// The slot of `user` in `org`, created on first use. At the cap, the longest idle
-    /// unwatched user token is dropped first.
+    /// unwatched user token is dropped first: the idlest of a sample (see `users`).
     pub(super) fn user_slot(&self, org: &Arc<Org>, user: &str) -> Arc<Slot> {
         if let Some(slot) = org.user_slot_if_held(user) {
             return slot;
@@ -113,17 +113,12 @@ impl Broker {
         if let Some(slot) = users.get(user) {
             return Arc::clone(slot);
         }
-        if users.len() >= self.inner.policy.max_user_tokens {
-            let victim = users
-                .slots()
-                .filter(|s| s.watchers() == 0)
-                .min_by_key(|s| s.last_used())
-                .and_then(|s| s.key.user.clone());
-            if let Some(slot) = victim.and_then(|name| users.remove(&name)) {
-                debug!(key = %slot.key, "user token cache full; dropping the longest idle token");
-                slot.retire();
-                self.inner.stats.eviction();
-            }
+        if users.len() >= self.inner.policy.max_user_tokens
+            && let Some(slot) = users.evict()
+        {
+            debug!(key = %slot.key, "user token cache full; dropping a long idle token");
+            slot.retire();
+            self.inner.stats.eviction();
         }
         let key = TokenKey {
             org: Arc::clone(&org.name),
