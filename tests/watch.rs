@@ -232,6 +232,119 @@ async fn limits_answer_resource_exhausted() {
     assert!(ok.is_some());
 }
 
+/// Retries `open` for up to a second: a closed stream frees its places once the server
+/// has seen the reset.
+async fn eventually<T, F: std::future::Future<Output = Result<T, tonic::Status>>>(
+    open: impl Fn() -> F,
+) -> T {
+    for _ in 0..50 {
+        if let Ok(t) = open().await {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("still refused after a second");
+}
+
+#[tokio::test]
+async fn streams_and_watched_keys_are_bounded_across_connections() {
+    let h = Harness::with_extra(
+        sandbox_config(),
+        "[watch]\nmax_streams = 3\nmax_watched_keys = 5\n",
+    )
+    .await;
+    let users: Vec<String> = (1..=3).map(|i| h.user(i).person_id).collect();
+    // Each stream on a connection of its own: the bounds are the server's, not a
+    // connection's.
+    let a = h.new_client().await;
+    let first = watch(&a, &users).await;
+    let b = h.new_client().await;
+    let status = b
+        .clone()
+        .watch_tokens(watch_request(&users))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("watch.max_watched_keys"),
+        "{}",
+        status.message()
+    );
+    let _org_a = watch(&b, &[]).await;
+    let c = h.new_client().await;
+    let _org_b = watch(&c, &[]).await;
+    let status = h
+        .new_client()
+        .await
+        .watch_tokens(watch_request(&[]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("watch.max_streams"),
+        "{}",
+        status.message()
+    );
+    // Closing a stream gives its places back.
+    drop(first);
+    let d = h.new_client().await;
+    eventually(|| {
+        let mut d = d.clone();
+        let request = watch_request(&users[..2]);
+        async move { d.watch_tokens(request).await }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn health_watch_streams_are_bounded_per_connection_and_in_all() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let h = Harness::with_extra(
+        sandbox_config(),
+        "[watch]\nmax_health_streams_per_connection = 2\nmax_health_streams = 3\n",
+    )
+    .await;
+    let health = || async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", h.addr))
+            .unwrap()
+            .connect()
+            .await?;
+        Ok::<_, tonic::transport::Error>(HealthClient::new(channel))
+    };
+    let request = || HealthCheckRequest {
+        service: String::new(),
+    };
+    let mut a = health().await.unwrap();
+    let first = a.watch(request()).await.unwrap().into_inner();
+    let _second = a.watch(request()).await.unwrap().into_inner();
+    let status = a.watch(request()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status
+            .message()
+            .contains("watch.max_health_streams_per_connection"),
+        "{}",
+        status.message()
+    );
+    let mut b = health().await.unwrap();
+    let _third = b.watch(request()).await.unwrap().into_inner();
+    let status = b.watch(request()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("watch.max_health_streams"),
+        "{}",
+        status.message()
+    );
+    // Check is never limited; a closed Watch frees its places.
+    b.check(request()).await.expect("Check answers");
+    drop(first);
+    eventually(|| {
+        let mut b = b.clone();
+        async move { b.watch(request()).await }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn ten_thousand_streams_opened_and_closed_leave_no_subscriber() {
     let h = Harness::with_extra(sandbox_config(), "").await;

@@ -42,6 +42,17 @@ pub struct WatchLimits {
     pub max_keys_per_stream: usize,
     /// The most open streams per connection (`watch.max_streams_per_connection`).
     pub max_streams_per_connection: usize,
+    /// The most open streams in the whole server (`watch.max_streams`).
+    pub max_streams: usize,
+    /// The most keys watched by all open streams together (`watch.max_watched_keys`): a
+    /// stream counts each of its keys, or one for its org's.
+    pub max_watched_keys: usize,
+    /// The most open grpc.health.v1 `Watch` streams per connection
+    /// (`watch.max_health_streams_per_connection`).
+    pub max_health_streams_per_connection: usize,
+    /// The most open grpc.health.v1 `Watch` streams in the whole server
+    /// (`watch.max_health_streams`).
+    pub max_health_streams: usize,
 }
 
 impl Default for WatchLimits {
@@ -49,6 +60,10 @@ impl Default for WatchLimits {
         Self {
             max_keys_per_stream: 1000,
             max_streams_per_connection: 1000,
+            max_streams: 20_000,
+            max_watched_keys: 200_000,
+            max_health_streams_per_connection: 16,
+            max_health_streams: 10_000,
         }
     }
 }
@@ -210,7 +225,7 @@ struct RawRenewal {
 struct RawCache {
     /// Drop a user token neither watched nor used for this long. Default "15m".
     user_idle_timeout: Option<String>,
-    /// The most user tokens held; the longest idle unwatched one goes first. Default 100000.
+    /// The most user tokens held; at the cap the idlest unwatched of 32 sampled goes. Default 100000.
     max_user_tokens: Option<usize>,
     /// Fetch every org token at start and keep trying until it is had. Default true.
     prefetch_org_tokens: Option<bool>,
@@ -265,6 +280,14 @@ struct RawWatch {
     max_keys_per_stream: Option<usize>,
     /// The most open WatchTokens streams per connection. Default 1000.
     max_streams_per_connection: Option<usize>,
+    /// The most open WatchTokens streams in all. Default 20000.
+    max_streams: Option<usize>,
+    /// The most keys watched by all streams together. Default 200000.
+    max_watched_keys: Option<usize>,
+    /// The most open health `Watch` streams per connection. Default 16.
+    max_health_streams_per_connection: Option<usize>,
+    /// The most open health `Watch` streams in all. Default 10000.
+    max_health_streams: Option<usize>,
 }
 
 /// `[upstream]`
@@ -382,18 +405,48 @@ impl Config {
                 .watch
                 .max_streams_per_connection
                 .unwrap_or(defaults.max_streams_per_connection),
+            max_streams: raw.watch.max_streams.unwrap_or(defaults.max_streams),
+            max_watched_keys: raw
+                .watch
+                .max_watched_keys
+                .unwrap_or(defaults.max_watched_keys),
+            max_health_streams_per_connection: raw
+                .watch
+                .max_health_streams_per_connection
+                .unwrap_or(defaults.max_health_streams_per_connection),
+            max_health_streams: raw
+                .watch
+                .max_health_streams
+                .unwrap_or(defaults.max_health_streams),
         };
-        for (key, value) in [
-            ("watch.max_keys_per_stream", watch.max_keys_per_stream),
+        for (key, value, most) in [
+            (
+                "watch.max_keys_per_stream",
+                watch.max_keys_per_stream,
+                100_000,
+            ),
             (
                 "watch.max_streams_per_connection",
                 watch.max_streams_per_connection,
+                100_000,
+            ),
+            ("watch.max_streams", watch.max_streams, 1_000_000),
+            ("watch.max_watched_keys", watch.max_watched_keys, 10_000_000),
+            (
+                "watch.max_health_streams_per_connection",
+                watch.max_health_streams_per_connection,
+                100_000,
+            ),
+            (
+                "watch.max_health_streams",
+                watch.max_health_streams,
+                1_000_000,
             ),
         ] {
-            if value == 0 || value > 100_000 {
+            if value == 0 || value > most {
                 return Err(error(
                     key,
-                    format!("{value} is out of range; write 1 to 100000"),
+                    format!("{value} is out of range; write 1 to {most}"),
                 ));
             }
         }
@@ -549,8 +602,13 @@ impl Config {
         );
         let _ = writeln!(
             out,
-            "\n[watch]\nmax_keys_per_stream = {}\nmax_streams_per_connection = {}",
-            self.watch.max_keys_per_stream, self.watch.max_streams_per_connection
+            "\n[watch]\nmax_keys_per_stream = {}\nmax_streams_per_connection = {}\nmax_streams = {}\nmax_watched_keys = {}\nmax_health_streams_per_connection = {}\nmax_health_streams = {}",
+            self.watch.max_keys_per_stream,
+            self.watch.max_streams_per_connection,
+            self.watch.max_streams,
+            self.watch.max_watched_keys,
+            self.watch.max_health_streams_per_connection,
+            self.watch.max_health_streams
         );
         if let Some(addr) = self.metrics_listen {
             let _ = writeln!(out, "\n[metrics]\nlisten = \"{addr}\"");

@@ -3,10 +3,12 @@
 //! server reflection v1 and v1alpha).
 
 mod authority;
+mod budget;
 mod coalesce;
 mod convert;
 mod deadline;
 mod gate;
+mod health;
 mod incoming;
 mod service;
 mod status;
@@ -61,7 +63,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), crate::Error> {
     // "" is liveness: serving while the process serves. The service's name is readiness.
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let (health_reporter, _) = tonic_health::server::health_reporter();
+    let health_service =
+        tonic_health::pb::health_server::HealthServer::new(health::BoundedHealth::new(
+            health_reporter.clone(),
+            options.limits.max_health_streams_per_connection,
+            options.limits.max_health_streams,
+        ));
     tokio::spawn(track_readiness(
         broker.clone(),
         health_reporter,

@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::{
+    budget::Budget,
     convert::token_message,
     deadline,
     gate::{Admitted, Gate},
@@ -29,6 +30,9 @@ pub struct TokenServiceImpl {
     broker: Broker,
     options: ServiceOptions,
     streams: Arc<ConnectionStreams>,
+    /// Open WatchTokens streams, and the keys they watch, in the whole server.
+    open_streams: Arc<Budget>,
+    watched_keys: Arc<Budget>,
     rotation_audits: Arc<RotationAudits>,
     rpcs: Arc<Rpcs>,
 }
@@ -65,6 +69,8 @@ impl TokenServiceImpl {
             watch: metrics.rpc("WatchTokens"),
         });
         Self {
+            open_streams: Budget::new(options.limits.max_streams),
+            watched_keys: Budget::new(options.limits.max_watched_keys),
             broker,
             options,
             streams,
@@ -304,6 +310,22 @@ impl TokenServiceImpl {
                     limits.max_streams_per_connection
                 ))
             })?;
+        let stream = self.open_streams.take(1).ok_or_else(|| {
+            Status::resource_exhausted(format!(
+                "{} WatchTokens streams are open (watch.max_streams); retry later, or ask an operator to raise it",
+                limits.max_streams
+            ))
+        })?;
+        let keys = self
+            .watched_keys
+            .take(r.user_ids.len().max(1))
+            .ok_or_else(|| {
+                Status::resource_exhausted(format!(
+                    "{} of at most {} keys are watched already (watch.max_watched_keys); watch fewer, or retry later",
+                    self.watched_keys.used(),
+                    limits.max_watched_keys
+                ))
+            })?;
         let events = deadline::within(deadline, async {
             Ok(self.broker.watch(org.name(), &r.user_ids).await?)
         })
@@ -314,7 +336,7 @@ impl TokenServiceImpl {
         Ok(Response::new(WatchResponses::new(
             events,
             self.options.shutdown.clone(),
-            permit,
+            (permit, stream, keys),
             caller,
             Arc::clone(&self.rotation_audits),
         )))

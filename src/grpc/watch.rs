@@ -17,6 +17,7 @@ use futures::{Future, Stream};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
+use super::budget::Share;
 use crate::{
     broker::{GoneReason, TokenEvents, TokenKey, WatchEvent},
     grpc::wire::{TokenEventReason, WatchTokensResponse},
@@ -146,14 +147,16 @@ pub struct WatchResponses {
     audit: AuditShare,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     ended: bool,
-    _permit: StreamPermit,
+    /// Its places: in its connection's count, among the server's streams, and its keys
+    /// among those watched.
+    _places: (StreamPermit, Share, Share),
 }
 
 impl WatchResponses {
     pub fn new(
         events: TokenEvents,
         shutdown: CancellationToken,
-        permit: StreamPermit,
+        places: (StreamPermit, Share, Share),
         caller: String,
         audits: Arc<RotationAudits>,
     ) -> Self {
@@ -168,7 +171,7 @@ impl WatchResponses {
             // would contend on its lock at each message of a fan-out.
             shutdown: Box::pin(shutdown.child_token().cancelled_owned()),
             ended: false,
-            _permit: permit,
+            _places: places,
         }
     }
 }
