@@ -18,6 +18,24 @@ use tracing::{error, info};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read when it starts (`_RJEM_MALLOC_CONF` in the environment still
+/// overrides them): a background thread purges freed pages while the broker is idle
+/// (without one, jemalloc purges only as it allocates, so memory freed when streams
+/// close stayed), dirty pages are purged after 5 s, and purged pages are released at once
+/// (`MADV_DONTNEED`, which RSS shows) rather than lazily. Measured in BENCHMARKS.md: of
+/// the memory 10,000 watched keys took, 13 % was left 15 s after their streams closed,
+/// 100 % before.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static JEMALLOC_CONF: JemallocConf =
+    JemallocConf(c"background_thread:true,dirty_decay_ms:5000,muzzy_decay_ms:0".as_ptr());
+
+/// A C string pointer, as jemalloc reads `malloc_conf`.
+#[repr(transparent)]
+struct JemallocConf(*const std::ffi::c_char);
+
+// SAFETY: the pointer is to a static C string literal, never written.
+unsafe impl Sync for JemallocConf {}
+
 /// One gRPC service that holds your expense platform's OAuth credentials and hands out
 /// fresh access tokens (org and per-user) to every other service.
 ///
