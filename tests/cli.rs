@@ -143,6 +143,42 @@ fn a_broken_config_is_refused_naming_the_key() {
         .unwrap();
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read config file"));
+
+    // check-config on a secret file that is a FIFO (whose open would block forever): an
+    // answer at once, naming the key.
+    let fifo = dir.path().join("secret");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::write(&path, "[orgs.acme]\nenvironment = \"production\"\nclient_id = \"x\"\nclient_secret_file = \"secret\"\n").unwrap();
+    let mut check = Command::new(BIN)
+        .args(["check-config", "--config", path.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = check.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = check.kill();
+            panic!("check-config hangs on a FIFO");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(2));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut check.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("orgs.acme.client_secret_file") && stderr.contains("not a regular file"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -348,10 +348,11 @@ impl Config {
     /// Reads and validates the file at `path`; secrets come from the process environment
     /// and from files (relative paths are taken from the config file's folder).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = read_small_file("", path, 1024 * 1024).map_err(|e| {
             error(
                 "",
-                format!("cannot read config file {}: {e}", path.display()),
+                e.message
+                    .replacen("cannot read ", "cannot read config file ", 1),
             )
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -1013,7 +1014,49 @@ pub(crate) const MAX_SECRET_FILE_BYTES: u64 = 16 * 1024;
 /// Reads the regular file (or symlink to one) at `path`, of at most `max` bytes, as text.
 /// Anything else is refused before it is opened: a FIFO or a device would block or never
 /// end, and a huge file would be read into memory whole.
+///
+/// The read runs on a thread of its own and is given up after [`READ_TIMEOUT`]: a file on
+/// a hung network mount blocks even its `stat`, and a start-up, a `check-config` or a
+/// reload must say so rather than hang with it. (The stuck thread is left behind.)
 pub(crate) fn read_small_file(key: &str, path: &Path, max: u64) -> Result<String, ConfigError> {
+    let (key, path) = (key.to_owned(), path.to_owned());
+    within(READ_TIMEOUT, &key.clone(), &path.clone(), move || {
+        read_small_file_now(&key, &path, max)
+    })
+}
+
+/// How long reading one config or secret file may take.
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `read` on a thread of its own; past `timeout`, an error naming `key` and `path`.
+fn within(
+    timeout: Duration,
+    key: &str,
+    path: &Path,
+    read: impl FnOnce() -> Result<String, ConfigError> + Send + 'static,
+) -> Result<String, ConfigError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("config-read".into())
+        .spawn(move || {
+            let _ = tx.send(read());
+        });
+    if let Err(e) = spawned {
+        return Err(error(key, format!("cannot read {}: {e}", path.display())));
+    }
+    rx.recv_timeout(timeout).unwrap_or_else(|_| {
+        Err(error(
+            key,
+            format!(
+                "cannot read {}: no answer within {}s (a hung network mount?)",
+                path.display(),
+                timeout.as_secs()
+            ),
+        ))
+    })
+}
+
+fn read_small_file_now(key: &str, path: &Path, max: u64) -> Result<String, ConfigError> {
     use std::io::Read;
     let cannot = |why: String| error(key, format!("cannot read {}: {why}", path.display()));
     let meta = std::fs::metadata(path).map_err(|e| cannot(e.to_string()))?;
@@ -1036,6 +1079,39 @@ pub(crate) fn read_small_file(key: &str, path: &Path, max: u64) -> Result<String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_that_blocks_is_given_up_naming_the_key_and_the_file() {
+        // A FIFO with no writer blocks its open, as a hung mount blocks a stat.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("secret");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let path = fifo.clone();
+        let started = std::time::Instant::now();
+        let e = within(
+            Duration::from_millis(200),
+            "orgs.acme.client_secret_file",
+            &fifo,
+            move || std::fs::read_to_string(&path).map_err(|e| error("", e.to_string())),
+        )
+        .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(e.key, "orgs.acme.client_secret_file");
+        assert!(e.message.contains("no answer within"), "{}", e.message);
+        // And the config loader refuses the FIFO outright, unopened.
+        let e = read_small_file("orgs.acme.client_secret_file", &fifo, 100).unwrap_err();
+        assert!(e.message.contains("not a regular file"), "{}", e.message);
+        let e = Config::load(&fifo).unwrap_err();
+        assert!(
+            e.message.contains("cannot read config file"),
+            "{}",
+            e.message
+        );
+    }
 
     fn env(name: &str) -> Option<String> {
         match name {
