@@ -178,9 +178,12 @@ impl Server {
             upstream,
             config.cache.clone(),
             config.limits,
-            metrics,
+            Arc::clone(&metrics),
         );
-        let gate = Arc::new(grpc::Gate::new(auth::Callers::new(config.callers.clone())));
+        let gate = Arc::new(grpc::Gate::new(
+            auth::Callers::new(config.callers.clone()),
+            Arc::clone(&metrics),
+        ));
         Ok(Self {
             broker,
             gate,

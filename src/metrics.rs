@@ -45,6 +45,11 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -60,6 +65,7 @@ pub struct Metrics {
     upstream_requests: Family<UpstreamLabels, Counter>,
     upstream_seconds: Histograms<GrantLabels>,
     rotations: Family<ReasonLabels, Counter>,
+    auth_failures: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -70,6 +76,7 @@ impl Default for Metrics {
             upstream_requests: Family::default(),
             upstream_seconds: Family::new_with_constructor(latency_histogram),
             rotations: Family::default(),
+            auth_failures: Family::default(),
         }
     }
 }
@@ -128,6 +135,14 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// One call refused for its credentials (`refused`), or refused unlooked-at because its
+    /// address failed too often (`throttled`).
+    pub fn auth_failure(&self, outcome: &'static str) {
+        self.auth_failures
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
     /// One new token, minted for `reason`.
     pub fn rotation(&self, reason: &'static str) {
         self.rotations.get_or_create(&ReasonLabels { reason }).inc();
@@ -162,6 +177,11 @@ pub fn registry(broker: &Broker) -> Registry {
         "rotations",
         "New tokens, by reason",
         metrics.rotations.clone(),
+    );
+    registry.register(
+        "authentication_failures",
+        "Calls refused as unauthenticated (refused), or without a look at their credentials because their address failed too often (throttled)",
+        metrics.auth_failures.clone(),
     );
     registry.register_collector(Box::new(State {
         broker: broker.clone(),

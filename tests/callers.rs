@@ -99,6 +99,54 @@ async fn an_api_key_names_the_caller_and_anything_else_is_unauthenticated() {
     assert!(health.check(check).await.is_ok());
 }
 
+/// An address that keeps failing to authenticate is throttled: past 20 failures in 10 s
+/// its calls are refused without a look at the key they present, and both kinds of
+/// refusal are counted in the metrics.
+#[tokio::test]
+async fn failed_authentications_are_throttled_per_address_and_counted() {
+    let h = start(callers_toml("")).await;
+    let mut c = h.client.clone();
+    for i in 0..20 {
+        let status = c
+            .get_org_token(with_key(org(), &format!("guess-{i}")))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::Unauthenticated,
+            "attempt {i}: {status:?}"
+        );
+    }
+    // The 21st failure: the address is throttled from now on.
+    let status = c
+        .get_org_token(with_key(org(), "guess-20"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    // Even the right key is not looked at for the rest of the window.
+    let status = c.get_org_token(with_key(org(), KEY)).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("failed authentications from 127.0.0.1"),
+        "{}",
+        status.message()
+    );
+    let scrape = tokenbroker::metrics::render(&tokenbroker::metrics::registry(&h.broker));
+    let count = |outcome: &str| {
+        scrape
+            .lines()
+            .find(|l| {
+                l.starts_with("tokenbroker_authentication_failures_total{")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    };
+    assert_eq!(count("refused"), Some(21), "{scrape}");
+    assert_eq!(count("throttled"), Some(1), "{scrape}");
+}
+
 #[tokio::test]
 async fn policy_denies_what_a_caller_was_not_given_and_names_it() {
     let h = with_org_other().await;

@@ -4,20 +4,95 @@
 //! (`broker::Limits`): a call answered from the cache is never refused for being one of many.
 
 use std::{
+    collections::HashMap,
     net::IpAddr,
-    sync::{Arc, LazyLock, RwLock},
+    sync::{
+        Arc, LazyLock, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
+
+use tokio::time::Instant;
 
 use tonic::{Request, Status, metadata::AsciiMetadataKey, transport::server::UdsConnectInfo};
 use x509_parser::{certificate::X509Certificate, extensions::GeneralName, prelude::FromDer};
 
-use crate::auth::{Authenticated, Callers, Permission, Presented};
+use crate::{
+    auth::{AuthError, Authenticated, Callers, Permission, Presented},
+    metrics::Metrics,
+};
+
+/// Failed authentications an address may have in one [`FAILURE_WINDOW`]; past them, its
+/// calls are refused without a look at what they present until the window ends.
+pub const FAILURES_ALLOWED: u32 = 20;
+/// The window failed authentications are counted in.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(10);
+/// Addresses tracked at most (the oldest windows go first past it).
+const MAX_TRACKED_PEERS: usize = 10_000;
 
 /// Authentication and policy for the service.
 #[derive(Debug)]
 pub struct Gate {
     /// Swapped whole by a reload.
     callers: RwLock<Arc<Callers>>,
+    failures: Failures,
+    metrics: Arc<Metrics>,
+}
+
+/// Failed authentications by peer address, in fixed windows.
+#[derive(Debug, Default)]
+struct Failures {
+    by_peer: Mutex<HashMap<IpAddr, Window>>,
+    /// Some address is past its allowance: calls look the map up (none do otherwise).
+    any_throttled: AtomicBool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: Instant,
+    count: u32,
+}
+
+impl Failures {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Window>> {
+        self.by_peer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long `peer` is still refused, if it is.
+    fn throttled(&self, peer: IpAddr, now: Instant) -> Option<Duration> {
+        if !self.any_throttled.load(Ordering::Relaxed) {
+            return None;
+        }
+        let window = *self.lock().get(&peer)?;
+        let end = window.start + FAILURE_WINDOW;
+        (window.count > FAILURES_ALLOWED && now < end).then(|| end - now)
+    }
+
+    /// Counts a failed authentication from `peer`.
+    fn failed(&self, peer: IpAddr, now: Instant) {
+        let mut by_peer = self.lock();
+        if by_peer.len() >= MAX_TRACKED_PEERS && !by_peer.contains_key(&peer) {
+            by_peer.retain(|_, w| now < w.start + FAILURE_WINDOW);
+            if by_peer.len() >= MAX_TRACKED_PEERS {
+                return;
+            }
+        }
+        let window = by_peer.entry(peer).or_insert(Window {
+            start: now,
+            count: 0,
+        });
+        if now >= window.start + FAILURE_WINDOW {
+            *window = Window {
+                start: now,
+                count: 0,
+            };
+        }
+        window.count += 1;
+        if window.count > FAILURES_ALLOWED {
+            self.any_throttled.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A call let through: its caller, and the address it called from (`None` over a Unix
@@ -28,37 +103,59 @@ pub struct Admitted {
 }
 
 impl Gate {
-    pub fn new(callers: Callers) -> Self {
+    pub fn new(callers: Callers, metrics: Arc<Metrics>) -> Self {
         Self {
             callers: RwLock::new(Arc::new(callers)),
+            failures: Failures::default(),
+            metrics,
         }
     }
 
     /// Authenticates the sender of a call or stream and admits it within the caller's rate
     /// limit, or refuses it.
     pub fn admit<T>(&self, request: &Request<T>) -> Result<Admitted, Status> {
+        let peer = request.remote_addr().map(|a| a.ip());
         let callers = self.callers.read().unwrap_or_else(|p| p.into_inner());
         // With no callers configured anyone local may ask: what a request presents is not
         // looked at (three lookups fewer on every call).
         let caller = if callers.is_open() {
             callers.authenticate(&Presented::default())?
         } else {
+            let now = Instant::now();
+            if let Some(peer) = peer
+                && let Some(left) = self.failures.throttled(peer, now)
+            {
+                self.metrics.auth_failure("throttled");
+                return Err(Status::resource_exhausted(format!(
+                    "more than {FAILURES_ALLOWED} failed authentications from {peer} in {}s; retry in {}s",
+                    FAILURE_WINDOW.as_secs(),
+                    left.as_secs() + 1
+                )));
+            }
+            let refused = |e: Status| {
+                self.metrics.auth_failure("refused");
+                if let Some(peer) = peer {
+                    self.failures.failed(peer, now);
+                }
+                e
+            };
             let presented = presented(request);
             // A credential sent but unreadable is refused, never passed over for another
             // (the connection's uid or certificate).
             if presented.api_key.is_none() && request.metadata().contains_key(&*AUTHORIZATION) {
-                return Err(Status::unauthenticated(
+                return Err(refused(Status::unauthenticated(
                     "the authorization metadata must be \"Bearer <API key>\"",
-                ));
+                )));
             }
-            callers.authenticate(&presented)?
+            match callers.authenticate(&presented) {
+                Ok(caller) => caller,
+                Err(e @ AuthError::Unauthenticated(_)) => return Err(refused(e.into())),
+                Err(e) => return Err(e.into()),
+            }
         };
         drop(callers);
         caller.admit()?;
-        Ok(Admitted {
-            caller,
-            peer: request.remote_addr().map(|a| a.ip()),
-        })
+        Ok(Admitted { caller, peer })
     }
 }
 
@@ -125,4 +222,47 @@ fn certificate_names(der: &[u8]) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_address_past_its_failures_is_refused_until_the_window_ends() {
+        let failures = Failures::default();
+        let (peer, other) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        for _ in 0..FAILURES_ALLOWED {
+            failures.failed(peer, Instant::now());
+        }
+        assert_eq!(
+            failures.throttled(peer, Instant::now()),
+            None,
+            "within its allowance"
+        );
+        tokio::time::advance(Duration::from_secs(4)).await;
+        failures.failed(peer, Instant::now());
+        assert_eq!(
+            failures.throttled(peer, Instant::now()),
+            Some(Duration::from_secs(6)),
+            "to the end of the window"
+        );
+        assert_eq!(
+            failures.throttled(other, Instant::now()),
+            None,
+            "per address"
+        );
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(
+            failures.throttled(peer, Instant::now()),
+            None,
+            "a new window"
+        );
+        failures.failed(peer, Instant::now());
+        assert_eq!(
+            failures.throttled(peer, Instant::now()),
+            None,
+            "counted afresh"
+        );
+    }
 }
