@@ -14,18 +14,21 @@ const ANSWER_MARGIN: Duration = Duration::from_millis(50);
 
 /// Parses `grpc-timeout` (gRPC over HTTP/2: up to 8 digits and a unit, H M S m u n).
 pub fn parse(value: &str) -> Option<Duration> {
-    if value.len() < 2 || value.len() > 9 {
+    // Bytes, not chars: a string cut before its last byte may not be cut on a char.
+    let (unit, digits) = value.as_bytes().split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let (digits, unit) = value.split_at(value.len() - 1);
-    let n: u64 = digits.parse().ok()?;
+    let n = digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
     Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
         _ => return None,
     })
 }
@@ -79,7 +82,17 @@ mod tests {
         assert_eq!(parse("250m"), Some(Duration::from_millis(250)));
         assert_eq!(parse("2H"), Some(Duration::from_secs(7200)));
         assert_eq!(parse("99999999n"), Some(Duration::from_nanos(99_999_999)));
-        for bad in ["", "S", "1", "1x", "123456789S", "-1S", "1.5S"] {
+        for bad in ["", "S", "1", "1x", "123456789S", "-1S", "1.5S", "+1S"] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
+    }
+
+    /// Found by the fuzz target (`fuzz/`): its crash input was `0Ð`, a digit and a two-byte
+    /// char, and `split_at` off a char boundary panicked. Headers are ASCII; the parser no
+    /// longer relies on it.
+    #[test]
+    fn a_multibyte_last_char_is_refused_not_a_panic() {
+        for bad in ["0Ð", "1é", "é", "12€", "\u{10FFFF}"] {
             assert_eq!(parse(bad), None, "{bad}");
         }
     }

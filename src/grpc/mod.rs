@@ -27,6 +27,9 @@ use std::{future::Future, sync::Arc, time::Duration};
 use coalesce::Coalesced;
 use watch::ConnectionStreams;
 
+#[doc(hidden)]
+/// The `grpc-timeout` parser, for the fuzz target (`fuzz/`).
+pub use deadline::parse as parse_grpc_timeout;
 pub use gate::Gate;
 pub use incoming::{ConnectionLimits, default_max_connections, open_file_limit};
 pub use service::{ServiceOptions, TokenServiceImpl};
