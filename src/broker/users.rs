@@ -63,9 +63,16 @@ impl UserSlots {
     /// [`SAMPLE`] (all of them, when no more are held); none if every one sampled is
     /// watched.
     pub fn evict(&mut self) -> Option<Arc<Slot>> {
+        let (victim, _) = self.pick();
+        let user = victim?.key.user.clone()?;
+        self.remove(&user)
+    }
+
+    /// The slot [`Self::evict`] would take, and how many slots it looked at for it.
+    fn pick(&self) -> (Option<&Arc<Slot>>, usize) {
         let buckets = self.table.num_buckets();
         if buckets == 0 {
-            return None;
+            return (None, 0);
         }
         let start = rand::rng().random_range(0..buckets);
         let mut sampled = 0;
@@ -82,8 +89,7 @@ impl UserSlots {
                 break;
             }
         }
-        let user = victim?.key.user.clone()?;
-        self.remove(&user)
+        (victim, sampled)
     }
 
     pub fn remove(&mut self, user: &str) -> Option<Arc<Slot>> {
@@ -167,10 +173,12 @@ mod tests {
             s.touch(tokio::time::Instant::now());
             users.insert(s);
         }
-        // Each eviction looks at 32 slots, not 100,000; its victim is the idlest of them,
-        // so on average among the idlest 1/33 of all.
+        // Each eviction looks at 32 slots, not 100,000 (the scan it replaced looked at
+        // every one); its victim is the idlest of them, so on average among the idlest
+        // 1/33 of all.
         let ranks: Vec<u32> = (0..1_000)
             .map(|_| {
+                assert_eq!(users.pick().1, SAMPLE, "slots looked at for one eviction");
                 let victim = users.evict().expect("a victim");
                 victim.key.user.as_deref().unwrap_or_default()[1..]
                     .parse()
