@@ -66,13 +66,7 @@ fn ok_calls(h: &Harness) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_hand_outs_at_once_repeats_summarised_and_every_count_adds_up() {
-    let capture = Capture::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("info")
-        .with_writer(capture.clone())
-        .with_ansi(false)
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let capture = Capture::install("info");
     let callers = format!(
         "[audit]\nsummary_interval = \"2s\"\n\
          [[callers]]\nname = \"payroll\"\napi_key_sha256 = [\"{}\"]\norgs = [\"*\"]\npermissions = [\"org_token\", \"user_token\", \"refresh\"]\n\

@@ -1,13 +1,15 @@
 //! The `tokenbroker` binary as a user runs it: demo mode with no config, a real SIGTERM,
 //! and a broken config refused with the key at fault.
 
+mod common;
+
 use std::{
-    io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::Duration,
 };
 
+use common::read_until;
 use tokenbroker::{
     proto::{GetOrgTokenRequest, GetUserTokenRequest, token_service_client::TokenServiceClient},
     sandbox::SandboxConfig,
@@ -27,31 +29,8 @@ fn spawn(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = common::stderr_lines(&mut child);
     (child, rx)
-}
-
-/// Reads lines until one contains `needle`; returns every line read.
-fn read_until(rx: &mpsc::Receiver<String>, needle: &str) -> Vec<String> {
-    let mut lines = Vec::new();
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("no {needle:?} in {lines:#?}"));
-        let done = line.contains(needle);
-        lines.push(line);
-        if done {
-            return lines;
-        }
-    }
 }
 
 fn sigterm(child: &Child) {
@@ -147,13 +126,7 @@ fn a_broken_config_is_refused_naming_the_key() {
     // check-config on a secret file that is a FIFO (whose open would block forever): an
     // answer at once, naming the key.
     let fifo = dir.path().join("secret");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    common::mkfifo(&fifo);
     std::fs::write(&path, "[orgs.acme]\nenvironment = \"production\"\nclient_id = \"x\"\nclient_secret_file = \"secret\"\n").unwrap();
     let mut check = Command::new(BIN)
         .args(["check-config", "--config", path.to_str().unwrap()])
@@ -259,21 +232,12 @@ async fn audit_lines_come_out_in_json_and_repeats_are_written_at_shutdown() {
 
 #[tokio::test]
 async fn every_call_logs_one_audit_line_per_hand_out_and_none_is_lost() {
-    let sandbox = tokenbroker::sandbox::Sandbox::start(
-        SandboxConfig::demo(),
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    )
-    .await
-    .unwrap();
+    let sandbox = common::demo_sandbox().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("broker.toml");
     std::fs::write(
         &path,
-        format!(
-            "[audit]\nevery_call = true\n[orgs.demo]\ntoken_url = \"{}\"\nauthorization_grant_url = \"{}\"\nclient_id = \"demo-client\"\nclient_secret_env = \"DEMO_SECRET\"\n",
-            sandbox.token_url(),
-            sandbox.authorization_grant_url()
-        ),
+        common::demo_toml(&sandbox, "[audit]\nevery_call = true"),
     )
     .unwrap();
     let (child, rx) = spawn(&[

@@ -2,8 +2,9 @@
 //! open-file limit (`ulimit -n`), real silent sockets, and a real client that must still be
 //! served once the silent ones are dropped at their handshake deadline.
 
+mod common;
+
 use std::{
-    io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::Duration,
@@ -11,7 +12,7 @@ use std::{
 
 use tokenbroker::{
     proto::{GetOrgTokenRequest, token_service_client::TokenServiceClient},
-    sandbox::{Sandbox, SandboxConfig},
+    sandbox::Sandbox,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokenbroker");
@@ -27,20 +28,14 @@ struct Broker {
 
 impl Broker {
     async fn start(open_files: u32, server_toml: &str) -> (Self, String) {
-        let sandbox = Sandbox::start(
-            SandboxConfig::demo(),
-            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        )
-        .await
-        .unwrap();
+        let sandbox = common::demo_sandbox().await;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("broker.toml");
         std::fs::write(
             &path,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n{server_toml}\n[orgs.demo]\ntoken_url = \"{}\"\nauthorization_grant_url = \"{}\"\nclient_id = \"demo-client\"\nclient_secret_env = \"DEMO_SECRET\"\n",
-                sandbox.token_url(),
-                sandbox.authorization_grant_url()
+            common::demo_toml(
+                &sandbox,
+                &format!("[server]\nlisten = \"127.0.0.1:0\"\n{server_toml}"),
             ),
         )
         .unwrap();
@@ -57,15 +52,7 @@ impl Broker {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, log) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let log = common::stderr_lines(&mut child);
         let broker = Self {
             child,
             log,
@@ -83,18 +70,7 @@ impl Broker {
 
     /// Reads log lines until one contains `needle`; returns every line read.
     fn read_until(&self, needle: &str) -> Vec<String> {
-        let mut lines = Vec::new();
-        loop {
-            let line = self
-                .log
-                .recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|_| panic!("no {needle:?} in {lines:#?}"));
-            let done = line.contains(needle);
-            lines.push(line);
-            if done {
-                return lines;
-            }
-        }
+        common::read_until(&self.log, needle)
     }
 
     /// CPU seconds the process has used (user + system, from `/proc/PID/stat`).

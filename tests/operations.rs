@@ -485,13 +485,7 @@ async fn sighup_and_a_changed_file_reload_the_config_and_a_bad_one_is_refused() 
     // A secret path that is a FIFO (opening it would block forever): refused, nothing
     // freezes, the running config stays.
     let fifo = dir.path().join("fifo");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    common::mkfifo(&fifo);
     std::fs::write(
         &path,
         format!(

@@ -14,13 +14,7 @@ use tokenbroker::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_keys_blocked_on_the_org_token_do_not_back_off_and_recover_with_it() {
-    let capture = Capture::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("info")
-        .with_writer(capture.clone())
-        .with_ansi(false)
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let capture = Capture::install("info");
     let h = Harness::start().await;
     let user = h.user(2).person_id;
     let mut client = h.client.clone();

@@ -18,13 +18,7 @@ const KEY: &str = "audit-key-42bd";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_logged_or_answered_holds_a_secret() {
-    let capture = Capture::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("trace")
-        .with_writer(capture.clone())
-        .with_ansi(false)
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let capture = Capture::install("trace");
 
     let callers = format!(
         "[upstream]\nrequest_timeout = \"300ms\"\n[renewal]\nbackoff_base = \"10ms\"\nbackoff_max = \"20ms\"\ncredentials_retry = \"20ms\"\n\

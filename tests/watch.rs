@@ -221,15 +221,11 @@ async fn limits_answer_resource_exhausted() {
     // Another connection has its own budget; a closed stream frees its place.
     watch(&h.new_client().await, &[]).await;
     drop(one);
-    let mut ok = None;
-    for _ in 0..50 {
-        if let Ok(stream) = client.clone().watch_tokens(watch_request(&[])).await {
-            ok = Some(stream);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(ok.is_some());
+    eventually(|| {
+        let mut client = client.clone();
+        async move { client.watch_tokens(watch_request(&[])).await }
+    })
+    .await;
 }
 
 /// Retries `open` for up to a second: a closed stream frees its places once the server

@@ -65,6 +65,16 @@ pub fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
     request
 }
 
+/// The broker config for org `demo` against `sandbox` (the sandbox's demo org, secret
+/// from `DEMO_SECRET`), after `extra` lines.
+pub fn demo_toml(sandbox: &Sandbox, extra: &str) -> String {
+    format!(
+        "{extra}\n[orgs.demo]\ntoken_url = \"{}\"\nauthorization_grant_url = \"{}\"\nclient_id = \"demo-client\"\nclient_secret_env = \"DEMO_SECRET\"\n",
+        sandbox.token_url(),
+        sandbox.authorization_grant_url()
+    )
+}
+
 /// The broker config for one org `acme` against `sandbox`, secret from `ACME_SECRET`.
 pub fn acme_toml(sandbox: &Sandbox) -> String {
     format!(
@@ -276,6 +286,19 @@ impl Drop for Harness {
 pub struct Capture(pub Arc<Mutex<Vec<u8>>>);
 
 impl Capture {
+    /// A capture installed as the global subscriber, logging at `filter` (`"info"`):
+    /// once per test binary.
+    pub fn install(filter: &str) -> Self {
+        let capture = Self::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(capture.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        capture
+    }
+
     /// Everything logged so far.
     pub fn text(&self) -> String {
         String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
@@ -297,4 +320,57 @@ impl<'a> MakeWriter<'a> for Capture {
     fn make_writer(&'a self) -> Capture {
         self.clone()
     }
+}
+
+/// The stderr lines of `child` (spawned with `Stdio::piped()` stderr), as they come.
+pub fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Reads lines until one contains `needle` (waiting up to 30 s for each); returns every
+/// line read.
+pub fn read_until(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no {needle:?} in {lines:#?}"));
+        let done = line.contains(needle);
+        lines.push(line);
+        if done {
+            return lines;
+        }
+    }
+}
+
+/// The sandbox with its demo org, on 127.0.0.1:0.
+pub async fn demo_sandbox() -> Sandbox {
+    Sandbox::start(
+        SandboxConfig::demo(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Makes a FIFO at `path`: a file whose open blocks until a writer comes.
+pub fn mkfifo(path: &Path) {
+    let made = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo {}", path.display());
 }
