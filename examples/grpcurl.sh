@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # tokenbroker from the shell, through server reflection (no proto file needed).
-# Run the demo broker first: cargo run --release
+# Run the demo broker first: cargo run --release -- demo
 set -euo pipefail
 broker=${BROKER:-127.0.0.1:50051}
 # With callers configured, add: -H "authorization: Bearer $KEY"

@@ -2,7 +2,7 @@
 //! keeps the newest token, and reconnects with capped, jittered backoff when the stream
 //! ends (a broker restart, a network blip) — as go-spiffe's watcher does.
 //!
-//! Run the demo broker (`cargo run --release`), then:
+//! Run the demo broker (`cargo run --release -- demo`), then:
 //!     cargo run --example watch_token -- http://127.0.0.1:50051
 
 use std::{

@@ -74,7 +74,7 @@ pub fn usage(addr: &str, sandbox: &Sandbox) -> String {
         .map(|u| (u.person_id.clone(), u.external_id.clone()))
         .unwrap_or_default();
     format!(
-        "demo mode: no --config given, so the broker runs against its built-in sandbox at {base} (org \"demo\", {n} users).\n\
+        "demo mode: the broker runs against its built-in sandbox at {base} (org \"demo\", {n} users).\n\
          Try:\n  \
          grpcurl -plaintext {addr} list\n  \
          grpcurl -plaintext -d '{{}}' {addr} tokenbroker.v1.TokenService/GetOrgToken\n  \

@@ -1,5 +1,5 @@
-//! The `tokenbroker` command: parses the command line, loads the config (or starts demo
-//! mode), runs the library until SIGTERM or Ctrl-C, and turns the outcome into an exit code.
+//! The `tokenbroker` command: parses the command line, loads the config (or, asked with
+//! `demo`, starts demo mode), runs the library until SIGTERM or Ctrl-C, and turns the outcome into an exit code.
 
 use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -39,9 +39,9 @@ unsafe impl Sync for JemallocConf {}
 /// One gRPC service that holds your expense platform's OAuth credentials and hands out
 /// fresh access tokens (org and per-user) to every other service.
 ///
-/// With no --config (and no TOKENBROKER_CONFIG) it starts in demo mode against its built-in
-/// sandbox of the platform, listening on 127.0.0.1:50051. Logs go to stderr; set the level
-/// with RUST_LOG (e.g. RUST_LOG=debug).
+/// Run it with --config FILE (or TOKENBROKER_CONFIG=FILE). To try it first, `tokenbroker demo`
+/// runs it against its built-in sandbox of the platform on 127.0.0.1:50051, no config
+/// needed. Logs go to stderr; set the level with RUST_LOG (e.g. RUST_LOG=debug).
 ///
 /// Signals: SIGHUP (or a change to the config file) reloads the config; SIGTERM or Ctrl-C
 /// ends watch streams, drains calls and exits 0; a second one exits at once.
@@ -71,6 +71,14 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Try the broker with no config: it runs against its built-in sandbox of the platform
+    /// (org "demo", 100 users) and prints grpcurl commands to call it. Its tokens work only
+    /// at that sandbox; never a deployment.
+    Demo {
+        /// Listen address, IP:PORT or unix:///path (default 127.0.0.1:50051).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<Listen>,
+    },
     /// Validate the config (--config FILE) and print it as the broker would run it, with
     /// defaults filled in and secrets shown as [redacted]. Exit code 0: valid; 2: invalid.
     CheckConfig,
@@ -124,10 +132,26 @@ async fn main() -> ExitCode {
         }) => sandbox(listen, token_lifetime, users).await,
         Some(Command::HashKey) => hash_key(),
         Some(Command::CheckConfig) => check_config(cli.config),
+        Some(Command::Demo { .. }) if cli.config.is_some() => {
+            eprintln!(
+                "tokenbroker: demo mode runs without a config; drop --config (and TOKENBROKER_CONFIG), or run without `demo`"
+            );
+            ExitCode::from(2)
+        }
+        Some(Command::Demo { listen }) => broker(None, listen.or(cli.listen)).await,
+        None if cli.config.is_none() => {
+            // A deployment that lost its config must not come up healthy against a fake
+            // platform: demo mode is asked for by name.
+            eprintln!(
+                "tokenbroker: no config: run with --config FILE (or TOKENBROKER_CONFIG=FILE); to try the broker against its built-in sandbox, run `tokenbroker demo`"
+            );
+            ExitCode::from(2)
+        }
         None => broker(cli.config, cli.listen).await,
     }
 }
 
+/// Runs the broker: from the config at `config_path`, or in demo mode without one.
 async fn broker(config_path: Option<PathBuf>, listen: Option<Listen>) -> ExitCode {
     let config_path_for_reload = config_path.clone();
     // The demo sandbox lives as long as the broker.
@@ -340,5 +364,32 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             eprintln!("tokenbroker: second signal; exiting without draining");
             std::process::exit(130);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// clap's own checks of the definition (a clash of argument names between the command
+    /// and a subcommand panics only when the clashing subcommand runs, otherwise).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+        for args in [
+            &["tokenbroker", "demo", "--listen", "127.0.0.1:0"][..],
+            &["tokenbroker", "sandbox", "--listen", "127.0.0.1:0"],
+            &[
+                "tokenbroker",
+                "--config",
+                "x.toml",
+                "--listen",
+                "unix:///tmp/x.sock",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(args).is_ok(), "{args:?}");
+        }
     }
 }

@@ -43,7 +43,7 @@ fn sigterm(child: &Child) {
 
 #[tokio::test]
 async fn demo_mode_serves_tokens_with_no_config_and_stops_cleanly_on_sigterm() {
-    let (mut child, rx) = spawn(&["--listen", "127.0.0.1:0"]);
+    let (mut child, rx) = spawn(&["demo", "--listen", "127.0.0.1:0"]);
     let lines = read_until(&rx, "tokenbroker listening");
     let all = lines.join("\n");
     assert!(
@@ -160,9 +160,32 @@ fn help_explains_demo_mode_and_the_sandbox() {
     let help = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success());
     assert!(
-        help.contains("demo mode") && help.contains("--config") && help.contains("sandbox"),
+        help.contains("tokenbroker demo") && help.contains("--config") && help.contains("sandbox"),
         "{help}"
     );
+}
+
+/// Demo mode is asked for by name: with no config the broker refuses to start, rather than
+/// come up healthy against its fake platform.
+#[test]
+fn without_a_config_the_broker_exits_2_naming_config_and_demo() {
+    let output = Command::new(BIN)
+        .env_remove("TOKENBROKER_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--config FILE") && stderr.contains("tokenbroker demo"),
+        "{stderr}"
+    );
+    // The same with only a listen address.
+    let output = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("TOKENBROKER_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
 }
 
 /// The address a broker logged in its "listening" line.
@@ -209,7 +232,7 @@ async fn stop(mut child: Child, rx: &mpsc::Receiver<String>) -> Vec<String> {
 
 #[tokio::test]
 async fn audit_lines_come_out_in_json_and_repeats_are_written_at_shutdown() {
-    let (child, rx) = spawn(&["--listen", "127.0.0.1:0", "--log-format", "json"]);
+    let (child, rx) = spawn(&["demo", "--listen", "127.0.0.1:0", "--log-format", "json"]);
     let lines = read_until(&rx, "tokenbroker listening");
     org_tokens(&listening_addr(&lines), 3).await;
     let log = stop(child, &rx).await;

@@ -224,7 +224,7 @@ fn check_config_prints_the_effective_config_with_secrets_redacted() {
 #[test]
 fn json_logs_are_one_object_per_line() {
     let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["demo", "--listen", "127.0.0.1:0", "--log-format", "json"])
         .env("RUST_LOG", "info")
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -22,7 +22,7 @@ out=target/instructions
 mkdir -p "$out"
 rm -f "$out"/callgrind.out*
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-args=(--listen "127.0.0.1:$port")
+args=(demo --listen "127.0.0.1:$port")
 sandbox=
 users=${USERS:-50}
 if [[ -n "${EXTRA_TOML:-}" || "$users" -gt 100 ]]; then
@@ -31,7 +31,7 @@ if [[ -n "${EXTRA_TOML:-}" || "$users" -gt 100 ]]; then
     sandbox=$!
     printf '%b\n[orgs.demo]\ntoken_url = "http://127.0.0.1:%s/oauth/token"\nauthorization_grant_url = "http://127.0.0.1:%s/oauth/authorization-grant"\nclient_id = "demo-client"\nclient_secret_env = "DEMO_SECRET"\n' \
         "${EXTRA_TOML:-}" "$sandbox_port" "$sandbox_port" >"$out/broker.toml"
-    args+=(--config "$out/broker.toml")
+    args=(--listen "127.0.0.1:$port" --config "$out/broker.toml")
     sleep 1
 fi
 DEMO_SECRET=demo-secret RUST_LOG=info valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out" \

@@ -7,7 +7,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cargo build --quiet --manifest-path "$root/Cargo.toml" --bin tokenbroker
 log=$(mktemp)
-"${CARGO_TARGET_DIR:-$root/target}/debug/tokenbroker" --listen 127.0.0.1:0 > "$log" 2>&1 &
+"${CARGO_TARGET_DIR:-$root/target}/debug/tokenbroker" demo --listen 127.0.0.1:0 > "$log" 2>&1 &
 broker=$!
 trap 'kill $broker 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q "tokenbroker listening" "$log" && break; sleep 0.1; done

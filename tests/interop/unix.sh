@@ -6,7 +6,7 @@ set -euo pipefail
 fail() { echo "unix: FAILED: $*" >&2; exit 1; }
 dir=$(mktemp -d)
 log="$dir/log"
-"$TOKENBROKER" --listen "unix://$dir/broker.sock" > "$log" 2>&1 &
+"$TOKENBROKER" demo --listen "unix://$dir/broker.sock" > "$log" 2>&1 &
 broker=$!
 trap 'kill $broker 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do grep -q "tokenbroker listening" "$log" && break; sleep 0.1; done
