@@ -6,6 +6,7 @@
 //! `audit.summary_interval`, and at shutdown. The counts of all lines add up to the tokens
 //! handed out. `audit.every_call` logs one line per hand-out instead.
 
+use crate::sync::LockUnpoisoned;
 use std::{
     hash::BuildHasher,
     net::IpAddr,
@@ -216,7 +217,7 @@ impl Audit {
     }
 
     fn lock(&self) -> MutexGuard<'_, Counts> {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+        self.counts.lock_unpoisoned()
     }
 
     fn hash(&self, caller: &Arc<Authenticated>, peer: Option<IpAddr>, key: &KeyRef) -> u64 {

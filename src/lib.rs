@@ -20,6 +20,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod sandbox;
 pub mod secret;
+mod sync;
 pub mod upstream;
 
 /// The generated `tokenbroker.v1` messages and client. (The server is built from its own
@@ -29,6 +30,7 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/client/tokenbroker.v1.rs"));
 }
 
+use crate::sync::LockUnpoisoned;
 use std::{future::Future, sync::Arc};
 
 use tokio::{
@@ -230,7 +232,7 @@ impl Reloader {
         let changes = self.broker.reload_orgs(new.orgs.clone()).await;
         self.gate
             .set_callers(auth::Callers::new(new.callers.clone()));
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut running = self.running.lock_unpoisoned();
         let old = &*running;
         let mut restart = Vec::new();
         let checks: [(&'static str, bool); 11] = [

@@ -22,6 +22,7 @@ mod token;
 mod users;
 mod watch_events;
 
+use crate::sync::RwLockUnpoisoned;
 use std::{
     collections::HashMap,
     sync::{
@@ -207,16 +208,12 @@ struct OrgConfig {
 impl Org {
     /// The org's current endpoints and credentials.
     fn config(&self) -> Arc<OrgConfig> {
-        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+        Arc::clone(&self.config.read_unpoisoned())
     }
 
     /// The slot of `user`, if one is held.
     fn user_slot_if_held(&self, user: &str) -> Option<Arc<Slot>> {
-        self.users
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(user)
-            .cloned()
+        self.users.read_unpoisoned().get(user).cloned()
     }
 
     fn is_static(&self) -> bool {
@@ -298,8 +295,7 @@ impl Broker {
         });
         self.inner
             .orgs
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .write_unpoisoned()
             .insert(name, Arc::clone(&org));
         self.plan(&org.slot);
         org
@@ -309,8 +305,7 @@ impl Broker {
     fn all_orgs(&self) -> Vec<Arc<Org>> {
         self.inner
             .orgs
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_unpoisoned()
             .values()
             .cloned()
             .collect()
@@ -374,7 +369,7 @@ impl Broker {
     pub fn stats(&self) -> BrokerStats {
         let (mut held, mut watchers) = (0, 0);
         for org in self.all_orgs() {
-            let users = org.users.read().unwrap_or_else(|p| p.into_inner());
+            let users = org.users.read_unpoisoned();
             held += users.len();
             watchers += org.slot.watchers() + users.slots().map(|s| s.watchers()).sum::<usize>();
         }
@@ -523,7 +518,7 @@ impl Broker {
         name: &str,
         visible: &dyn Fn(&str) -> bool,
     ) -> Result<Arc<Org>, BrokerError> {
-        let orgs = self.inner.orgs.read().unwrap_or_else(|p| p.into_inner());
+        let orgs = self.inner.orgs.read_unpoisoned();
         if name.is_empty()
             && orgs.len() == 1
             && let Some(org) = orgs.values().next()

@@ -2,6 +2,7 @@
 //! orgs stop (their watchers are told), and changed endpoints or secrets take effect at
 //! the next request to the platform, with the tokens already held kept.
 
+use crate::sync::RwLockUnpoisoned;
 use std::{collections::HashSet, sync::Arc};
 
 use tracing::info;
@@ -76,7 +77,7 @@ impl Broker {
             Credentials::Static(token) => Some(token.clone()),
             Credentials::Client { .. } => None,
         };
-        *org.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(OrgConfig {
+        *org.config.write_unpoisoned() = Arc::new(OrgConfig {
             client: settings.client,
             credentials: settings.credentials,
         });
@@ -90,17 +91,8 @@ impl Broker {
 
     /// Stops an org: no more renewals, and every watcher of its keys is told.
     fn remove_org(&self, org: &Arc<Org>, why: &str) {
-        self.inner
-            .orgs
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&org.name);
-        let users: Vec<Arc<Slot>> = org
-            .users
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .collect();
+        self.inner.orgs.write_unpoisoned().remove(&org.name);
+        let users: Vec<Arc<Slot>> = org.users.write_unpoisoned().drain().collect();
         for slot in users.iter().chain([&org.slot]) {
             slot.retire();
             if let Some(token) = slot.current() {

@@ -5,6 +5,7 @@
 //! or used within the idle window. What to do and when is decided by two pure functions of
 //! a slot's [`View`].
 
+use crate::sync::RwLockUnpoisoned;
 use std::sync::{Arc, Weak};
 
 use tokio::time::{Instant, sleep_until};
@@ -109,7 +110,7 @@ impl Broker {
         if let Some(slot) = org.user_slot_if_held(user) {
             return slot;
         }
-        let mut users = org.users.write().unwrap_or_else(|p| p.into_inner());
+        let mut users = org.users.write_unpoisoned();
         if let Some(slot) = users.get(user) {
             return Arc::clone(slot);
         }
@@ -230,7 +231,7 @@ impl Broker {
     }
 
     fn drop_user_slot(&self, org: &Org, slot: &Arc<Slot>) {
-        let mut users = org.users.write().unwrap_or_else(|p| p.into_inner());
+        let mut users = org.users.write_unpoisoned();
         if let Some(user) = &slot.key.user
             && users.get(user).is_some_and(|s| Arc::ptr_eq(s, slot))
         {

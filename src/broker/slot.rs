@@ -4,6 +4,7 @@
 //! watches the key. A slot is small on purpose: a broker holds one per user token, and
 //! 100,000 of them must fit in tens of megabytes (BENCHMARKS.md).
 
+use crate::sync::{LockUnpoisoned, RwLockUnpoisoned};
 use std::sync::{
     Arc, Mutex, MutexGuard, RwLock, Weak,
     atomic::{AtomicU64, Ordering},
@@ -133,26 +134,18 @@ impl Slot {
 
     /// What the key holds now.
     pub fn held(&self) -> Held {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.current.read_unpoisoned().clone()
     }
 
     /// The current token, usable or not.
     pub fn current(&self) -> Option<SharedToken> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .token()
-            .cloned()
+        self.current.read_unpoisoned().token().cloned()
     }
 
     /// The current token if it may be handed out at `now`: the cache hit.
     pub fn usable(&self, now: Instant) -> Option<SharedToken> {
         self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_unpoisoned()
             .token()
             .filter(|t| t.is_usable(now))
             .cloned()
@@ -160,14 +153,14 @@ impl Slot {
 
     /// The flight and renewal state, locked briefly (never across an await).
     pub fn state(&self) -> MutexGuard<'_, SlotState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock_unpoisoned()
     }
 
     /// A receiver that sees every token installed from now on (latest value only).
     pub fn subscribe(&self) -> watch::Receiver<Held> {
         // Under the read lock: an install (which holds the write lock) happens wholly
         // before or wholly after, so the receiver misses nothing.
-        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        let current = self.current.read_unpoisoned();
         self.watch
             .get_or_init(|| Box::new(watch::Sender::new(current.clone())))
             .subscribe()
@@ -175,7 +168,7 @@ impl Slot {
 
     /// Replaces what the key holds and tells its watchers.
     fn install(&self, held: Held) {
-        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.current.write_unpoisoned();
         if let Some(watch) = self.watch.get() {
             watch.send_replace(held.clone());
         }
@@ -184,7 +177,7 @@ impl Slot {
 
     /// Announces that `expired` could not be renewed, unless a newer token replaced it.
     pub fn announce_gone(&self, expired: &SharedToken, gone: Gone) -> bool {
-        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.current.write_unpoisoned();
         if !matches!(&*current, Held::Token(t) if Arc::ptr_eq(t, expired)) {
             return false;
         }

@@ -2,6 +2,7 @@
 //! by one task ([`super::renew`]), instead of a sleeping task per key. A task per key cost
 //! about 900 bytes and a timer entry; an entry here costs 16 bytes.
 
+use crate::sync::LockUnpoisoned;
 use std::{
     cmp::Ordering,
     collections::BinaryHeap,
@@ -93,7 +94,7 @@ impl Timer {
             state.wake = at;
         }
         let Some(at) = at else { return };
-        let mut heap = self.heap.lock().unwrap_or_else(|p| p.into_inner());
+        let mut heap = self.heap.lock_unpoisoned();
         let earliest = heap.peek().is_none_or(|first| at < first.at);
         heap.push(Entry {
             at,
@@ -109,7 +110,7 @@ impl Timer {
     /// next one is due.
     pub fn due(&self, now: Instant) -> (Vec<Arc<Slot>>, Option<Instant>) {
         let now = self.wake_at(now);
-        let mut heap = self.heap.lock().unwrap_or_else(|p| p.into_inner());
+        let mut heap = self.heap.lock_unpoisoned();
         let mut due = Vec::new();
         while let Some(first) = heap.peek()
             && first.at <= now
@@ -136,7 +137,7 @@ impl Timer {
     /// Entries in the heap, stale ones included.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.heap.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.heap.lock_unpoisoned().len()
     }
 }
 

@@ -3,6 +3,7 @@
 //! is known, whether it may do this. What bounds the broker's work is the broker's own
 //! (`broker::Limits`): a call answered from the cache is never refused for being one of many.
 
+use crate::sync::{LockUnpoisoned, RwLockUnpoisoned};
 use std::{
     collections::HashMap,
     net::IpAddr,
@@ -56,7 +57,7 @@ struct Window {
 
 impl Failures {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Window>> {
-        self.by_peer.lock().unwrap_or_else(|p| p.into_inner())
+        self.by_peer.lock_unpoisoned()
     }
 
     /// How long `peer` is still refused, if it is.
@@ -115,7 +116,7 @@ impl Gate {
     /// limit, or refuses it.
     pub fn admit<T>(&self, request: &Request<T>) -> Result<Admitted, Status> {
         let peer = request.remote_addr().map(|a| a.ip());
-        let callers = self.callers.read().unwrap_or_else(|p| p.into_inner());
+        let callers = self.callers.read_unpoisoned();
         // With no callers configured anyone local may ask: what a request presents is not
         // looked at (three lookups fewer on every call).
         let caller = if callers.is_open() {
@@ -162,7 +163,7 @@ impl Gate {
 impl Gate {
     /// Replaces the callers (a reload). Calls in flight finish as they began.
     pub fn set_callers(&self, callers: Callers) {
-        *self.callers.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(callers);
+        *self.callers.write_unpoisoned() = Arc::new(callers);
     }
 }
 

@@ -2,6 +2,7 @@
 //! UNAVAILABLE when the server shuts down, counted against its connection's limit, and
 //! audited once per caller and rotation.
 
+use crate::sync::LockUnpoisoned;
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -40,7 +41,7 @@ impl ConnectionStreams {
     /// The count of the connection from `peer`: made when it is accepted, and kept by its
     /// writer and its streams.
     pub fn connection(&self, peer: SocketAddr) -> Arc<AtomicUsize> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.open.lock_unpoisoned();
         if let Some(count) = open.get(&peer).and_then(Weak::upgrade) {
             return count;
         }
@@ -92,7 +93,7 @@ pub struct RotationAudits {
 
 impl RotationAudits {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, TokenKey), Arc<AtomicU64>>> {
-        self.last.lock().unwrap_or_else(|p| p.into_inner())
+        self.last.lock_unpoisoned()
     }
 }
 

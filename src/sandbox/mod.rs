@@ -7,6 +7,7 @@ mod faults;
 mod routes;
 mod state;
 
+use crate::sync::LockUnpoisoned;
 use std::{
     io,
     net::SocketAddr,
@@ -189,7 +190,7 @@ impl Sandbox {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock_unpoisoned()
     }
 }
 

@@ -2,6 +2,7 @@
 //! faults), two API calls to check a token with, and the counters and fault controls for
 //! tests.
 
+use crate::sync::LockUnpoisoned;
 use std::{
     collections::HashMap,
     io,
@@ -33,7 +34,7 @@ struct App {
 
 impl App {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock_unpoisoned()
     }
 }
 
