@@ -1,0 +1,239 @@
+//! The server assembled from a config: the broker, the gate and the gRPC service on one
+//! listener, the metrics listener beside it, and the shutdown that ends streams, drains
+//! calls and flushes the audit.
+
+use std::{future::Future, sync::Arc};
+
+use tokio::{net::TcpListener, sync::Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Listener, Reloader, audit, auth,
+    broker::Broker,
+    config::Config,
+    grpc, metrics,
+    upstream::{self, Upstream},
+};
+
+/// Why the broker could not start or stopped with a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The HTTP client for the platform could not be built.
+    #[error("{0}")]
+    Upstream(#[from] upstream::UpstreamError),
+    /// Server reflection could not load the descriptors (a build problem).
+    #[error("server reflection: {0}")]
+    Reflection(tonic_reflection::server::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Serve(tonic::transport::Error),
+    /// The server's TLS certificate or key could not be used.
+    #[error("{0}")]
+    Tls(String),
+    /// A listener could not be opened.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Serves Prometheus metrics of `broker` at `/metrics` on `listener` until `shutdown`.
+pub async fn serve_metrics(
+    broker: Broker,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let registry = Arc::new(metrics::registry(&broker));
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = Arc::clone(&registry);
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    metrics::render(&registry),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Runs the broker for `config` on `listener` until `shutdown` completes. Tests bind
+/// `127.0.0.1:0` and call this as `main` does.
+pub async fn run(
+    config: Config,
+    listener: impl Into<Listener>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    Server::new(config)?.serve(listener, shutdown).await
+}
+
+/// A broker ready to serve: its cache, its gate (callers and limits), its config.
+pub struct Server {
+    broker: Broker,
+    gate: Arc<grpc::Gate>,
+    config: Config,
+}
+
+impl Server {
+    /// The broker `config` describes. Must be called within a Tokio runtime.
+    pub fn new(config: Config) -> Result<Self, Error> {
+        let metrics = Arc::new(metrics::Metrics::default());
+        let upstream = Upstream::new(config.request_timeout, Arc::clone(&metrics))?;
+        let broker = Broker::new(
+            config.orgs.clone(),
+            upstream,
+            config.cache.clone(),
+            config.limits,
+            Arc::clone(&metrics),
+        );
+        let gate = Arc::new(grpc::Gate::new(
+            auth::Callers::new(config.callers.clone()),
+            Arc::clone(&metrics),
+        ));
+        Ok(Self {
+            broker,
+            gate,
+            config,
+        })
+    }
+
+    /// The broker behind the server.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// A handle that applies new configs to the running server.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            broker: self.broker.clone(),
+            gate: Arc::clone(&self.gate),
+            running: Arc::new(std::sync::Mutex::new(self.config.clone())),
+        }
+    }
+
+    /// Serves on `listener` until `shutdown` completes; see [`serve`].
+    pub async fn serve(
+        self,
+        listener: impl Into<Listener>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), Error> {
+        serve(self.broker, self.gate, self.config, listener, shutdown).await
+    }
+}
+
+/// The connection limit `config` sets, or three quarters of the open-file limit; logged,
+/// with a warning when the setting leaves too few descriptors for the rest.
+fn connection_limits(config: &Config) -> grpc::ConnectionLimits {
+    let open_files = grpc::open_file_limit();
+    let max_connections = config
+        .max_connections
+        .unwrap_or_else(|| grpc::default_max_connections(open_files));
+    let open_files_text = open_files.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
+    tracing::info!(
+        max_connections,
+        open_file_limit = %open_files_text,
+        handshake_timeout = ?config.handshake_timeout,
+        "connection limits"
+    );
+    if let Some(limit) = open_files
+        && max_connections as u64 + 32 > limit
+    {
+        tracing::warn!(
+            max_connections,
+            open_file_limit = limit,
+            "server.max_connections leaves fewer than 32 of the open-file limit for the platform's connections and files; at the limit, accepts back off"
+        );
+    }
+    grpc::ConnectionLimits {
+        max_connections,
+        handshake_timeout: config.handshake_timeout,
+    }
+}
+
+/// Serves `broker` on `listener` with `config`'s server settings until `shutdown`
+/// completes. Then every watch stream ends with UNAVAILABLE, open calls get up to
+/// `drain_timeout` to finish, and the broker's background renewal stops.
+async fn serve(
+    broker: Broker,
+    gate: Arc<grpc::Gate>,
+    config: Config,
+    listener: impl Into<Listener>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let listener = listener.into();
+    let addr = listener.local_addr();
+    if !config.callers.is_empty() && config.tls.is_none() && !config.listen.is_local() {
+        tracing::warn!(
+            "callers' API keys travel in clear text: configure [server.tls] when listening beyond loopback"
+        );
+    }
+    tracing::info!(%addr, orgs = %broker.org_names().join(","), "tokenbroker listening");
+    let drain_timeout = config.drain_timeout;
+    let signalled = Arc::new(Notify::new());
+    let notify = Arc::clone(&signalled);
+    let streams_end = CancellationToken::new();
+    let audit = Arc::new(audit::Audit::new(config.audit));
+    tokio::spawn(Arc::clone(&audit).run(streams_end.clone()));
+    let options = grpc::ServiceOptions {
+        limits: config.watch.clone(),
+        gate,
+        audit: Arc::clone(&audit),
+        shutdown: streams_end.clone(),
+    };
+    let settings = grpc::ServerSettings {
+        keepalive_interval: config.keepalive_interval,
+        keepalive_timeout: config.keepalive_timeout,
+        // Room for every watch stream a connection may hold, plus calls beside them.
+        max_concurrent_streams: u32::try_from(config.watch.max_streams_per_connection + 256)
+            .unwrap_or(u32::MAX),
+        max_request_bytes: config.max_request_bytes,
+        connections: connection_limits(&config),
+        tls: config.tls.clone(),
+    };
+    if let Some(addr) = config.metrics_listen {
+        let metrics_listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: addr.to_string(),
+                source,
+            })?;
+        tracing::info!(%addr, "metrics at /metrics");
+        let stop = streams_end.clone();
+        tokio::spawn(serve_metrics(
+            broker.clone(),
+            metrics_listener,
+            async move { stop.cancelled().await },
+        ));
+    }
+    let server = grpc::serve(broker.clone(), options, settings, listener, async move {
+        shutdown.await;
+        tracing::info!("shutting down: ending watch streams, draining calls");
+        streams_end.cancel();
+        notify.notify_one();
+    });
+    // After the shutdown signal the server stops accepting and waits for open connections
+    // to finish; a client that keeps its connection open gets `drain_timeout`, no more.
+    let drain = async {
+        signalled.notified().await;
+        tokio::time::sleep(drain_timeout).await;
+    };
+    let result = tokio::select! {
+        result = server => result,
+        () = drain => {
+            tracing::warn!(?drain_timeout, "connections still open after the drain timeout; closing them");
+            Ok(())
+        }
+    };
+    broker.shutdown();
+    // The calls have drained: every repeat counted since the last summary is written.
+    audit.flush(audit::Flush::All);
+    result
+}
