@@ -8,19 +8,16 @@ use tokio::{net::TcpListener, sync::Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Listener, Reloader, audit, auth,
-    broker::Broker,
-    config::Config,
-    grpc, metrics,
-    upstream::{self, Upstream},
+    Listener, Reloader, audit, auth, broker::Broker, config::Config, grpc, metrics,
+    upstream::Upstream,
 };
 
 /// Why the broker could not start or stopped with a failure.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The HTTP client for the platform could not be built.
-    #[error("{0}")]
-    Upstream(#[from] upstream::UpstreamError),
+    /// The HTTP client for the platform could not be built (its TLS roots, say).
+    #[error("could not build the HTTP client for the platform: {0}")]
+    HttpClient(#[source] reqwest::Error),
     /// Server reflection could not load the descriptors (a build problem).
     #[error("server reflection: {0}")]
     Reflection(tonic_reflection::server::Error),
@@ -86,7 +83,8 @@ impl Server {
     /// The broker `config` describes. Must be called within a Tokio runtime.
     pub fn new(config: Config) -> Result<Self, Error> {
         let metrics = Arc::new(metrics::Metrics::default());
-        let upstream = Upstream::new(config.request_timeout, Arc::clone(&metrics))?;
+        let upstream = Upstream::new(config.request_timeout, Arc::clone(&metrics))
+            .map_err(Error::HttpClient)?;
         let broker = Broker::new(
             config.orgs.clone(),
             upstream,

@@ -25,21 +25,29 @@ pub enum BrokerError {
     UnknownUser { org: String, user: String },
     /// The platform rejects the broker's own credentials for the org; retrying will not help
     /// until the configuration changes.
-    #[error("org {org}: {detail}; check the org's credentials in the broker's configuration")]
-    CredentialsRejected { org: String, detail: String },
+    #[error("org {org}: {cause}; check the org's credentials in the broker's configuration")]
+    CredentialsRejected {
+        org: String,
+        #[source]
+        cause: UpstreamError,
+    },
     /// The key holds a long-lived token or API key, which the platform cannot rotate.
     #[error(
         "org {org} uses a long-lived token, which cannot be rotated; replace it in the broker's configuration"
     )]
     NotRotatable { org: String },
     /// The platform is unreachable or failing, and no valid token is held for the key.
-    #[error("{key}: no valid token and the platform failed: {detail}; try again shortly")]
+    #[error("{key}: no valid token and the platform failed: {cause}; try again shortly")]
     Unavailable {
         key: String,
-        detail: String,
-        /// How long the platform asked the broker to wait (429 `Retry-After`).
-        retry_after: Option<Duration>,
+        /// What the platform did (its 429 `Retry-After`, if it sent one, included).
+        #[source]
+        cause: UpstreamError,
     },
+    /// The broker failed itself (a fetch's task ended without an outcome): a bug, reported
+    /// as unavailable so the caller retries.
+    #[error("{key}: no valid token: {detail}; try again shortly")]
+    Internal { key: String, detail: &'static str },
     /// So many callers wait on the platform already that one more would not fit the
     /// memory bound (`server.max_waiting_callers`).
     #[error(
@@ -69,22 +77,27 @@ impl BrokerError {
                 _,
             ) => Self::CredentialsRejected {
                 org: key.org.to_string(),
-                detail: e.to_string(),
+                cause: e.clone(),
             },
             (UpstreamError::UnknownUser { .. }, Some(user)) => Self::UnknownUser {
                 org: key.org.to_string(),
                 user: user.to_string(),
             },
-            (UpstreamError::RateLimited { retry_after }, _) => Self::Unavailable {
-                key: key.to_string(),
-                detail: e.to_string(),
-                retry_after: *retry_after,
-            },
             _ => Self::Unavailable {
                 key: key.to_string(),
-                detail: e.to_string(),
-                retry_after: None,
+                cause: e.clone(),
             },
+        }
+    }
+
+    /// How long the platform asked the broker to wait (a 429's `Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Unavailable {
+                cause: UpstreamError::RateLimited { retry_after },
+                ..
+            } => *retry_after,
+            _ => None,
         }
     }
 }

@@ -605,14 +605,16 @@ impl Broker {
     /// accepts (during an outage callers keep getting the token until it actually expires).
     async fn usable(&self, org: &Arc<Org>, slot: &Arc<Slot>) -> Result<SharedToken, BrokerError> {
         match self.token(org, slot, Want::Usable).await {
-            Err(e @ BrokerError::Unavailable { .. }) => match slot.current() {
-                Some(token) if token.is_valid(Instant::now()) => {
-                    debug!(key = %slot.key, error = %e, "platform failing; handing out the still valid token");
-                    self.inner.stats.served_stale();
-                    Ok(token)
+            Err(e @ (BrokerError::Unavailable { .. } | BrokerError::Internal { .. })) => {
+                match slot.current() {
+                    Some(token) if token.is_valid(Instant::now()) => {
+                        debug!(key = %slot.key, error = %e, "platform failing; handing out the still valid token");
+                        self.inner.stats.served_stale();
+                        Ok(token)
+                    }
+                    _ => Err(e),
                 }
-                _ => Err(e),
-            },
+            }
             other => other,
         }
     }
@@ -685,10 +687,10 @@ impl Broker {
         })
         .await
         .unwrap_or_else(|e| {
-            Err(BrokerError::Unavailable {
+            warn!(key = %slot.key, error = %e, "the upstream request task failed");
+            Err(BrokerError::Internal {
                 key: slot.key.to_string(),
-                detail: format!("the upstream request task failed: {e}"),
-                retry_after: None,
+                detail: "the upstream request task failed",
             })
         })
     }
@@ -772,12 +774,9 @@ impl Broker {
     fn hold_after(&self, e: &BrokerError, failures: u32) -> Duration {
         let policy = &self.inner.policy.renewal;
         let backoff = policy.backoff(failures, rand::rng().random());
-        match e {
-            BrokerError::CredentialsRejected { .. } => policy.credentials_retry,
-            BrokerError::Unavailable {
-                retry_after: Some(wait),
-                ..
-            } => backoff.max(*wait),
+        match (e, e.retry_after()) {
+            (BrokerError::CredentialsRejected { .. }, _) => policy.credentials_retry,
+            (_, Some(wait)) => backoff.max(wait),
             _ => backoff,
         }
     }

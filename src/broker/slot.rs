@@ -233,10 +233,9 @@ impl Slot {
             let outcome = match (last_error, self.current()) {
                 (Some(e), _) => Err(e),
                 (None, Some(token)) => Ok(token),
-                (None, None) => Err(BrokerError::Unavailable {
+                (None, None) => Err(BrokerError::Internal {
                     key: self.key.to_string(),
-                    detail: "the flight this call joined produced no token".into(),
-                    retry_after: None,
+                    detail: "the flight this call joined produced no token",
                 }),
             };
             return Turn::Joined(outcome);

@@ -12,7 +12,7 @@ impl From<BrokerError> for Status {
             BrokerError::CredentialsRejected { .. } | BrokerError::NotRotatable { .. } => {
                 Code::FailedPrecondition
             }
-            BrokerError::Unavailable { .. } => Code::Unavailable,
+            BrokerError::Unavailable { .. } | BrokerError::Internal { .. } => Code::Unavailable,
             BrokerError::OutOfRange { .. } => Code::OutOfRange,
             BrokerError::TooManyWaiting { .. } => Code::ResourceExhausted,
         };

@@ -45,7 +45,7 @@ pub struct Upstream {
 impl Upstream {
     /// A client whose every request gives up after `timeout`. Redirects are never followed,
     /// so credentials go only to the configured URLs.
-    pub fn new(timeout: Duration, metrics: Arc<Metrics>) -> Result<Self, UpstreamError> {
+    pub fn new(timeout: Duration, metrics: Arc<Metrics>) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
@@ -54,10 +54,7 @@ impl Upstream {
             // A burst of cold keys opens many connections; the broker's steady traffic
             // needs few, so only a handful are kept idle (each holds buffers).
             .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
-            .build()
-            .map_err(|e| UpstreamError::Connection {
-                reason: format!("could not build the HTTP client: {e}"),
-            })?;
+            .build()?;
         Ok(Self {
             http,
             timeout,
