@@ -163,7 +163,7 @@ struct Inner {
     flights: Arc<Semaphore>,
     max_flights: usize,
     /// When each slot is next looked at by the renewal timer.
-    timer: Arc<timer::Timer>,
+    timer: Arc<timer::Timer<Slot>>,
     /// Stops the renewal timer: cancelled by [`Broker::shutdown`], or when the last clone
     /// of the broker is dropped.
     shutdown: CancellationToken,

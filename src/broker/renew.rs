@@ -168,7 +168,11 @@ impl Broker {
     /// The renewal timer's task: looks at each slot when it is due, until the broker shuts
     /// down or is dropped. It holds the broker only while it acts, so that dropping the
     /// last [`Broker`] ends it (see `Drop for Inner`).
-    pub(super) async fn run_timer(inner: Weak<Inner>, timer: Arc<Timer>, stop: CancellationToken) {
+    pub(super) async fn run_timer(
+        inner: Weak<Inner>,
+        timer: Arc<Timer<Slot>>,
+        stop: CancellationToken,
+    ) {
         loop {
             let (due, next) = timer.due(Instant::now());
             if !due.is_empty() {

@@ -16,7 +16,10 @@ use tokio::{
     time::{Duration, Instant},
 };
 
-use super::{BrokerError, Gone, Held, Org, SharedToken, TokenKey, timer::WakeAt};
+use super::{
+    BrokerError, Gone, Held, Org, SharedToken, TokenKey,
+    timer::{Timed, WakeAt},
+};
 use crate::secret::RefreshToken;
 
 /// A key's current token and the machinery to replace it.
@@ -56,6 +59,26 @@ pub(crate) struct SlotState {
     pub wake: Option<WakeAt>,
     /// Dropped from the cache (evicted, idle, or its org removed): never renewed again.
     pub retired: bool,
+}
+
+impl Timed for Slot {
+    fn set_wake(&self, at: Option<WakeAt>) -> bool {
+        let mut state = self.state();
+        if state.wake == at {
+            return false;
+        }
+        state.wake = at;
+        true
+    }
+
+    fn take_wake(&self, at: WakeAt) -> bool {
+        let mut state = self.state();
+        let due = state.wake == Some(at) && !state.retired;
+        if due {
+            state.wake = None;
+        }
+        due
+    }
 }
 
 /// A key's failed flights in a row.

@@ -1,6 +1,8 @@
 //! The renewal timer's queue: one heap of wake-up times for every slot of a broker, served
 //! by one task ([`super::renew`]), instead of a sleeping task per key. A task per key cost
-//! about 900 bytes and a timer entry; an entry here costs 16 bytes.
+//! about 900 bytes and a timer entry; an entry here costs 16 bytes. The queue knows its
+//! items only through [`Timed`] (the slot implements it): it depends on nothing else of
+//! the broker's.
 
 use crate::sync::LockUnpoisoned;
 use std::{
@@ -15,14 +17,20 @@ use tokio::{
     time::{Duration, Instant},
 };
 
-use super::slot::Slot;
+/// What the timer schedules: an item that records its own one wake-up that counts, so
+/// that entries left behind by a rescheduling are skipped when they come up.
+pub(super) trait Timed {
+    /// Records `at` as the item's wake-up; false if it was that already (nothing to queue).
+    fn set_wake(&self, at: Option<WakeAt>) -> bool;
+    /// Whether `at` is still the item's wake-up and the item still wants waking: it is due
+    /// (its wake-up is cleared). False for a stale entry.
+    fn take_wake(&self, at: WakeAt) -> bool;
+}
 
-/// When each slot is next looked at. A slot's own state records the one wake-up that
-/// counts ([`super::slot::SlotState::wake`]); entries left behind by a rescheduling are
-/// skipped when they come up.
+/// When each item (a slot) is next looked at.
 #[derive(Debug)]
-pub(super) struct Timer {
-    heap: Mutex<BinaryHeap<Entry>>,
+pub(super) struct Timer<T> {
+    heap: Mutex<BinaryHeap<Entry<T>>>,
     /// Wakes the timer task when an entry earlier than all others arrives.
     earlier: Notify,
     /// Entries count their time from here: 8 bytes, where an `Instant` takes 16.
@@ -30,9 +38,9 @@ pub(super) struct Timer {
 }
 
 #[derive(Debug)]
-struct Entry {
+struct Entry<T> {
     at: WakeAt,
-    slot: Weak<Slot>,
+    item: Weak<T>,
 }
 
 /// A time on a timer: one nanosecond more than the time since its origin (so never zero:
@@ -40,7 +48,7 @@ struct Entry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct WakeAt(NonZeroU64);
 
-impl Default for Timer {
+impl<T> Default for Timer<T> {
     fn default() -> Self {
         Self {
             heap: Mutex::default(),
@@ -51,27 +59,27 @@ impl Default for Timer {
 }
 
 // The heap is a max-heap: the earliest instant is the greatest entry.
-impl Ord for Entry {
+impl<T> Ord for Entry<T> {
     fn cmp(&self, other: &Self) -> Ordering {
         other.at.cmp(&self.at)
     }
 }
 
-impl PartialOrd for Entry {
+impl<T> PartialOrd for Entry<T> {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl PartialEq for Entry {
+impl<T> PartialEq for Entry<T> {
     fn eq(&self, other: &Self) -> bool {
         self.at == other.at
     }
 }
 
-impl Eq for Entry {}
+impl<T> Eq for Entry<T> {}
 
-impl Timer {
+impl<T: Timed> Timer<T> {
     /// `at` on this timer (the origin for an instant before it: due at once).
     fn wake_at(&self, at: Instant) -> WakeAt {
         let nanos = at.saturating_duration_since(self.origin).as_nanos();
@@ -83,22 +91,18 @@ impl Timer {
         self.origin + Duration::from_nanos(at.0.get() - 1)
     }
 
-    /// Sets when `slot` is next looked at; `None`: not until something changes.
-    pub fn set(&self, slot: &Arc<Slot>, at: Option<Instant>) {
+    /// Sets when `item` is next looked at; `None`: not until something changes.
+    pub fn set(&self, item: &Arc<T>, at: Option<Instant>) {
         let at = at.map(|at| self.wake_at(at));
-        {
-            let mut state = slot.state();
-            if state.wake == at {
-                return;
-            }
-            state.wake = at;
+        if !item.set_wake(at) {
+            return;
         }
         let Some(at) = at else { return };
         let mut heap = self.heap.lock_unpoisoned();
         let earliest = heap.peek().is_none_or(|first| at < first.at);
         heap.push(Entry {
             at,
-            slot: Arc::downgrade(slot),
+            item: Arc::downgrade(item),
         });
         drop(heap);
         if earliest {
@@ -106,9 +110,9 @@ impl Timer {
         }
     }
 
-    /// Takes out the slots due at `now` (each one's wake-up is cleared), and says when the
+    /// Takes out the items due at `now` (each one's wake-up is cleared), and says when the
     /// next one is due.
-    pub fn due(&self, now: Instant) -> (Vec<Arc<Slot>>, Option<Instant>) {
+    pub fn due(&self, now: Instant) -> (Vec<Arc<T>>, Option<Instant>) {
         let now = self.wake_at(now);
         let mut heap = self.heap.lock_unpoisoned();
         let mut due = Vec::new();
@@ -116,14 +120,11 @@ impl Timer {
             && first.at <= now
         {
             let Some(entry) = heap.pop() else { break };
-            let Some(slot) = entry.slot.upgrade() else {
+            let Some(item) = entry.item.upgrade() else {
                 continue;
             };
-            let mut state = slot.state();
-            if state.wake == Some(entry.at) && !state.retired {
-                state.wake = None;
-                drop(state);
-                due.push(slot);
+            if item.take_wake(entry.at) {
+                due.push(item);
             }
         }
         (due, heap.peek().map(|first| self.instant(first.at)))
@@ -145,16 +146,39 @@ impl Timer {
 mod tests {
     use super::*;
 
-    fn slot(user: &str) -> Arc<Slot> {
-        Slot::detached_user(user)
+    /// An item of the timer's own: its wake-up, and whether it still wants waking.
+    #[derive(Debug, Default)]
+    struct Item {
+        wake: Mutex<Option<WakeAt>>,
+        retired: std::sync::atomic::AtomicBool,
+    }
+
+    impl Timed for Item {
+        fn set_wake(&self, at: Option<WakeAt>) -> bool {
+            let mut wake = self.wake.lock_unpoisoned();
+            at != std::mem::replace(&mut *wake, at)
+        }
+        fn take_wake(&self, at: WakeAt) -> bool {
+            let retired = self.retired.load(std::sync::atomic::Ordering::Relaxed);
+            let mut wake = self.wake.lock_unpoisoned();
+            let due = *wake == Some(at) && !retired;
+            if due {
+                *wake = None;
+            }
+            due
+        }
     }
 
     #[test]
-    fn slots_come_due_in_order_and_only_at_their_latest_time() {
+    fn items_come_due_in_order_and_only_at_their_latest_time() {
         let timer = Timer::default();
         let t0 = Instant::now();
         let s = |n: u64| t0 + Duration::from_secs(n);
-        let (a, b, c) = (slot("a"), slot("b"), slot("c"));
+        let (a, b, c) = (
+            Arc::new(Item::default()),
+            Arc::new(Item::default()),
+            Arc::new(Item::default()),
+        );
         timer.set(&a, Some(s(30)));
         timer.set(&b, Some(s(10)));
         timer.set(&c, Some(s(20)));
@@ -169,24 +193,24 @@ mod tests {
         assert!(due.is_empty());
         assert_eq!(next, Some(s(5)));
         let (due, next) = timer.due(s(25));
-        let keys: Vec<_> = due.iter().map(|d| d.key.to_string()).collect();
-        assert_eq!(keys, ["user \"a\" of org acme", "user \"c\" of org acme"]);
+        assert_eq!(due.len(), 2);
+        assert!(Arc::ptr_eq(&due[0], &a) && Arc::ptr_eq(&due[1], &c));
         assert_eq!(next, Some(s(30)));
-        // Due slots have no wake-up until one is set again.
-        assert_eq!(a.state().wake, None);
+        // Due items have no wake-up until one is set again.
+        assert_eq!(*a.wake.lock_unpoisoned(), None);
         let (due, next) = timer.due(s(40));
         assert!(due.is_empty() && next.is_none());
         assert_eq!(timer.len(), 0);
     }
 
     #[test]
-    fn retired_and_dropped_slots_never_come_due() {
+    fn retired_and_dropped_items_never_come_due() {
         let timer = Timer::default();
         let t0 = Instant::now();
-        let (a, b) = (slot("a"), slot("b"));
+        let (a, b) = (Arc::new(Item::default()), Arc::new(Item::default()));
         timer.set(&a, Some(t0));
         timer.set(&b, Some(t0));
-        a.retire();
+        a.retired.store(true, std::sync::atomic::Ordering::Relaxed);
         drop(b);
         let (due, _) = timer.due(t0);
         assert!(due.is_empty());
