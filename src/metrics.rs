@@ -41,11 +41,6 @@ struct GrantLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -64,7 +59,6 @@ pub struct Metrics {
     rpc_seconds: Histograms<MethodLabels>,
     upstream_requests: Family<UpstreamLabels, Counter>,
     upstream_seconds: Histograms<GrantLabels>,
-    rotations: Family<ReasonLabels, Counter>,
     auth_failures: Family<OutcomeLabels, Counter>,
 }
 
@@ -75,7 +69,6 @@ impl Default for Metrics {
             rpc_seconds: Family::new_with_constructor(latency_histogram),
             upstream_requests: Family::default(),
             upstream_seconds: Family::new_with_constructor(latency_histogram),
-            rotations: Family::default(),
             auth_failures: Family::default(),
         }
     }
@@ -125,16 +118,6 @@ impl Metrics {
         }
     }
 
-    /// One upstream request of `grant` type, ending in `outcome` after `elapsed`.
-    pub fn upstream(&self, grant: &'static str, outcome: &'static str, elapsed: Duration) {
-        self.upstream_requests
-            .get_or_create(&UpstreamLabels { grant, outcome })
-            .inc();
-        self.upstream_seconds
-            .get_or_create(&GrantLabels { grant })
-            .observe(elapsed.as_secs_f64());
-    }
-
     /// One call refused for its credentials (`refused`), or refused unlooked-at because its
     /// address failed too often (`throttled`).
     pub fn auth_failure(&self, outcome: &'static str) {
@@ -142,16 +125,22 @@ impl Metrics {
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
+}
 
-    /// One new token, minted for `reason`.
-    pub fn rotation(&self, reason: &'static str) {
-        self.rotations.get_or_create(&ReasonLabels { reason }).inc();
+impl crate::upstream::Observer for Metrics {
+    fn request(&self, grant: &'static str, outcome: &'static str, elapsed: Duration) {
+        self.upstream_requests
+            .get_or_create(&UpstreamLabels { grant, outcome })
+            .inc();
+        self.upstream_seconds
+            .get_or_create(&GrantLabels { grant })
+            .observe(elapsed.as_secs_f64());
     }
 }
 
-/// The registry to scrape: the broker's metrics and its state.
-pub fn registry(broker: &Broker) -> Registry {
-    let metrics = broker.metrics();
+/// The registry to scrape: what the server's components counted into `metrics`, and the
+/// broker's state read at each scrape.
+pub fn registry(broker: &Broker, metrics: &Metrics) -> Registry {
     let mut registry = Registry::with_prefix("tokenbroker");
     registry.register(
         "rpc_requests",
@@ -172,11 +161,6 @@ pub fn registry(broker: &Broker) -> Registry {
         "upstream_duration_seconds",
         "Platform request latency, by grant",
         metrics.upstream_seconds.clone(),
-    );
-    registry.register(
-        "rotations",
-        "New tokens, by reason",
-        metrics.rotations.clone(),
     );
     registry.register(
         "authentication_failures",
@@ -277,6 +261,18 @@ impl Collector for State {
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(value);
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        {
+            let mut rotations = encoder.encode_descriptor(
+                "rotations",
+                "New tokens, by reason",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (reason, count) in crate::broker::Reason::ALL.iter().zip(stats.rotations) {
+                let labels = [("reason", reason.name())];
+                ConstCounter::new(count).encode(rotations.encode_family(&labels)?)?;
+            }
         }
         let expiries = self.broker.org_token_expiries();
         let mut family = encoder.encode_descriptor(

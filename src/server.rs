@@ -8,7 +8,11 @@ use tokio::{net::TcpListener, sync::Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Listener, Reloader, audit, auth, broker::Broker, config::Config, grpc, metrics,
+    Listener, Reloader, audit, auth,
+    broker::Broker,
+    config::Config,
+    grpc,
+    metrics::{self, Metrics},
     upstream::Upstream,
 };
 
@@ -35,13 +39,13 @@ pub enum Error {
     },
 }
 
-/// Serves Prometheus metrics of `broker` at `/metrics` on `listener` until `shutdown`.
+/// Serves `registry` ([`Server::registry`]) in the Prometheus text format at `/metrics` on
+/// `listener` until `shutdown`.
 pub async fn serve_metrics(
-    broker: Broker,
+    registry: Arc<prometheus_client::registry::Registry>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let registry = Arc::new(metrics::registry(&broker));
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -76,21 +80,22 @@ pub async fn run(
 pub struct Server {
     broker: Broker,
     gate: Arc<grpc::Gate>,
+    /// What the server's components count (the broker's own state is read at scrape).
+    metrics: Arc<Metrics>,
     config: Config,
 }
 
 impl Server {
     /// The broker `config` describes. Must be called within a Tokio runtime.
     pub fn new(config: Config) -> Result<Self, Error> {
-        let metrics = Arc::new(metrics::Metrics::default());
-        let upstream = Upstream::new(config.request_timeout, Arc::clone(&metrics))
+        let metrics = Arc::new(Metrics::default());
+        let upstream = Upstream::new(config.request_timeout, Arc::clone(&metrics) as _)
             .map_err(Error::HttpClient)?;
         let broker = Broker::new(
             config.orgs.clone(),
             upstream,
             config.cache.clone(),
             config.limits,
-            Arc::clone(&metrics),
         );
         let gate = Arc::new(grpc::Gate::new(
             auth::Callers::new(config.callers.clone()),
@@ -99,6 +104,7 @@ impl Server {
         Ok(Self {
             broker,
             gate,
+            metrics,
             config,
         })
     }
@@ -106,6 +112,11 @@ impl Server {
     /// The broker behind the server.
     pub fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// The registry a scrape of this server's `/metrics` renders.
+    pub fn registry(&self) -> prometheus_client::registry::Registry {
+        metrics::registry(&self.broker, &self.metrics)
     }
 
     /// A handle that applies new configs to the running server.
@@ -123,7 +134,15 @@ impl Server {
         listener: impl Into<Listener>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), Error> {
-        serve(self.broker, self.gate, self.config, listener, shutdown).await
+        serve(
+            self.broker,
+            self.gate,
+            self.metrics,
+            self.config,
+            listener,
+            shutdown,
+        )
+        .await
     }
 }
 
@@ -162,6 +181,7 @@ fn connection_limits(config: &Config) -> grpc::ConnectionLimits {
 async fn serve(
     broker: Broker,
     gate: Arc<grpc::Gate>,
+    metrics: Arc<Metrics>,
     config: Config,
     listener: impl Into<Listener>,
     shutdown: impl Future<Output = ()> + Send,
@@ -183,6 +203,7 @@ async fn serve(
     let options = grpc::ServiceOptions {
         limits: config.watch.clone(),
         gate,
+        metrics: Arc::clone(&metrics),
         audit: Arc::clone(&audit),
         shutdown: streams_end.clone(),
     };
@@ -206,7 +227,7 @@ async fn serve(
         tracing::info!(%addr, "metrics at /metrics");
         let stop = streams_end.clone();
         tokio::spawn(serve_metrics(
-            broker.clone(),
+            Arc::new(metrics::registry(&broker, &metrics)),
             metrics_listener,
             async move { stop.cancelled().await },
         ));

@@ -55,8 +55,7 @@ fn counted(line: &str) -> u64 {
 
 /// The unary calls answered OK, by the broker's metrics.
 fn ok_calls(h: &Harness) -> u64 {
-    let registry = tokenbroker::metrics::registry(&h.broker);
-    tokenbroker::metrics::render(&registry)
+    tokenbroker::metrics::render(&h.registry)
         .lines()
         .filter(|l| l.starts_with("tokenbroker_rpc_requests_total{") && l.contains("code=\"Ok\""))
         .filter(|l| !l.contains("WatchTokens"))

@@ -133,7 +133,7 @@ async fn failed_authentications_are_throttled_per_address_and_counted() {
         "{}",
         status.message()
     );
-    let scrape = tokenbroker::metrics::render(&tokenbroker::metrics::registry(&h.broker));
+    let scrape = tokenbroker::metrics::render(&h.registry);
     let count = |outcome: &str| {
         scrape
             .lines()

@@ -95,7 +95,7 @@ async fn metrics_count_calls_cache_upstream_rotations_streams_and_expiry() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(tokenbroker::serve_metrics(
-        h.broker.clone(),
+        std::sync::Arc::clone(&h.registry),
         listener,
         std::future::pending(),
     ));

@@ -55,7 +55,6 @@ use users::UserSlots;
 pub use watch_events::{TokenEvents, WatchEvent};
 
 use crate::{
-    metrics::Metrics,
     secret::{AccessToken, AuthCode, ClientSecret},
     upstream::{self, Grant, Upstream, UpstreamError},
 };
@@ -156,7 +155,6 @@ struct Inner {
     upstream: Upstream,
     policy: CachePolicy,
     stats: Arc<stats::Counters>,
-    metrics: Arc<Metrics>,
     /// Callers waiting on the platform now (`Limits::max_waiting_callers`).
     waiting: limits::Waiting,
     /// Places for user-token flights in progress (`Limits::max_concurrent_flights`).
@@ -242,7 +240,6 @@ impl Broker {
         upstream: Upstream,
         policy: CachePolicy,
         limits: Limits,
-        metrics: Arc<Metrics>,
     ) -> Self {
         let max_flights = limits
             .max_concurrent_flights
@@ -253,7 +250,6 @@ impl Broker {
                 upstream,
                 policy,
                 stats: Arc::default(),
-                metrics,
                 waiting: limits::Waiting::new(limits.max_waiting_callers),
                 flights: Arc::new(Semaphore::new(max_flights)),
                 max_flights,
@@ -332,11 +328,6 @@ impl Broker {
         visible: &dyn Fn(&str) -> bool,
     ) -> Result<OrgRef, BrokerError> {
         self.org_listing(name, visible).map(OrgRef)
-    }
-
-    /// The metrics the broker updates.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.inner.metrics
     }
 
     /// Each org and how long its token stays valid: `None` if none is held or it is
@@ -727,7 +718,7 @@ impl Broker {
                 );
                 token.generation = generation;
                 token.reason = reason;
-                self.inner.metrics.rotation(reason.name());
+                self.inner.stats.rotation(reason);
                 info!(
                     key = %slot.key,
                     generation = token.generation,
@@ -961,17 +952,10 @@ mod tests {
                 .num_alive_tasks()
         };
         let before = alive();
-        let metrics = Arc::new(Metrics::default());
         let new_broker = || {
-            let upstream = Upstream::new(Duration::from_secs(1), Arc::clone(&metrics))
+            let upstream = Upstream::new(Duration::from_secs(1), Arc::new(upstream::Unobserved))
                 .expect("an HTTP client");
-            Broker::new(
-                vec![],
-                upstream,
-                CachePolicy::default(),
-                Limits::default(),
-                Arc::clone(&metrics),
-            )
+            Broker::new(vec![], upstream, CachePolicy::default(), Limits::default())
         };
         let wait_for = |n: usize| async move {
             for _ in 0..200 {

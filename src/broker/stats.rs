@@ -1,6 +1,9 @@
-//! Counters of what the broker did, for tests now and metrics later.
+//! Counters of what the broker did: plain atomics, read by the tests and, at each scrape,
+//! by the metrics at the top of the crate (the domain names no metrics type).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::Reason;
 
 /// A snapshot of the broker's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,6 +32,8 @@ pub struct BrokerStats {
     pub waiting_callers: usize,
     /// User-token flights holding a place among `upstream.max_concurrent_flights` now.
     pub flights_in_progress: usize,
+    /// New tokens by reason: issued, renewed, forced, reissued (see [`Reason::ALL`]).
+    pub rotations: [u64; 4],
 }
 
 #[derive(Debug, Default)]
@@ -41,6 +46,7 @@ pub(crate) struct Counters {
     served_stale: AtomicU64,
     evictions: AtomicU64,
     streams: AtomicU64,
+    rotations: [AtomicU64; 4],
 }
 
 fn bump(counter: &AtomicU64) {
@@ -70,6 +76,9 @@ impl Counters {
     pub fn eviction(&self) {
         bump(&self.evictions);
     }
+    pub fn rotation(&self, reason: Reason) {
+        bump(&self.rotations[reason as usize]);
+    }
 
     pub fn stream_opened(&self) {
         bump(&self.streams);
@@ -93,6 +102,7 @@ impl Counters {
             watchers,
             waiting_callers: 0,
             flights_in_progress: 0,
+            rotations: self.rotations.each_ref().map(get),
         }
     }
 }

@@ -59,6 +59,9 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in the order of their counts in [`super::BrokerStats::rotations`].
+    pub const ALL: [Self; 4] = [Self::Issued, Self::Renewed, Self::Forced, Self::Reissued];
+
     /// A short name, for metrics.
     pub fn name(self) -> &'static str {
         match self {

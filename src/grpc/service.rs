@@ -21,7 +21,7 @@ use crate::{
         GetOrgTokenRequest, GetOrgTokenResponse, GetUserTokenRequest, GetUserTokenResponse,
         RefreshRequest, RefreshResponse, WatchTokensRequest, token_service_server::TokenService,
     },
-    metrics::RpcMetrics,
+    metrics::{Metrics, RpcMetrics},
 };
 
 /// The gRPC face of a [`Broker`].
@@ -52,6 +52,8 @@ pub struct ServiceOptions {
     pub limits: WatchLimits,
     /// Authentication and policy.
     pub gate: Arc<Gate>,
+    /// Where the service counts its calls.
+    pub metrics: Arc<Metrics>,
     /// The audit of tokens handed out.
     pub audit: Arc<Audit>,
     /// Cancelled when the server shuts down: every watch stream ends with UNAVAILABLE.
@@ -61,7 +63,7 @@ pub struct ServiceOptions {
 impl TokenServiceImpl {
     /// The service; `streams` counts each connection's WatchTokens streams.
     pub fn new(broker: Broker, options: ServiceOptions, streams: Arc<ConnectionStreams>) -> Self {
-        let metrics = broker.metrics();
+        let metrics = &options.metrics;
         let rpcs = Arc::new(Rpcs {
             org_token: metrics.rpc("GetOrgToken"),
             user_token: metrics.rpc("GetUserToken"),

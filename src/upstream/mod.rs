@@ -13,10 +13,23 @@ pub use error::UpstreamError;
 use response::Answer;
 pub use response::Grant;
 
-use crate::{
-    metrics::Metrics,
-    secret::{AccessToken, AuthCode, ClientSecret, RefreshToken},
-};
+use crate::secret::{AccessToken, AuthCode, ClientSecret, RefreshToken};
+
+/// What the client reports of each request it makes. The metrics at the top of the crate
+/// implement it, so that this layer names no metrics type.
+pub trait Observer: Send + Sync + std::fmt::Debug {
+    /// One request of `grant` type (`client_credentials`, `refresh_token`,
+    /// `authorization_grant`, `authorization_code`) ended in `outcome` after `elapsed`.
+    fn request(&self, grant: &'static str, outcome: &'static str, elapsed: Duration);
+}
+
+/// An observer that reports nowhere (tests, tools).
+#[derive(Debug)]
+pub struct Unobserved;
+
+impl Observer for Unobserved {
+    fn request(&self, _: &'static str, _: &'static str, _: Duration) {}
+}
 
 /// The largest answer body read; the platform's JSON answers are a few hundred bytes.
 const MAX_BODY: usize = 64 * 1024;
@@ -39,13 +52,13 @@ pub struct Client {
 pub struct Upstream {
     http: reqwest::Client,
     timeout: Duration,
-    metrics: Arc<Metrics>,
+    observer: Arc<dyn Observer>,
 }
 
 impl Upstream {
     /// A client whose every request gives up after `timeout`. Redirects are never followed,
     /// so credentials go only to the configured URLs.
-    pub fn new(timeout: Duration, metrics: Arc<Metrics>) -> Result<Self, reqwest::Error> {
+    pub fn new(timeout: Duration, observer: Arc<dyn Observer>) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
@@ -58,7 +71,7 @@ impl Upstream {
         Ok(Self {
             http,
             timeout,
-            metrics,
+            observer,
         })
     }
 
@@ -147,7 +160,7 @@ impl Upstream {
         started: std::time::Instant,
     ) {
         let outcome = answer.as_ref().map_or_else(UpstreamError::kind, |_| "ok");
-        self.metrics.upstream(grant, outcome, started.elapsed());
+        self.observer.request(grant, outcome, started.elapsed());
     }
 
     async fn token_request(

@@ -88,6 +88,8 @@ pub struct Harness {
     pub sandbox: Sandbox,
     pub broker: Broker,
     pub reloader: tokenbroker::Reloader,
+    /// What a scrape of the broker's `/metrics` renders (`tokenbroker::metrics::render`).
+    pub registry: Arc<prometheus_client::registry::Registry>,
     pub addr: SocketAddr,
     pub client: TokenServiceClient<Channel>,
     stop: Option<oneshot::Sender<()>>,
@@ -134,6 +136,7 @@ impl Harness {
         let server = tokenbroker::Server::new(config).unwrap();
         let broker = server.broker().clone();
         let reloader = server.reloader();
+        let registry = Arc::new(server.registry());
         let server = tokio::spawn(server.serve(listener, async {
             let _ = stopped.await;
         }));
@@ -144,6 +147,7 @@ impl Harness {
             sandbox,
             broker,
             reloader,
+            registry,
             addr,
             client,
             stop: Some(stop),
