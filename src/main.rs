@@ -25,6 +25,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// (`MADV_DONTNEED`, which RSS shows) rather than lazily. Measured in BENCHMARKS.md: of
 /// the memory 10,000 watched keys took, 13 % was left 15 s after their streams closed,
 /// 100 % before.
+#[allow(unsafe_code)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static JEMALLOC_CONF: JemallocConf =
     JemallocConf(c"background_thread:true,dirty_decay_ms:5000,muzzy_decay_ms:0".as_ptr());
@@ -34,6 +35,7 @@ static JEMALLOC_CONF: JemallocConf =
 struct JemallocConf(*const std::ffi::c_char);
 
 // SAFETY: the pointer is to a static C string literal, never written.
+#[allow(unsafe_code)]
 unsafe impl Sync for JemallocConf {}
 
 /// One gRPC service that holds your expense platform's OAuth credentials and hands out

@@ -8,12 +8,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use common::{Harness, acme_toml, lifetime, sandbox_config};
+use common::{Harness, acme_toml, lifetime, sandbox_config, user_request};
 use tokenbroker::{
-    proto::{
-        GetOrgTokenRequest, GetUserTokenRequest, RefreshRequest, Token, TokenEventReason,
-        WatchTokensRequest,
-    },
+    proto::{GetOrgTokenRequest, RefreshRequest, Token, TokenEventReason, WatchTokensRequest},
     sandbox::{Fault, FaultRule, MalformedBody, Target},
 };
 use tonic::{Code, Request, Status};
@@ -26,34 +23,6 @@ fn org_request(min_valid_for: Option<Duration>) -> GetOrgTokenRequest {
         org: "acme".into(),
         min_valid_for: min_valid_for.map(|d| d.try_into().unwrap()),
     }
-}
-
-fn user_request(user: &str) -> GetUserTokenRequest {
-    GetUserTokenRequest {
-        org: "acme".into(),
-        user_id: user.into(),
-        ..Default::default()
-    }
-}
-
-async fn org_token(h: &Harness) -> Result<Token, Status> {
-    Ok(h.client
-        .clone()
-        .get_org_token(org_request(None))
-        .await?
-        .into_inner()
-        .token
-        .unwrap())
-}
-
-async fn user_token(h: &Harness, user: &str) -> Result<Token, Status> {
-    Ok(h.client
-        .clone()
-        .get_user_token(user_request(user))
-        .await?
-        .into_inner()
-        .token
-        .unwrap())
 }
 
 /// Seconds from now until `token` expires (negative once expired).
@@ -94,9 +63,9 @@ async fn with_two_second_tokens_for_twenty_seconds_no_caller_waits_and_every_tok
         .await
         .unwrap()
         .into_inner();
-    org_token(&h).await.unwrap();
+    h.org_token().await.unwrap();
     for user in &users {
-        user_token(&h, user).await.unwrap();
+        h.user_token(user).await.unwrap();
     }
     let cold = h.broker.stats().cache_misses;
 
@@ -104,9 +73,9 @@ async fn with_two_second_tokens_for_twenty_seconds_no_caller_waits_and_every_tok
     let mut handed_out = 0;
     let mut checked = 0;
     while started.elapsed() < Duration::from_secs(20) {
-        let mut tokens = vec![org_token(&h).await.unwrap()];
+        let mut tokens = vec![h.org_token().await.unwrap()];
         for user in &users {
-            tokens.push(user_token(&h, user).await.unwrap());
+            tokens.push(h.user_token(user).await.unwrap());
         }
         for token in &tokens {
             assert!(
@@ -174,21 +143,21 @@ async fn idle_user_tokens_are_dropped_and_the_cap_drops_the_longest_idle_first()
     .await;
     let user = |i| h.user(i).person_id;
     for i in [1, 2, 3] {
-        user_token(&h, &user(i)).await.unwrap();
+        h.user_token(&user(i)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    user_token(&h, &user(1)).await.unwrap(); // user 2 is now the longest idle
-    user_token(&h, &user(4)).await.unwrap();
+    h.user_token(&user(1)).await.unwrap(); // user 2 is now the longest idle
+    h.user_token(&user(4)).await.unwrap();
     let stats = h.broker.stats();
     assert_eq!((stats.user_tokens, stats.evictions), (3, 1));
     let grants = h.sandbox.stats().authorization_grant;
-    user_token(&h, &user(1)).await.unwrap();
+    h.user_token(&user(1)).await.unwrap();
     assert_eq!(
         h.sandbox.stats().authorization_grant,
         grants,
         "user 1 was kept"
     );
-    user_token(&h, &user(2)).await.unwrap();
+    h.user_token(&user(2)).await.unwrap();
     assert_eq!(
         h.sandbox.stats().authorization_grant,
         grants + 1,
@@ -208,7 +177,7 @@ async fn idle_user_tokens_are_dropped_and_the_cap_drops_the_longest_idle_first()
     tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(h.broker.stats().user_tokens, 1);
     let grants = h.sandbox.stats().authorization_grant;
-    user_token(&h, &user(4)).await.unwrap();
+    h.user_token(&user(4)).await.unwrap();
     assert_eq!(h.sandbox.stats().authorization_grant, grants);
 }
 
@@ -259,7 +228,7 @@ async fn min_valid_for_renews_first_or_says_what_the_platform_allows() {
     assert_eq!(second.generation, 2);
     assert!(seconds_left(&second) >= 9.0);
     // Without min_valid_for, the cached token is fine.
-    assert_eq!(org_token(&h).await.unwrap(), second);
+    assert_eq!(h.org_token().await.unwrap(), second);
     assert_eq!(h.sandbox.stats().refresh_token, 1);
 
     let user = h.user(1).person_id;
@@ -278,7 +247,7 @@ async fn server_errors_are_unavailable_and_the_broker_recovers() {
         Fault::Status { status: 503 },
         Target::Any,
     ));
-    let status = org_token(&h).await.unwrap_err();
+    let status = h.org_token().await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert!(
         status.message().contains("HTTP 503"),
@@ -286,7 +255,7 @@ async fn server_errors_are_unavailable_and_the_broker_recovers() {
         status.message()
     );
     h.sandbox.clear_faults();
-    let token = eventually(|| org_token(&h)).await;
+    let token = eventually(|| h.org_token()).await;
     assert_eq!(token.generation, 1);
 }
 
@@ -301,17 +270,17 @@ async fn throttling_is_honoured_no_request_before_retry_after() {
         1,
     ));
     let started = std::time::Instant::now();
-    let status = org_token(&h).await.unwrap_err();
+    let status = h.org_token().await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert!(status.message().contains("429"), "{}", status.message());
     // Within the Retry-After window callers get the same answer without a request.
     for _ in 0..5 {
-        assert_eq!(org_token(&h).await.unwrap_err().code(), Code::Unavailable);
+        assert_eq!(h.org_token().await.unwrap_err().code(), Code::Unavailable);
     }
     if started.elapsed() < Duration::from_secs(1) {
         assert_eq!(h.sandbox.stats().client_credentials, 1);
     }
-    let token = eventually(|| org_token(&h)).await;
+    let token = eventually(|| h.org_token()).await;
     assert!(started.elapsed() >= Duration::from_secs(1));
     assert_eq!(token.generation, 1);
     assert_eq!(h.sandbox.stats().client_credentials, 2);
@@ -322,7 +291,7 @@ async fn throttling_is_honoured_no_request_before_retry_after() {
 #[tokio::test]
 async fn a_throttled_refresh_holds_the_primary_grant_too() {
     let h = Harness::with_extra(sandbox_config(), FAST_BACKOFF).await;
-    let first = org_token(&h).await.unwrap();
+    let first = h.org_token().await.unwrap();
     h.sandbox.inject(FaultRule::times(
         Fault::RateLimit {
             retry_after_secs: 1,
@@ -373,7 +342,7 @@ async fn a_throttled_refresh_holds_the_primary_grant_too() {
 #[tokio::test]
 async fn a_caller_whose_deadline_comes_during_a_renewal_gets_the_still_valid_token() {
     let h = Harness::with_extra(lifetime(10), "").await;
-    let token = org_token(&h).await.unwrap();
+    let token = h.org_token().await.unwrap();
     h.sandbox
         .inject(FaultRule::always(Fault::Hang, Target::Token));
     // Past the point where it is handed out without a renewal (9 s of 10), still valid.
@@ -403,7 +372,7 @@ async fn a_slow_platform_is_waited_for() {
         Target::Any,
     ));
     let user = h.user(2).external_id;
-    assert_eq!(user_token(&h, &user).await.unwrap().user_id, user);
+    assert_eq!(h.user_token(&user).await.unwrap().user_id, user);
 }
 
 #[tokio::test]
@@ -412,7 +381,7 @@ async fn a_hanging_platform_answers_unavailable_within_the_callers_deadline() {
     h.sandbox
         .inject(FaultRule::always(Fault::Hang, Target::Any));
     // The broker's own request timeout.
-    let status = org_token(&h).await.unwrap_err();
+    let status = h.org_token().await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert!(
         status.message().contains("did not answer within 0.4s"),
@@ -443,7 +412,7 @@ async fn a_hanging_platform_answers_unavailable_within_the_callers_deadline() {
         status.message()
     );
     h.sandbox.clear_faults();
-    eventually(|| org_token(&h)).await;
+    eventually(|| h.org_token()).await;
 }
 
 #[tokio::test]
@@ -460,7 +429,7 @@ async fn malformed_answers_are_unavailable_and_a_numeric_string_lifetime_is_fine
             Target::ClientCredentials,
             1,
         ));
-        let status = org_token(&h).await.unwrap_err();
+        let status = h.org_token().await.unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{body:?}");
         assert!(
             status.message().contains("could not be used"),
@@ -476,7 +445,7 @@ async fn malformed_answers_are_unavailable_and_a_numeric_string_lifetime_is_fine
         Target::ClientCredentials,
         1,
     ));
-    let token = eventually(|| org_token(&h)).await;
+    let token = eventually(|| h.org_token()).await;
     assert!((3500.0..=3600.0).contains(&seconds_left(&token)));
     // Garbage from the grant endpoint too.
     h.sandbox.inject(FaultRule::times(
@@ -488,19 +457,19 @@ async fn malformed_answers_are_unavailable_and_a_numeric_string_lifetime_is_fine
     ));
     let user = h.user(1).person_id;
     assert_eq!(
-        user_token(&h, &user).await.unwrap_err().code(),
+        h.user_token(&user).await.unwrap_err().code(),
         Code::Unavailable
     );
     tokio::time::sleep(Duration::from_millis(250)).await;
-    eventually(|| user_token(&h, &user)).await;
+    eventually(|| h.user_token(&user)).await;
 }
 
 #[tokio::test]
 async fn an_answer_lost_after_the_platform_spent_the_refresh_token_is_never_retried_with_it() {
     let h = Harness::with_extra(sandbox_config(), "").await;
     let user = h.user(1).person_id;
-    let org1 = org_token(&h).await.unwrap();
-    let user1 = user_token(&h, &user).await.unwrap();
+    let org1 = h.org_token().await.unwrap();
+    let user1 = h.user_token(&user).await.unwrap();
     h.sandbox.inject(FaultRule::times(
         Fault::DropAfterCommit,
         Target::RefreshToken,
@@ -564,7 +533,7 @@ async fn rejected_credentials_are_not_hammered() {
     .await;
     for _ in 0..10 {
         assert_eq!(
-            org_token(&h).await.unwrap_err().code(),
+            h.org_token().await.unwrap_err().code(),
             Code::FailedPrecondition
         );
     }
@@ -574,14 +543,15 @@ async fn rejected_credentials_are_not_hammered() {
 #[tokio::test]
 async fn during_an_outage_callers_get_the_valid_token_until_it_expires() {
     let h = Harness::with_extra(lifetime(3), FAST_BACKOFF).await;
-    let token = org_token(&h).await.unwrap();
+    let token = h.org_token().await.unwrap();
     h.sandbox.inject(FaultRule::always(
         Fault::Status { status: 502 },
         Target::Any,
     ));
     let mut served = 0;
     while seconds_left(&token) > 0.05 {
-        let now = org_token(&h)
+        let now = h
+            .org_token()
             .await
             .unwrap_or_else(|e| panic!("caller error while a valid token is held: {e:?}"));
         assert_eq!(now.access_token, token.access_token);
@@ -590,7 +560,7 @@ async fn during_an_outage_callers_get_the_valid_token_until_it_expires() {
     }
     assert!(served > 20);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(org_token(&h).await.unwrap_err().code(), Code::Unavailable);
+    assert_eq!(h.org_token().await.unwrap_err().code(), Code::Unavailable);
     let stats = h.broker.stats();
     assert!(
         stats.failed_renewals > 0 && stats.served_during_outage > 0,
@@ -598,7 +568,7 @@ async fn during_an_outage_callers_get_the_valid_token_until_it_expires() {
     );
 
     h.sandbox.clear_faults();
-    let renewed = eventually(|| org_token(&h)).await;
+    let renewed = eventually(|| h.org_token()).await;
     assert_eq!(renewed.generation, 2);
     assert!(seconds_left(&renewed) > 1.0);
 }

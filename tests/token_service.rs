@@ -5,12 +5,9 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{Harness, acme_toml, sandbox_config};
+use common::{Harness, acme_toml, refresh_request, sandbox_config, user_request};
 use futures::future::join_all;
-use tokenbroker::proto::{
-    GetOrgTokenRequest, GetUserTokenRequest, RefreshRequest, Token, TokenEventReason,
-    WatchTokensRequest,
-};
+use tokenbroker::proto::{GetOrgTokenRequest, TokenEventReason, WatchTokensRequest};
 use tokenbroker::sandbox::Sandbox;
 use tokio::net::TcpListener;
 use tonic::Code;
@@ -22,59 +19,10 @@ fn org_request(org: &str) -> GetOrgTokenRequest {
     }
 }
 
-fn user_request(user: &str) -> GetUserTokenRequest {
-    GetUserTokenRequest {
-        org: "acme".into(),
-        user_id: user.into(),
-        ..Default::default()
-    }
-}
-
-fn refresh_request(user: &str, stale: &str) -> RefreshRequest {
-    RefreshRequest {
-        org: "acme".into(),
-        user_id: user.into(),
-        stale_access_token: stale.into(),
-    }
-}
-
-async fn org_token(h: &Harness) -> Token {
-    h.client
-        .clone()
-        .get_org_token(org_request("acme"))
-        .await
-        .unwrap()
-        .into_inner()
-        .token
-        .unwrap()
-}
-
-async fn user_token(h: &Harness, user: &str) -> Token {
-    h.client
-        .clone()
-        .get_user_token(user_request(user))
-        .await
-        .unwrap()
-        .into_inner()
-        .token
-        .unwrap()
-}
-
-async fn refresh(h: &Harness, user: &str, stale: &str) -> Token {
-    h.client
-        .clone()
-        .refresh(refresh_request(user, stale))
-        .await
-        .unwrap()
-        .into_inner()
-        .token
-        .unwrap()
-}
-
 #[tokio::test]
 async fn org_token_is_fetched_once_cached_and_accepted_by_the_platform() {
     let h = Harness::start().await;
-    let first = org_token(&h).await;
+    let first = h.org_token().await.unwrap();
     assert_eq!(first.org, "acme");
     assert_eq!(first.user_id, "");
     assert_eq!(first.generation, 1);
@@ -136,7 +84,7 @@ async fn a_thousand_concurrent_cold_calls_make_one_upstream_request() {
 async fn user_tokens_act_as_the_user_by_person_id_or_external_source_id() {
     let h = Harness::start().await;
     let user = h.user(7);
-    let by_person = user_token(&h, &user.person_id).await;
+    let by_person = h.user_token(&user.person_id).await.unwrap();
     assert_eq!(
         (
             by_person.org.as_str(),
@@ -151,7 +99,7 @@ async fn user_tokens_act_as_the_user_by_person_id_or_external_source_id() {
     assert_eq!(status, 200);
     assert_eq!(me["personId"], user.person_id.as_str());
 
-    let by_external = user_token(&h, &user.external_id).await;
+    let by_external = h.user_token(&user.external_id).await.unwrap();
     assert_eq!(by_external.user_id, user.external_id);
     let (_, me) = h
         .call_api("/api/v1/expense/me", &by_external.access_token)
@@ -161,7 +109,10 @@ async fn user_tokens_act_as_the_user_by_person_id_or_external_source_id() {
 
     // The org token is not a user token: the Expense API refuses it.
     let (status, _) = h
-        .call_api("/api/v1/expense/me", &org_token(&h).await.access_token)
+        .call_api(
+            "/api/v1/expense/me",
+            &h.org_token().await.unwrap().access_token,
+        )
         .await;
     assert_eq!(status, 403);
 }
@@ -206,12 +157,12 @@ async fn many_callers_over_fifty_users_cost_fifty_grants_and_fifty_exchanges() {
 #[tokio::test]
 async fn refresh_rotates_through_the_refresh_token_and_bumps_the_generation() {
     let h = Harness::start().await;
-    let first = org_token(&h).await;
-    let second = refresh(&h, "", "").await;
+    let first = h.org_token().await.unwrap();
+    let second = h.refresh("", "").await.unwrap();
     assert_ne!(second.access_token, first.access_token);
     assert_eq!(second.generation, 2);
     assert_eq!(
-        org_token(&h).await,
+        h.org_token().await.unwrap(),
         second,
         "the rotated token is the cached one"
     );
@@ -219,8 +170,8 @@ async fn refresh_rotates_through_the_refresh_token_and_bumps_the_generation() {
     assert_eq!((stats.client_credentials, stats.refresh_token), (1, 1));
 
     let user = h.user(3).external_id;
-    let u1 = user_token(&h, &user).await;
-    let u2 = refresh(&h, &user, &u1.access_token).await;
+    let u1 = h.user_token(&user).await.unwrap();
+    let u2 = h.refresh(&user, &u1.access_token).await.unwrap();
     assert_ne!(u2.access_token, u1.access_token);
     assert_eq!((u2.generation, u2.user_id.as_str()), (2, user.as_str()));
     h.assert_acts_as(&u2.access_token, &user).await;
@@ -231,7 +182,7 @@ async fn refresh_rotates_through_the_refresh_token_and_bumps_the_generation() {
 #[tokio::test]
 async fn three_hundred_concurrent_refreshes_of_one_stale_token_cost_one_rotation() {
     let h = Harness::start().await;
-    let stale = org_token(&h).await;
+    let stale = h.org_token().await.unwrap();
     let clients = [h.client.clone(), h.new_client().await, h.new_client().await];
     let calls = (0..300).map(|i| {
         let mut client = clients[i % 3].clone();
@@ -259,10 +210,10 @@ async fn three_hundred_concurrent_refreshes_of_one_stale_token_cost_one_rotation
 #[tokio::test]
 async fn refresh_naming_an_already_replaced_token_costs_no_upstream_call() {
     let h = Harness::start().await;
-    let old = org_token(&h).await;
-    let new = refresh(&h, "", &old.access_token).await;
+    let old = h.org_token().await.unwrap();
+    let new = h.refresh("", &old.access_token).await.unwrap();
     let before = h.sandbox.stats().upstream_requests();
-    let late = refresh(&h, "", &old.access_token).await;
+    let late = h.refresh("", &old.access_token).await.unwrap();
     assert_eq!(late, new);
     assert_eq!(h.sandbox.stats().upstream_requests(), before);
 }
@@ -271,13 +222,13 @@ async fn refresh_naming_an_already_replaced_token_costs_no_upstream_call() {
 async fn a_rejected_refresh_token_is_replaced_through_the_primary_grant() {
     let h = Harness::start().await;
     let user = h.user(1).person_id;
-    let org1 = org_token(&h).await;
-    let user1 = user_token(&h, &user).await;
+    let org1 = h.org_token().await.unwrap();
+    let user1 = h.user_token(&user).await.unwrap();
     h.sandbox.revoke_refresh_tokens();
 
-    let org2 = refresh(&h, "", &org1.access_token).await;
+    let org2 = h.refresh("", &org1.access_token).await.unwrap();
     assert_eq!(org2.generation, 2);
-    let user2 = refresh(&h, &user, &user1.access_token).await;
+    let user2 = h.refresh(&user, &user1.access_token).await.unwrap();
     assert_eq!(user2.generation, 2);
     h.assert_acts_as(&user2.access_token, &user).await;
 
@@ -295,7 +246,7 @@ async fn a_rejected_refresh_token_is_replaced_through_the_primary_grant() {
 #[tokio::test]
 async fn a_revoked_org_token_is_rotated_once_when_the_grant_endpoint_answers_401() {
     let h = Harness::start().await;
-    let org1 = org_token(&h).await;
+    let org1 = h.org_token().await.unwrap();
     h.sandbox.revoke_access_tokens();
     let users: Vec<String> = (1..=20).map(|i| h.user(i).person_id).collect();
     let calls = users.iter().map(|u| {
@@ -313,7 +264,7 @@ async fn a_revoked_org_token_is_rotated_once_when_the_grant_endpoint_answers_401
     });
     let tokens = join_all(calls).await;
     assert_eq!(tokens.len(), 20);
-    let org2 = org_token(&h).await;
+    let org2 = h.org_token().await.unwrap();
     assert_ne!(org2.access_token, org1.access_token);
     assert_eq!(org2.generation, 2);
     let stats = h.sandbox.stats();
@@ -342,13 +293,13 @@ async fn watch_sends_the_current_token_then_every_rotation() {
     let t1 = initial.token.unwrap();
     assert_eq!(t1.generation, 1);
 
-    let t2 = refresh(&h, "", &t1.access_token).await;
+    let t2 = h.refresh("", &t1.access_token).await.unwrap();
     let rotated = stream.message().await.unwrap().unwrap();
     assert_eq!(rotated.reason(), TokenEventReason::Forced);
     assert_eq!(rotated.token.unwrap(), t2);
 
     h.sandbox.revoke_refresh_tokens();
-    let t3 = refresh(&h, "", &t2.access_token).await;
+    let t3 = h.refresh("", &t2.access_token).await.unwrap();
     let reissued = stream.message().await.unwrap().unwrap();
     assert_eq!(reissued.reason(), TokenEventReason::Reissued);
     assert_eq!(reissued.token.unwrap(), t3);
@@ -382,7 +333,7 @@ async fn watch_of_users_sends_one_initial_token_per_user() {
         "a user listed twice is watched once"
     );
 
-    let rotated = refresh(&h, &b, "").await;
+    let rotated = h.refresh(&b, "").await.unwrap();
     let m = stream.message().await.unwrap().unwrap();
     assert_eq!(
         (m.reason(), m.token.unwrap()),
@@ -442,7 +393,7 @@ async fn bad_arguments_are_invalid_argument_or_not_found() {
     let (code, _) = code_of(c.refresh(refresh_request("no-such-user", "")).await).await;
     assert_eq!(code, Code::NotFound);
     // The service keeps serving after every refusal.
-    assert_eq!(org_token(&h).await.generation, 1);
+    assert_eq!(h.org_token().await.unwrap().generation, 1);
 }
 
 #[tokio::test]
@@ -456,7 +407,7 @@ async fn an_empty_org_is_refused_when_several_are_configured() {
     let (code, message) = code_of(h.client.clone().get_org_token(org_request("")).await).await;
     assert_eq!(code, Code::InvalidArgument);
     assert!(message.contains("acme, other"), "{message}");
-    assert_eq!(org_token(&h).await.org, "acme");
+    assert_eq!(h.org_token().await.unwrap().org, "acme");
 }
 
 #[tokio::test]
@@ -521,7 +472,7 @@ async fn a_long_lived_token_is_handed_out_as_is_and_is_the_bearer_of_user_grants
         (name == "ACME_KEY").then(|| key.clone())
     })
     .await;
-    let token = org_token(&h).await;
+    let token = h.org_token().await.unwrap();
     assert!(token.expires_at.is_none());
     assert_eq!(token.generation, 1);
     let (code, message) = code_of(h.client.clone().refresh(refresh_request("", "")).await).await;
@@ -529,7 +480,7 @@ async fn a_long_lived_token_is_handed_out_as_is_and_is_the_bearer_of_user_grants
     assert!(message.contains("long-lived"), "{message}");
 
     let user = h.user(5);
-    let u = user_token(&h, &user.person_id).await;
+    let u = h.user_token(&user.person_id).await.unwrap();
     h.assert_acts_as(&u.access_token, &user.person_id).await;
     let stats = h.sandbox.stats();
     assert_eq!(

@@ -84,6 +84,25 @@ pub fn acme_toml(sandbox: &Sandbox) -> String {
     )
 }
 
+/// GetUserToken of `user` in org `acme`.
+pub fn user_request(user: &str) -> tokenbroker::proto::GetUserTokenRequest {
+    tokenbroker::proto::GetUserTokenRequest {
+        org: "acme".into(),
+        user_id: user.into(),
+        ..Default::default()
+    }
+}
+
+/// Refresh of `user`'s token in org `acme` (the org token with an empty user), naming
+/// `stale` as the token the caller saw rejected.
+pub fn refresh_request(user: &str, stale: &str) -> tokenbroker::proto::RefreshRequest {
+    tokenbroker::proto::RefreshRequest {
+        org: "acme".into(),
+        user_id: user.into(),
+        stale_access_token: stale.into(),
+    }
+}
+
 pub struct Harness {
     pub sandbox: Sandbox,
     pub broker: Broker,
@@ -190,6 +209,49 @@ impl Harness {
         TokenServiceClient::connect(format!("http://{}", self.addr))
             .await
             .unwrap()
+    }
+
+    /// The org token of `acme`, on the harness's connection.
+    pub async fn org_token(&self) -> Result<tokenbroker::proto::Token, tonic::Status> {
+        let request = tokenbroker::proto::GetOrgTokenRequest {
+            org: "acme".into(),
+            ..Default::default()
+        };
+        let answer = self.client.clone().get_org_token(request).await?;
+        Ok(answer
+            .into_inner()
+            .token
+            .expect("an OK answer carries a token"))
+    }
+
+    /// `user`'s token in `acme`, on the harness's connection.
+    pub async fn user_token(&self, user: &str) -> Result<tokenbroker::proto::Token, tonic::Status> {
+        let answer = self
+            .client
+            .clone()
+            .get_user_token(user_request(user))
+            .await?;
+        Ok(answer
+            .into_inner()
+            .token
+            .expect("an OK answer carries a token"))
+    }
+
+    /// A Refresh of `user`'s token (see [`refresh_request`]), on the harness's connection.
+    pub async fn refresh(
+        &self,
+        user: &str,
+        stale: &str,
+    ) -> Result<tokenbroker::proto::Token, tonic::Status> {
+        let answer = self
+            .client
+            .clone()
+            .refresh(refresh_request(user, stale))
+            .await?;
+        Ok(answer
+            .into_inner()
+            .token
+            .expect("an OK answer carries a token"))
     }
 
     /// Concurrent GetUserToken calls of org `acme`, one for each of `users` (ids), each on
