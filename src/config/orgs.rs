@@ -1,0 +1,178 @@
+//! `[orgs.NAME]`: each org's endpoints (from its environment or its own URLs, `https://`
+//! unless loopback) and its credentials.
+
+use super::*;
+
+pub(super) fn org_settings(
+    name: String,
+    org: RawOrg,
+    env: &dyn Fn(&str) -> Option<String>,
+    base: &Path,
+) -> Result<OrgSettings, ConfigError> {
+    let key = |field: &str| format!("orgs.{name}.{field}");
+    let name_ok = !name.is_empty()
+        && name.len() <= crate::broker::MAX_ID_LEN
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !name_ok {
+        return Err(error(
+            format!("orgs.{name}"),
+            "an org name is 1 to 256 letters, digits, '-', '_' or '.'",
+        ));
+    }
+    for (field, value) in [
+        ("client_secret", &org.client_secret),
+        ("static_token", &org.static_token),
+    ] {
+        if value.is_some() {
+            return Err(error(
+                key(field),
+                format!(
+                    "secrets are not accepted in the config file; use {field}_env (an environment variable) or {field}_file (a file) instead"
+                ),
+            ));
+        }
+    }
+    let defaults = org.environment.map(Environment::urls);
+    let token_url = endpoint(
+        &key("token_url"),
+        org.token_url.as_deref().or(defaults.map(|d| d.0)),
+    )?;
+    let authorization_grant_url = endpoint(
+        &key("authorization_grant_url"),
+        org.authorization_grant_url
+            .as_deref()
+            .or(defaults.map(|d| d.1)),
+    )?;
+
+    let sources = [
+        ("client_secret_env", org.client_secret_env.is_some()),
+        ("client_secret_file", org.client_secret_file.is_some()),
+        ("static_token_env", org.static_token_env.is_some()),
+        ("static_token_file", org.static_token_file.is_some()),
+    ];
+    let given: Vec<&str> = sources.iter().filter(|s| s.1).map(|s| s.0).collect();
+    if given.len() != 1 {
+        let problem = if given.is_empty() {
+            "none is set".to_owned()
+        } else {
+            format!("{} are all set", given.join(" and "))
+        };
+        return Err(error(
+            format!("orgs.{name}"),
+            format!(
+                "set exactly one of client_secret_env, client_secret_file (OAuth client credentials), static_token_env or static_token_file (a long-lived token or API key); {problem}"
+            ),
+        ));
+    }
+    let client_id = org.client_id.filter(|id| !id.trim().is_empty());
+    let credentials = match given[0] {
+        "client_secret_env" | "client_secret_file" => {
+            let envs = org
+                .client_secret_env
+                .as_ref()
+                .map(OneOrMany::to_vec)
+                .unwrap_or_default();
+            let files = org
+                .client_secret_file
+                .as_ref()
+                .map(OneOrMany::to_vec)
+                .unwrap_or_default();
+            let mut secrets = Vec::new();
+            for var in &envs {
+                secrets.push(ClientSecret::new(read_secret(
+                    &key(given[0]),
+                    Some(var),
+                    None,
+                    env,
+                    base,
+                )?));
+            }
+            for file in &files {
+                secrets.push(ClientSecret::new(read_secret(
+                    &key(given[0]),
+                    None,
+                    Some(file),
+                    env,
+                    base,
+                )?));
+            }
+            if secrets.is_empty() {
+                return Err(error(key(given[0]), "lists no secret"));
+            }
+            let Some(client_id) = client_id.clone() else {
+                return Err(error(
+                    key("client_id"),
+                    "is required with a client secret; copy it from the platform's API settings",
+                ));
+            };
+            Credentials::Client { client_id, secrets }
+        }
+        _ => {
+            let token = read_secret(
+                &key(given[0]),
+                org.static_token_env.as_deref(),
+                org.static_token_file.as_deref(),
+                env,
+                base,
+            )?;
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(error(
+                    key(given[0]),
+                    "the token holds spaces or control characters; it must be the bare token",
+                ));
+            }
+            Credentials::Static(AccessToken::new(token))
+        }
+    };
+    Ok(OrgSettings {
+        name,
+        client: upstream::Client {
+            token_url,
+            authorization_grant_url,
+            client_id,
+        },
+        credentials,
+    })
+}
+
+/// An upstream URL: HTTPS, or plain HTTP to a loopback host only (the sandbox).
+pub(super) fn endpoint(key: &str, value: Option<&str>) -> Result<Url, ConfigError> {
+    let Some(text) = value else {
+        return Err(error(
+            key,
+            "is missing; set environment = \"production\" (or \"sandbox\") or give the URL",
+        ));
+    };
+    let url = Url::parse(text).map_err(|e| error(key, format!("{text:?} is not a URL: {e}")))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(error(
+            key,
+            "must not hold credentials; use client_secret_env or client_secret_file",
+        ));
+    }
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(error(
+            key,
+            format!(
+                "{text:?} is plain HTTP to a non-loopback host; secrets travel only over https://"
+            ),
+        )),
+        other => Err(error(
+            key,
+            format!("scheme {other:?} is not supported; use https://"),
+        )),
+    }
+}
+
+pub(super) fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}

@@ -1,0 +1,311 @@
+//! The config loader's unit tests: what loads, what is refused, and that every error
+//! names its key.
+
+use super::{files::within, *};
+
+#[test]
+fn a_read_that_blocks_is_given_up_naming_the_key_and_the_file() {
+    // A FIFO with no writer blocks its open, as a hung mount blocks a stat.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("secret");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let path = fifo.clone();
+    let started = std::time::Instant::now();
+    let e = within(
+        Duration::from_millis(200),
+        "orgs.acme.client_secret_file",
+        &fifo,
+        move || std::fs::read_to_string(&path).map_err(|e| error("", e.to_string())),
+    )
+    .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(e.key, "orgs.acme.client_secret_file");
+    assert!(e.message.contains("no answer within"), "{}", e.message);
+    // And the config loader refuses the FIFO outright, unopened.
+    let e = read_small_file("orgs.acme.client_secret_file", &fifo, 100).unwrap_err();
+    assert!(e.message.contains("not a regular file"), "{}", e.message);
+    let e = Config::load(&fifo).unwrap_err();
+    assert!(
+        e.message.contains("cannot read config file"),
+        "{}",
+        e.message
+    );
+}
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "ACME_SECRET" => Some("s3cret\n".into()),
+        "EMPTY" => Some(" ".into()),
+        _ => None,
+    }
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, &env, Path::new("."))
+}
+
+const GOOD: &str = r#"
+    [server]
+    listen = "127.0.0.1:6000"
+    [orgs.acme]
+    environment = "production"
+    client_id = "acme-id"
+    client_secret_env = "ACME_SECRET"
+"#;
+
+#[test]
+fn a_good_config_fills_in_the_environment_urls() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:6000");
+    assert_eq!(c.request_timeout, DEFAULT_REQUEST_TIMEOUT);
+    let org = &c.orgs[0];
+    assert_eq!(org.name, "acme");
+    assert_eq!(
+        org.client.token_url.as_str(),
+        "https://expense.findity.com/api/oauth/token/"
+    );
+    let Credentials::Client { client_id, secrets } = &org.credentials else {
+        panic!()
+    };
+    assert_eq!(
+        (client_id.as_str(), secrets[0].expose()),
+        ("acme-id", "s3cret")
+    );
+    let two = parse(&GOOD.replace(
+        "client_secret_env = \"ACME_SECRET\"",
+        "client_secret_env = [\"ACME_SECRET\", \"OTHER\"]",
+    ))
+    .unwrap_err();
+    assert!(two.message.contains("OTHER"), "{two}");
+    assert!(!format!("{c:?}").contains("s3cret"));
+    assert_eq!(c.cache, CachePolicy::default());
+    let tuned = parse(&format!("{GOOD}\n[renewal]\nfraction = 0.8\nsafety_margin = '5m'\n[cache]\nuser_idle_timeout = '1h'\nmax_user_tokens = 10\n")).unwrap();
+    assert_eq!(tuned.cache.renewal.fraction, 0.8);
+    assert_eq!(tuned.cache.renewal.safety_margin, Duration::from_secs(300));
+    assert_eq!(
+        (tuned.cache.user_idle_timeout, tuned.cache.max_user_tokens),
+        (Duration::from_secs(3600), 10)
+    );
+}
+
+#[test]
+fn errors_name_the_key() {
+    let cases = [
+        (
+            "[orgs.a]\nenvironment='production'\nclient_id='x'\nclient_secret='abc'",
+            "orgs.a.client_secret",
+        ),
+        (
+            "[orgs.a]\nenvironment='production'\nclient_id='x'\nclient_secret_env='NOPE'",
+            "orgs.a.client_secret_env",
+        ),
+        (
+            "[orgs.a]\nenvironment='production'\nclient_id='x'\nclient_secret_env='EMPTY'",
+            "orgs.a.client_secret_env",
+        ),
+        (
+            "[orgs.a]\nenvironment='production'\nclient_secret_env='ACME_SECRET'",
+            "orgs.a.client_id",
+        ),
+        (
+            "[orgs.a]\nclient_id='x'\nclient_secret_env='ACME_SECRET'",
+            "orgs.a.token_url",
+        ),
+        (
+            "[orgs.a]\nenvironment='production'\nclient_id='x'",
+            "orgs.a",
+        ),
+        (
+            "[orgs.a]\nenvironment='production'\nclient_id='x'\nclient_secret_env='ACME_SECRET'\nstatic_token_env='ACME_SECRET'",
+            "orgs.a",
+        ),
+        (
+            "[orgs.a]\ntoken_url='http://example.com/t'\nauthorization_grant_url='https://example.com/g'\nclient_id='x'\nclient_secret_env='ACME_SECRET'",
+            "orgs.a.token_url",
+        ),
+        (
+            "[orgs.a]\ntoken_url='ftp://example.com/t'\nauthorization_grant_url='https://example.com/g'\nclient_id='x'\nclient_secret_env='ACME_SECRET'",
+            "orgs.a.token_url",
+        ),
+        (
+            "[server]\nlisten='localhost'\n[orgs.a]\nenvironment='production'\nclient_id='x'\nclient_secret_env='ACME_SECRET'",
+            "server.listen",
+        ),
+        (
+            "[upstream]\nrequest_timeout='soon'\n[orgs.a]\nenvironment='production'\nclient_id='x'\nclient_secret_env='ACME_SECRET'",
+            "upstream.request_timeout",
+        ),
+        (
+            "[orgs.'a b']\nenvironment='production'\nclient_id='x'\nclient_secret_env='ACME_SECRET'",
+            "orgs.a b",
+        ),
+        ("[server]\nlisten='127.0.0.1:1'", "orgs"),
+        ("[renewal]\nfraction=1.5", "renewal.fraction"),
+        ("[renewal]\njitter=-0.1", "renewal.jitter"),
+        ("[renewal]\nbackoff_max='0s'", "renewal.backoff_max"),
+        ("[cache]\nmax_user_tokens=0", "cache.max_user_tokens"),
+        (
+            "[watch]\nmax_keys_per_stream=0",
+            "watch.max_keys_per_stream",
+        ),
+        (
+            "[server]\nkeepalive_timeout='x'",
+            "server.keepalive_timeout",
+        ),
+        (
+            "[cache]\nuser_idle_timeout='later'",
+            "cache.user_idle_timeout",
+        ),
+    ];
+    for (text, key) in cases {
+        let e = parse(text).unwrap_err();
+        assert_eq!(e.key, key, "{text}: {e}");
+    }
+    let e = parse("[orgs.a]\nenvironment='production'\nclient_id='x'\nclient_secret='abc'")
+        .unwrap_err();
+    assert!(
+        e.message.contains("client_secret_env") && !e.message.contains("abc"),
+        "{e}"
+    );
+}
+
+#[test]
+fn limits_and_audit_have_defaults_and_the_old_concurrency_key_names_its_replacements() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.limits, Limits::default());
+    assert_eq!(c.limits.max_waiting_callers, 100_000);
+    assert_eq!(c.audit, AuditPolicy::default());
+    assert_eq!(c.audit.summary_interval, Duration::from_secs(60));
+    let tuned = parse(&GOOD.replace(
+        "[server]",
+        "[upstream]\nmax_concurrent_flights = 3\n[audit]\nsummary_interval = '5s'\nevery_call = true\n[server]\nmax_waiting_callers = 10",
+    ))
+    .unwrap();
+    assert_eq!(
+        tuned.limits,
+        Limits {
+            max_waiting_callers: 10,
+            max_concurrent_flights: 3
+        }
+    );
+    assert!(tuned.audit.every_call);
+    assert_eq!(tuned.audit.summary_interval, Duration::from_secs(5));
+    let old =
+        parse(&GOOD.replace("[server]", "[server]\nmax_concurrent_requests = 1024")).unwrap_err();
+    assert_eq!(old.key, "server.max_concurrent_requests");
+    for replacement in [
+        "server.max_waiting_callers",
+        "upstream.max_concurrent_flights",
+    ] {
+        assert!(old.message.contains(replacement), "{old}");
+    }
+    for (text, key) in [
+        (
+            "[server]\nmax_waiting_callers = 0",
+            "server.max_waiting_callers",
+        ),
+        (
+            "[upstream]\nmax_concurrent_flights = 0",
+            "upstream.max_concurrent_flights",
+        ),
+        ("[audit]\nsummary_interval = '0s'", "audit.summary_interval"),
+    ] {
+        let text = format!(
+            "{text}\n[orgs.acme]\nenvironment = 'production'\nclient_id = 'x'\nclient_secret_env = 'ACME_SECRET'"
+        );
+        assert_eq!(parse(&text).unwrap_err().key, key, "{text}");
+    }
+}
+
+#[test]
+fn a_public_metrics_listener_must_be_allowed() {
+    let with = |metrics: &str| parse(&GOOD.replace("[server]", &format!("{metrics}\n[server]")));
+    let e = with("[metrics]\nlisten = '0.0.0.0:9090'").unwrap_err();
+    assert_eq!(e.key, "metrics.listen");
+    assert!(e.message.contains("metrics.allow_public"), "{e}");
+    assert!(with("[metrics]\nlisten = '0.0.0.0:9090'\nallow_public = true").is_ok());
+    assert!(with("[metrics]\nlisten = '127.0.0.1:9090'").is_ok());
+}
+
+#[test]
+fn unknown_keys_and_bad_toml_are_refused() {
+    let e = parse("[orgs.a]\nenvironmnet='production'").unwrap_err();
+    assert!(
+        e.message.contains("unknown field") && e.message.contains("environmnet"),
+        "{e}"
+    );
+    assert!(
+        parse("[orgs.a\n")
+            .unwrap_err()
+            .message
+            .starts_with("invalid TOML")
+    );
+}
+
+/// Secret files are regular files of a few KiB holding one line: a FIFO (which would
+/// block the reader), a 1 GB sparse file, NUL bytes are refused before anything is
+/// held, naming the key and the file.
+#[test]
+fn secret_files_must_be_small_regular_files_of_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |file: &str| {
+        format!("[orgs.a]\nenvironment='sandbox'\nclient_id='x'\nclient_secret_file='{file}'")
+    };
+    let refused = |file: &str| Config::parse(&config(file), &env, dir.path()).unwrap_err();
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let e = refused("fifo");
+    assert_eq!(e.key, "orgs.a.client_secret_file");
+    assert!(
+        e.message.contains("not a regular file") && e.message.contains("fifo"),
+        "{e}"
+    );
+    let huge = std::fs::File::create(dir.path().join("huge")).unwrap();
+    huge.set_len(1 << 30).unwrap();
+    let e = refused("huge");
+    assert!(
+        e.message.contains("1073741824 bytes; the limit is 16384"),
+        "{e}"
+    );
+    std::fs::write(dir.path().join("nul"), b"abc\0def\n").unwrap();
+    assert!(refused("nul").message.contains("control characters"));
+    std::fs::write(dir.path().join("two"), "abc\ndef\n").unwrap();
+    assert!(refused("two").message.contains("control characters"));
+    std::fs::write(dir.path().join("good"), "s3cret\n").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("good"), dir.path().join("link")).unwrap();
+    let c = Config::parse(&config("link"), &env, dir.path()).unwrap();
+    let Credentials::Client { secrets, .. } = &c.orgs[0].credentials else {
+        panic!()
+    };
+    assert_eq!(
+        secrets[0].expose(),
+        "s3cret",
+        "a symlink to a regular file is read"
+    );
+}
+
+#[test]
+fn loopback_http_is_allowed_and_static_tokens_come_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key"), "api-key-123\n").unwrap();
+    let text = "[orgs.a]\ntoken_url='http://127.0.0.1:9/t'\nauthorization_grant_url='http://localhost:9/g'\nstatic_token_file='key'";
+    let c = Config::parse(text, &env, dir.path()).unwrap();
+    let Credentials::Static(token) = &c.orgs[0].credentials else {
+        panic!()
+    };
+    assert_eq!(token.expose(), "api-key-123");
+    assert!(c.orgs[0].client.client_id.is_none());
+    let missing = "[orgs.a]\nenvironment='sandbox'\nstatic_token_file='nope'";
+    assert_eq!(
+        Config::parse(missing, &env, dir.path()).unwrap_err().key,
+        "orgs.a.static_token_file"
+    );
+}
