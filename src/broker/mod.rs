@@ -8,6 +8,30 @@
 //! a refresh token would leave the broker unsure whether it was spent). One renewal timer
 //! ([`renew`], [`timer`]) replaces every token ahead of expiry, so callers in steady state
 //! never wait on the platform.
+//!
+//! What each RPC does here, once `grpc::service` has admitted the caller and looked the org
+//! up (once: the [`OrgRef`] it passes in):
+//!
+//! - **GetOrgToken**: [`Broker::cached_org_token`] reads the org's slot (the cache hit, no
+//!   lock); on a miss [`Broker::org_token`] waits in `serve` → `token`: it joins the flight
+//!   in progress or starts one (`fly`), which runs `obtain` in its own task: the refresh
+//!   token if one is held, else client credentials (`primary_grant`).
+//! - **GetUserToken**: the same on the user's slot ([`Broker::cached_user_token`],
+//!   [`Broker::user_token`]), made on first use (`user_slot` in `renew.rs`, which evicts at
+//!   the cap). A user's primary grant is `authorization_grant` with the org token (itself
+//!   from the org's slot, fetched if needed), then the code exchange; waiting for a place
+//!   among `upstream.max_concurrent_flights` comes first (`limits.rs`).
+//! - **Refresh**: [`Broker::refresh`] takes the slot's turn with `Want::Rotation`: if the
+//!   slot already holds a token other than the caller's stale one, that one is the answer;
+//!   otherwise this call flies (`fly` → `obtain`). The refresh token is taken out of the
+//!   slot before it is sent (the single-use invariant, in `obtain`), so it is never
+//!   presented twice, whatever happens to the answer.
+//! - **WatchTokens**: [`Broker::watch`] subscribes to each key's watch channel before it
+//!   fetches (`serve`), so no token installed in between is missed; the stream is
+//!   [`TokenEvents`] (`watch_events.rs`).
+//!
+//! Every landed flight schedules the slot's next look (`plan`, in `renew.rs`) on the one
+//! timer: renewal ahead of expiry, a retry after a failure, or the idle drop of a user key.
 
 mod error;
 mod key;
@@ -422,25 +446,25 @@ impl Broker {
     /// With `min_valid_for`, the token returned stays valid at least that long.
     pub async fn org_token(
         &self,
-        org: &str,
+        org: &OrgRef,
         min_valid_for: Option<Duration>,
     ) -> Result<Served, BrokerError> {
-        let org = self.org(org)?;
-        let token = self.serve(&org, &org.slot, min_valid_for).await?;
+        let org = &org.0;
+        let token = self.serve(org, &org.slot, min_valid_for).await?;
         Ok(served(Arc::clone(&org.slot), token))
     }
 
     /// A token acting as `user` (a person id or ExternalSourceID) of `org`.
     pub async fn user_token(
         &self,
-        org: &str,
+        org: &OrgRef,
         user: &str,
         min_valid_for: Option<Duration>,
     ) -> Result<Served, BrokerError> {
-        let org = self.org(org)?;
+        let org = &org.0;
         check_id("user_id", user)?;
-        let slot = self.user_slot(&org, user);
-        let token = self.serve(&org, &slot, min_valid_for).await?;
+        let slot = self.user_slot(org, user);
+        let token = self.serve(org, &slot, min_valid_for).await?;
         Ok(served(slot, token))
     }
 
@@ -449,11 +473,11 @@ impl Broker {
     /// different token, that one is returned without an upstream call.
     pub async fn refresh(
         &self,
-        org: &str,
+        org: &OrgRef,
         user: Option<&str>,
         stale: Option<&str>,
     ) -> Result<Served, BrokerError> {
-        let org = self.org(org)?;
+        let org = &org.0;
         let slot = match user {
             None => {
                 if org.is_static() {
@@ -465,19 +489,19 @@ impl Broker {
             }
             Some(user) => {
                 check_id("user_id", user)?;
-                self.user_slot(&org, user)
+                self.user_slot(org, user)
             }
         };
         slot.touch(Instant::now());
         let _waiting = self.inner.waiting.enter()?;
-        let token = self.token(&org, &slot, Want::Rotation { stale }).await?;
+        let token = self.token(org, &slot, Want::Rotation { stale }).await?;
         Ok(served(slot, token))
     }
 
     /// The events of the org token (`users` empty) or of each user's token: first each
     /// key's current token (fetched if needed), then every new token and every loss.
-    pub async fn watch(&self, org: &str, users: &[String]) -> Result<TokenEvents, BrokerError> {
-        let org = self.org(org)?;
+    pub async fn watch(&self, org: &OrgRef, users: &[String]) -> Result<TokenEvents, BrokerError> {
+        let org = &org.0;
         let slots = if users.is_empty() {
             vec![Arc::clone(&org.slot)]
         } else {
@@ -486,7 +510,7 @@ impl Broker {
             }
             let mut slots: Vec<Arc<Slot>> = Vec::with_capacity(users.len());
             for user in users {
-                let slot = self.user_slot(&org, user);
+                let slot = self.user_slot(org, user);
                 if !slots.iter().any(|s| Arc::ptr_eq(s, &slot)) {
                     slots.push(slot);
                 }
@@ -495,7 +519,7 @@ impl Broker {
         };
         // Subscribe before fetching, so no token installed in between is missed.
         let receivers = slots.iter().map(|s| s.subscribe()).collect();
-        try_join_all(slots.iter().map(|s| self.serve(&org, s, None))).await?;
+        try_join_all(slots.iter().map(|s| self.serve(org, s, None))).await?;
         Ok(TokenEvents::new(slots, receivers, self.clone()))
     }
 

@@ -213,7 +213,7 @@ impl TokenServiceImpl {
             None => {
                 Box::pin(deadline::within_or(
                     deadline::of(&metadata),
-                    async { Ok(self.broker.org_token(org.name(), min_valid_for).await?) },
+                    async { Ok(self.broker.org_token(&org, min_valid_for).await?) },
                     || self.broker.still_valid(&org, None, min_valid_for),
                 ))
                 .await?
@@ -244,7 +244,7 @@ impl TokenServiceImpl {
                     async {
                         Ok(self
                             .broker
-                            .user_token(org.name(), &r.user_id, min_valid_for)
+                            .user_token(&org, &r.user_id, min_valid_for)
                             .await?)
                     },
                     || {
@@ -272,12 +272,12 @@ impl TokenServiceImpl {
         let admitted = self.options.gate.admit(&request)?;
         let deadline = deadline::of(request.metadata());
         let r = request.into_inner();
-        let org = self.authorized_org(&admitted, Permission::Refresh, &r.org)?;
-        let org = org.name();
+        let org_ref = self.authorized_org(&admitted, Permission::Refresh, &r.org)?;
+        let org = org_ref.name();
         let user = (!r.user_id.is_empty()).then_some(r.user_id.as_str());
         let stale = (!r.stale_access_token.is_empty()).then_some(r.stale_access_token.as_str());
         let served = deadline::within(deadline, async {
-            Ok(self.broker.refresh(org, user, stale).await?)
+            Ok(self.broker.refresh(&org_ref, user, stale).await?)
         })
         .await?;
         self.audit(&admitted, "Refresh", &served);
@@ -329,7 +329,7 @@ impl TokenServiceImpl {
                 ))
             })?;
         let events = deadline::within(deadline, async {
-            Ok(self.broker.watch(org.name(), &r.user_ids).await?)
+            Ok(self.broker.watch(&org, &r.user_ids).await?)
         })
         .await?;
         // The stream outlives the call's place among the calls in flight; its caller's
