@@ -58,6 +58,7 @@ pub async fn start(listen: Listen) -> io::Result<(Config, Sandbox)> {
         request_timeout: DEFAULT_REQUEST_TIMEOUT,
         cache: CachePolicy::default(),
         orgs: vec![settings],
+        secret_sources: Default::default(),
     };
     Ok((config, sandbox))
 }

@@ -159,6 +159,8 @@ pub struct TlsFiles {
     pub key_pem: PrivateKey,
     /// Set for mutual TLS: client certificates are verified against it.
     pub client_ca_pem: Option<String>,
+    /// The three files as the TOML named them (`cert_file`, `key_file`, `client_ca_file`).
+    pub paths: [Option<String>; 3],
 }
 
 pub(super) fn tls(raw: RawTls, base: &Path) -> Result<TlsFiles, ConfigError> {
@@ -196,5 +198,10 @@ pub(super) fn tls(raw: RawTls, base: &Path) -> Result<TlsFiles, ConfigError> {
         cert_pem,
         key_pem: PrivateKey::new(key_pem),
         client_ca_pem,
+        paths: [
+            Some(raw.cert_file.clone()),
+            Some(raw.key_file.clone()),
+            raw.client_ca_file.clone(),
+        ],
     })
 }

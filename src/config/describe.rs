@@ -1,13 +1,49 @@
-//! What `tokenbroker check-config` prints: the effective configuration, defaults filled
-//! in, every secret shown as `[redacted]`.
+//! What `tokenbroker check-config` prints: the effective configuration as TOML the broker
+//! itself accepts, defaults filled in. Secrets never appear: an org's secret is shown by
+//! where it comes from (the variable or file its TOML named), as the TLS key is.
+
+use std::fmt::Write;
 
 use super::*;
+use crate::auth::OrgScope;
+
+/// The TOML lines naming where `org`'s secret comes from, as its config wrote them.
+pub(super) fn secret_source(org: &RawOrg) -> String {
+    let strings = |v: &[String]| {
+        format!(
+            "[{}]",
+            v.iter()
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let mut out = String::new();
+    if let Some(env) = &org.client_secret_env {
+        let _ = writeln!(out, "client_secret_env = {}", strings(&env.to_vec()));
+    }
+    if let Some(files) = &org.client_secret_file {
+        let files: Vec<String> = files
+            .to_vec()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let _ = writeln!(out, "client_secret_file = {}", strings(&files));
+    }
+    if let Some(env) = &org.static_token_env {
+        let _ = writeln!(out, "static_token_env = {env:?}");
+    }
+    if let Some(file) = &org.static_token_file {
+        let _ = writeln!(out, "static_token_file = {:?}", file.display().to_string());
+    }
+    out
+}
 
 impl Config {
-    /// The effective configuration as TOML, defaults filled in and every secret shown as
-    /// `[redacted]`: what `tokenbroker check-config` prints.
+    /// The effective configuration as TOML that loads back as the same config (with the
+    /// same environment and files), defaults filled in and no secret in it: what
+    /// `tokenbroker check-config` prints.
     pub fn describe(&self) -> String {
-        use std::fmt::Write;
         let mut out = String::new();
         let d = |d: Duration| format!("{:?}", humantime::format_duration(d).to_string());
         let _ = writeln!(
@@ -33,16 +69,15 @@ impl Config {
             self.allow_unauthenticated, self.limits.max_waiting_callers, self.max_request_bytes
         );
         if let Some(tls) = &self.tls {
-            let _ = writeln!(
-                out,
-                "\n[server.tls]\ncertificate = \"(loaded)\"\nkey = \"{}\"\nclient_ca = {}",
-                tls.key_pem,
-                if tls.client_ca_pem.is_some() {
-                    "\"(loaded): mutual TLS\""
-                } else {
-                    "\"(none)\""
+            out.push_str("\n[server.tls]\n");
+            for (key, path) in ["cert_file", "key_file", "client_ca_file"]
+                .iter()
+                .zip(&tls.paths)
+            {
+                if let Some(path) = path {
+                    let _ = writeln!(out, "{key} = {path:?}");
                 }
-            );
+            }
         }
         let _ = writeln!(
             out,
@@ -86,6 +121,10 @@ impl Config {
         );
         if let Some(addr) = self.metrics_listen {
             let _ = writeln!(out, "\n[metrics]\nlisten = \"{addr}\"");
+            if !addr.ip().is_loopback() {
+                // It loaded, so it was allowed.
+                out.push_str("allow_public = true\n");
+            }
         }
         for org in &self.orgs {
             let _ = writeln!(
@@ -98,30 +137,21 @@ impl Config {
             if let Some(id) = &org.client.client_id {
                 let _ = writeln!(out, "client_id = {id:?}");
             }
-            match &org.credentials {
-                Credentials::Client { secrets, .. } => {
-                    let shown: Vec<String> = secrets.iter().map(|s| format!("\"{s}\"")).collect();
-                    let _ = writeln!(out, "client_secrets = [{}]", shown.join(", "));
-                }
-                Credentials::Static(token) => {
-                    let _ = writeln!(out, "static_token = \"{token}\"");
-                }
+            if let Some(source) = self.secret_sources.get(org.name.as_ref() as &str) {
+                out.push_str(source);
             }
         }
         for caller in &self.callers {
+            let hashes: Vec<String> = caller.api_key_sha256.iter().map(hex::encode).collect();
+            let orgs = match &caller.orgs {
+                OrgScope::All => vec!["*".to_owned()],
+                OrgScope::Only(orgs) => orgs.clone(),
+            };
+            let permissions: Vec<&str> = caller.permissions.iter().map(|p| p.name()).collect();
             let _ = writeln!(
                 out,
-                "\n[[callers]]\nname = {:?}\napi_key_sha256 = {} hash(es)\ntls_names = {:?}\nunix_uids = {:?}\norgs = {:?}\npermissions = {:?}",
-                caller.name,
-                caller.api_key_sha256.len(),
-                caller.tls_names,
-                caller.unix_uids,
-                caller.orgs,
-                caller
-                    .permissions
-                    .iter()
-                    .map(|p| p.name())
-                    .collect::<Vec<_>>()
+                "\n[[callers]]\nname = {:?}\napi_key_sha256 = {hashes:?}\ntls_names = {:?}\nunix_uids = {:?}\norgs = {orgs:?}\npermissions = {permissions:?}",
+                caller.name, caller.tls_names, caller.unix_uids,
             );
             if let Some(rate) = caller.rate_limit {
                 let _ = writeln!(

@@ -130,6 +130,9 @@ pub struct Config {
     pub cache: CachePolicy,
     /// The organizations, sorted by name.
     pub orgs: Vec<OrgSettings>,
+    /// Where each org's secret comes from, as its TOML said (variable names and paths,
+    /// never a secret): for [`Config::describe`].
+    pub secret_sources: BTreeMap<String, String>,
 }
 
 /// A configuration error: the key at fault and what to do.
@@ -275,6 +278,11 @@ impl Config {
             ));
         }
         let org_names: Vec<String> = raw.orgs.keys().cloned().collect();
+        let secret_sources = raw
+            .orgs
+            .iter()
+            .map(|(name, org)| (name.clone(), describe::secret_source(org)))
+            .collect();
         let orgs = raw
             .orgs
             .into_iter()
@@ -331,6 +339,7 @@ impl Config {
             request_timeout,
             cache,
             orgs,
+            secret_sources,
         }
         .checked()
     }
