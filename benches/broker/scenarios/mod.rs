@@ -1,0 +1,7 @@
+//! One module per scenario group (`--only org,users,cold,watch,soak`), run in this order.
+
+pub(crate) mod cold;
+pub(crate) mod org;
+pub(crate) mod soak;
+pub(crate) mod users;
+pub(crate) mod watch;
