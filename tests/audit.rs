@@ -205,17 +205,24 @@ async fn first_hand_outs_at_once_repeats_summarised_and_every_count_adds_up() {
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let lines = audit_lines(&capture);
-    let repeats = |selector: &str| -> u64 {
+    let repeats = |lines: &[String], selector: &str| -> u64 {
         lines
             .iter()
             .filter(|l| l.contains("again") && l.contains(selector))
             .map(|l| counted(l))
             .sum()
     };
-    assert_eq!(repeats("peer=127.0.0.2"), 4, "{lines:#?}");
-    assert_eq!(repeats("caller=\"erp\""), 19, "{lines:#?}");
+    // The next summary (every 2 s) writes them: wait for it, not for a fixed time.
+    let mut lines = audit_lines(&capture);
+    for _ in 0..100 {
+        if repeats(&lines, "peer=127.0.0.2") >= 4 && repeats(&lines, "caller=\"erp\"") >= 19 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        lines = audit_lines(&capture);
+    }
+    assert_eq!(repeats(&lines, "peer=127.0.0.2"), 4, "{lines:#?}");
+    assert_eq!(repeats(&lines, "caller=\"erp\""), 19, "{lines:#?}");
 
     // At shutdown: the rest. Then every count adds up to the tokens handed out.
     for _ in 0..7 {

@@ -460,7 +460,6 @@ async fn malformed_answers_are_unavailable_and_a_numeric_string_lifetime_is_fine
         h.user_token(&user).await.unwrap_err().code(),
         Code::Unavailable
     );
-    tokio::time::sleep(Duration::from_millis(250)).await;
     eventually(|| h.user_token(&user)).await;
 }
 

@@ -438,7 +438,11 @@ async fn shutdown_ends_streams_with_unavailable_and_lets_calls_finish() {
             })
             .await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The call is in (waiting on the slow grant) before the shutdown begins.
+    until(&h, "the call waits on the platform", |s| {
+        s.waiting_callers == 1
+    })
+    .await;
     let stopped = tokio::spawn(h.stop_and_keep());
     let status = tokio::time::timeout(Duration::from_secs(5), stream.message())
         .await
