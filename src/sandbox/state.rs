@@ -1,6 +1,7 @@
 //! The sandbox platform's bookkeeping: clients, seeded users, and every token and code it
 //! issued, with the strict single-use rules of the real platform. Synchronous and free of
-//! HTTP, so the rules read in one place.
+//! HTTP, so the rules read in one place (which is why it is one file of some 500 lines:
+//! every grant's single-use rule and the state it checks, together).
 
 use std::{
     collections::{HashMap, HashSet},

@@ -1,5 +1,7 @@
 //! Turns the platform's HTTP answers into grants, codes or classified errors. Pure functions
-//! of (status, headers, body), so any bytes the platform sends can be tested here.
+//! of (status, headers, body), so any bytes the platform sends can be tested here. (Over
+//! 400 lines: about 220 of code, the rest the tests and properties that pin each answer's
+//! classification, kept beside it.)
 
 use std::time::Duration;
 
