@@ -36,6 +36,7 @@
 mod error;
 mod key;
 mod limits;
+mod orgs;
 mod reload;
 mod renew;
 mod schedule;
@@ -48,7 +49,6 @@ mod watch_events;
 
 use crate::sync::RwLockUnpoisoned;
 use std::{
-    collections::HashMap,
     sync::{
         Arc, RwLock, Weak,
         atomic::{AtomicUsize, Ordering},
@@ -175,7 +175,7 @@ pub struct Broker {
 
 #[derive(Debug)]
 struct Inner {
-    orgs: RwLock<HashMap<Arc<str>, Arc<Org>>>,
+    orgs: orgs::Orgs,
     upstream: Upstream,
     policy: CachePolicy,
     stats: Arc<stats::Counters>,
@@ -270,7 +270,7 @@ impl Broker {
             .clamp(1, Semaphore::MAX_PERMITS);
         let broker = Self {
             inner: Arc::new(Inner {
-                orgs: RwLock::default(),
+                orgs: orgs::Orgs::default(),
                 upstream,
                 policy,
                 stats: Arc::default(),
@@ -313,22 +313,14 @@ impl Broker {
             users: RwLock::default(),
             secret_in_use: AtomicUsize::new(0),
         });
-        self.inner
-            .orgs
-            .write_unpoisoned()
-            .insert(name, Arc::clone(&org));
+        self.inner.orgs.insert(Arc::clone(&org));
         self.plan(&org.slot);
         org
     }
 
     /// Every org now configured.
     fn all_orgs(&self) -> Vec<Arc<Org>> {
-        self.inner
-            .orgs
-            .read_unpoisoned()
-            .values()
-            .cloned()
-            .collect()
+        self.inner.orgs.all()
     }
 
     /// Stops the background renewal. Tokens already held stay readable.
@@ -338,9 +330,7 @@ impl Broker {
 
     /// The configured org names, sorted.
     pub fn org_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.all_orgs().iter().map(|o| o.name.to_string()).collect();
-        names.sort();
-        names
+        self.inner.orgs.names()
     }
 
     /// The configured org `name` refers to (the only org, when `name` is empty), found
@@ -533,39 +523,7 @@ impl Broker {
         name: &str,
         visible: &dyn Fn(&str) -> bool,
     ) -> Result<Arc<Org>, BrokerError> {
-        let orgs = self.inner.orgs.read_unpoisoned();
-        if name.is_empty()
-            && orgs.len() == 1
-            && let Some(org) = orgs.values().next()
-        {
-            return Ok(Arc::clone(org));
-        }
-        if let Some(org) = orgs.get(name) {
-            return Ok(Arc::clone(org));
-        }
-        drop(orgs);
-        let listed = || {
-            let names: Vec<String> = self
-                .org_names()
-                .into_iter()
-                .filter(|n| visible(n))
-                .collect();
-            names.join(", ")
-        };
-        if name.is_empty() {
-            return Err(BrokerError::InvalidArgument {
-                field: "org",
-                problem: format!(
-                    "is required when several orgs are configured ({})",
-                    listed()
-                ),
-            });
-        }
-        check_id("org", name)?;
-        Err(BrokerError::UnknownOrg {
-            org: name.to_owned(),
-            known: listed(),
-        })
+        self.inner.orgs.find(name, visible)
     }
 
     /// A caller's request for a slot's token: the cache hit, or a wait on the platform.

@@ -91,7 +91,7 @@ impl Broker {
 
     /// Stops an org: no more renewals, and every watcher of its keys is told.
     fn remove_org(&self, org: &Arc<Org>, why: &str) {
-        self.inner.orgs.write_unpoisoned().remove(&org.name);
+        self.inner.orgs.remove(&org.name);
         let users: Vec<Arc<Slot>> = org.users.write_unpoisoned().drain().collect();
         for slot in users.iter().chain([&org.slot]) {
             slot.retire();
