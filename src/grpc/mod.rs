@@ -66,7 +66,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), crate::Error> {
     // "" is liveness: serving while the process serves. The service's name is readiness.
-    let (health_reporter, _) = tonic_health::server::health_reporter();
+    let health_reporter = tonic_health::server::HealthReporter::new();
     let health_service =
         tonic_health::pb::health_server::HealthServer::new(health::BoundedHealth::new(
             health_reporter.clone(),
