@@ -2,41 +2,49 @@
 //! events. Knows nothing of tonic; reaches the platform only through [`crate::upstream`].
 //!
 //! Every key (an org, or one user of an org) owns a [`slot::Slot`]. Reading the slot's
-//! watch channel is the cache hit; a miss or a rotation takes the slot's lock, and callers
-//! that queued behind a flight take its outcome rather than flying again. Flights run in
-//! their own task, so a caller that disconnects never cancels a request half-way (which for
-//! a refresh token would leave the broker unsure whether it was spent). One renewal timer
-//! ([`renew`], [`timer`]) replaces every token ahead of expiry, so callers in steady state
-//! never wait on the platform.
+//! token is the cache hit; a miss or a rotation goes to the single-flight engine
+//! ([`flight`]), which makes one upstream request chain per key however many callers ask,
+//! in its own task, so a caller that disconnects never cancels a request half-way (which
+//! for a refresh token would leave the broker unsure whether it was spent). The requests
+//! themselves, and the rule that a refresh token is presented at most once, are in
+//! [`grant`]. One renewal timer ([`renew`], planned by [`plan`] on [`timer`]) replaces
+//! every token ahead of expiry, so callers in steady state never wait on the platform.
+//! The orgs ([`orgs`], each an [`org::Org`] with its users' slots in [`users`]) are the
+//! state; this file is the entry to it.
 //!
 //! What each RPC does here, once `grpc::service` has admitted the caller and looked the org
 //! up (once: the [`OrgRef`] it passes in):
 //!
 //! - **GetOrgToken**: [`Broker::cached_org_token`] reads the org's slot (the cache hit, no
-//!   lock); on a miss [`Broker::org_token`] waits in `serve` → `token`: it joins the flight
-//!   in progress or starts one (`fly`), which runs `obtain` in its own task: the refresh
-//!   token if one is held, else client credentials (`primary_grant`).
+//!   lock); on a miss [`Broker::org_token`] waits in `serve` for the engine's `usable`,
+//!   which joins the flight in progress or starts one (`token` → `fly` in `flight.rs`);
+//!   the flight's `Grants::obtain` (`grant.rs`) spends the refresh token if one is held,
+//!   else asks for client credentials.
 //! - **GetUserToken**: the same on the user's slot ([`Broker::cached_user_token`],
-//!   [`Broker::user_token`]), made on first use (`user_slot` in `renew.rs`, which evicts at
-//!   the cap). A user's primary grant is `authorization_grant` with the org token (itself
-//!   from the org's slot, fetched if needed), then the code exchange; waiting for a place
-//!   among `upstream.max_concurrent_flights` comes first (`limits.rs`).
-//! - **Refresh**: [`Broker::refresh`] takes the slot's turn with `Want::Rotation`: if the
-//!   slot already holds a token other than the caller's stale one, that one is the answer;
-//!   otherwise this call flies (`fly` → `obtain`). The refresh token is taken out of the
-//!   slot before it is sent (the single-use invariant, in `obtain`), so it is never
-//!   presented twice, whatever happens to the answer.
+//!   [`Broker::user_token`]), made on first use (`user_slot`, which evicts at the cap). A
+//!   user's primary grant is the authorization grant with the org token (itself from the
+//!   org's slot, through the same engine), then the code exchange; the flight first waits
+//!   for a place among `upstream.max_concurrent_flights`.
+//! - **Refresh**: [`Broker::refresh`] asks the engine for `Want::Rotation`: under the
+//!   slot's lock, if it already holds a token other than the caller's stale one, that one
+//!   is the answer; otherwise this call flies (`fly` → `obtain`). The refresh token is
+//!   taken out of the slot before it is sent (the single-use invariant, in `grant.rs`), so
+//!   it is never presented twice, whatever happens to the answer.
 //! - **WatchTokens**: [`Broker::watch`] subscribes to each key's watch channel before it
 //!   fetches (`serve`), so no token installed in between is missed; the stream is
 //!   [`TokenEvents`] (`watch_events.rs`).
 //!
-//! Every landed flight schedules the slot's next look (`plan`, in `renew.rs`) on the one
-//! timer: renewal ahead of expiry, a retry after a failure, or the idle drop of a user key.
+//! Every landed flight plans the slot's next look (`Planner::plan`) on the one timer:
+//! renewal ahead of expiry, a retry after a failure, or the idle drop of a user key.
 
 mod error;
+mod flight;
+mod grant;
 mod key;
 mod limits;
+mod org;
 mod orgs;
+mod plan;
 mod reload;
 mod renew;
 mod schedule;
@@ -47,63 +55,30 @@ mod token;
 mod users;
 mod watch_events;
 
-use crate::sync::RwLockUnpoisoned;
-use std::{
-    sync::{
-        Arc, RwLock, Weak,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::{Duration, SystemTime},
-};
+use std::{sync::Arc, time::Duration};
 
-use futures::future::{BoxFuture, try_join_all};
-use rand::Rng;
-use tokio::{
-    sync::{Semaphore, watch},
-    time::Instant,
-};
+use futures::future::try_join_all;
+use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
 pub use error::BrokerError;
 pub use key::{MAX_ID_LEN, TokenKey, check_id};
 pub use limits::Limits;
+pub use org::{Credentials, OrgRef, OrgSettings};
 pub use reload::OrgChanges;
 pub use schedule::RenewalPolicy;
-use slot::{Flight, Landing, Slot, Turn};
 pub use stats::BrokerStats;
 pub use token::{
     Gone, GoneReason, Held, MAX_EXPIRY_MARGIN, Reason, SharedToken, Token, UnixTime, usable_until,
 };
-use users::UserSlots;
 pub use watch_events::{TokenEvents, WatchEvent};
 
-use crate::{
-    secret::{AccessToken, AuthCode, ClientSecret},
-    upstream::{self, Grant, Upstream, UpstreamError},
-};
+use flight::{SingleFlight, Want};
+use org::Org;
+use slot::Slot;
 
-/// How the broker proves itself to the platform for one org.
-#[derive(Debug, Clone)]
-pub enum Credentials {
-    /// OAuth client credentials: tokens are issued and rotated. Several secrets are tried
-    /// in order (the last one that worked first), so a secret can be rotated at the
-    /// platform without downtime.
-    Client {
-        client_id: String,
-        secrets: Vec<ClientSecret>,
-    },
-    /// A long-lived access token or API key: handed out as the org token, never rotated.
-    Static(AccessToken),
-}
-
-/// One configured organization.
-#[derive(Debug, Clone)]
-pub struct OrgSettings {
-    pub name: String,
-    pub client: upstream::Client,
-    pub credentials: Credentials,
-}
+use crate::upstream::Upstream;
 
 /// How the broker keeps tokens: renewal timing and the user-token cache's bounds.
 #[derive(Debug, Clone, PartialEq)]
@@ -175,17 +150,14 @@ pub struct Broker {
 
 #[derive(Debug)]
 struct Inner {
-    orgs: orgs::Orgs,
-    upstream: Upstream,
-    policy: CachePolicy,
+    orgs: Arc<orgs::Orgs>,
+    /// Every upstream request chain, and the renewal plans they leave.
+    engine: Arc<SingleFlight>,
     stats: Arc<stats::Counters>,
     /// Callers waiting on the platform now (`Limits::max_waiting_callers`).
     waiting: limits::Waiting,
-    /// Places for user-token flights in progress (`Limits::max_concurrent_flights`).
-    flights: Arc<Semaphore>,
-    max_flights: usize,
-    /// When each slot is next looked at by the renewal timer.
-    timer: Arc<timer::Timer<Slot>>,
+    /// `cache.max_user_tokens`, per org.
+    max_user_tokens: usize,
     /// Stops the renewal timer: cancelled by [`Broker::shutdown`], or when the last clone
     /// of the broker is dropped.
     shutdown: CancellationToken,
@@ -195,64 +167,6 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
-}
-
-#[derive(Debug)]
-struct Org {
-    name: Arc<str>,
-    /// Where and how to ask the platform; swapped whole by a reload.
-    config: RwLock<Arc<OrgConfig>>,
-    slot: Arc<Slot>,
-    users: RwLock<UserSlots>,
-    /// Index of the client secret that worked last.
-    secret_in_use: AtomicUsize,
-}
-
-/// A configured org, as a call found it: its name, and its cache for the fast paths
-/// ([`Broker::cached_org_token`], [`Broker::cached_user_token`]).
-#[derive(Debug, Clone)]
-pub struct OrgRef(Arc<Org>);
-
-impl OrgRef {
-    /// The org's configured name.
-    pub fn name(&self) -> &Arc<str> {
-        &self.0.name
-    }
-}
-
-/// An org's endpoints and credentials.
-#[derive(Debug)]
-struct OrgConfig {
-    client: upstream::Client,
-    credentials: Credentials,
-}
-
-impl Org {
-    /// The org's current endpoints and credentials.
-    fn config(&self) -> Arc<OrgConfig> {
-        Arc::clone(&self.config.read_unpoisoned())
-    }
-
-    /// The slot of `user`, if one is held.
-    fn user_slot_if_held(&self, user: &str) -> Option<Arc<Slot>> {
-        self.users.read_unpoisoned().get(user).cloned()
-    }
-
-    fn is_static(&self) -> bool {
-        matches!(self.config().credentials, Credentials::Static(_))
-    }
-}
-
-/// What a caller wants from a slot.
-#[derive(Debug, Clone, Copy)]
-enum Want<'a> {
-    /// A token that may be handed out now.
-    Usable,
-    /// A new token, because a caller asked (Refresh); with the token the caller saw
-    /// rejected, none if the broker already holds another.
-    Rotation { stale: Option<&'a str> },
-    /// A new token ahead of expiry, unless `of` was replaced already.
-    Renewal { of: &'a SharedToken },
 }
 
 impl Broker {
@@ -265,27 +179,31 @@ impl Broker {
         policy: CachePolicy,
         limits: Limits,
     ) -> Self {
-        let max_flights = limits
-            .max_concurrent_flights
-            .clamp(1, Semaphore::MAX_PERMITS);
+        let stats: Arc<stats::Counters> = Arc::default();
+        let engine = Arc::new(SingleFlight::new(
+            grant::Grants::new(upstream),
+            policy.renewal.clone(),
+            plan::Planner::new(&policy),
+            Arc::clone(&stats),
+            limits.max_concurrent_flights,
+        ));
+        let registry: Arc<orgs::Orgs> = Arc::default();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(renew::run(
+            Arc::downgrade(&engine),
+            Arc::downgrade(&registry),
+            shutdown.clone(),
+        ));
         let broker = Self {
             inner: Arc::new(Inner {
-                orgs: orgs::Orgs::default(),
-                upstream,
-                policy,
-                stats: Arc::default(),
+                orgs: registry,
+                engine,
+                stats,
                 waiting: limits::Waiting::new(limits.max_waiting_callers),
-                flights: Arc::new(Semaphore::new(max_flights)),
-                max_flights,
-                timer: Arc::default(),
-                shutdown: CancellationToken::new(),
+                max_user_tokens: policy.max_user_tokens,
+                shutdown,
             }),
         };
-        tokio::spawn(Self::run_timer(
-            Arc::downgrade(&broker.inner),
-            Arc::clone(&broker.inner.timer),
-            broker.inner.shutdown.clone(),
-        ));
         for settings in orgs {
             broker.add_org(settings);
         }
@@ -293,34 +211,16 @@ impl Broker {
     }
 
     /// Adds an org (replacing any of that name) and starts renewing its token.
-    fn add_org(&self, settings: OrgSettings) -> Arc<Org> {
-        let name: Arc<str> = settings.name.into();
-        let key = TokenKey {
-            org: Arc::clone(&name),
-            user: None,
-        };
-        let initial = match &settings.credentials {
-            Credentials::Static(token) => Some(Arc::new(Token::long_lived(token.clone()))),
-            Credentials::Client { .. } => None,
-        };
-        let org = Arc::new_cyclic(|me: &Weak<Org>| Org {
-            name: Arc::clone(&name),
-            config: RwLock::new(Arc::new(OrgConfig {
-                client: settings.client,
-                credentials: settings.credentials,
-            })),
-            slot: Arc::new(Slot::new(key, initial, me.clone())),
-            users: RwLock::default(),
-            secret_in_use: AtomicUsize::new(0),
-        });
+    fn add_org(&self, settings: OrgSettings) {
+        let org = Org::new(settings, self.inner.max_user_tokens);
         self.inner.orgs.insert(Arc::clone(&org));
-        self.plan(&org.slot);
-        org
+        self.inner.engine.planner.plan(&org.slot);
     }
 
-    /// Every org now configured.
-    fn all_orgs(&self) -> Vec<Arc<Org>> {
-        self.inner.orgs.all()
+    /// Makes `orgs` the configured orgs: added orgs start, removed ones stop (their
+    /// watchers are told), changed ones take their new endpoints and credentials.
+    pub async fn reload_orgs(&self, orgs: Vec<OrgSettings>) -> OrgChanges {
+        reload::apply(&self.inner.orgs, orgs, |settings| self.add_org(settings)).await
     }
 
     /// Stops the background renewal. Tokens already held stay readable.
@@ -341,7 +241,7 @@ impl Broker {
         name: &str,
         visible: &dyn Fn(&str) -> bool,
     ) -> Result<OrgRef, BrokerError> {
-        self.org_listing(name, visible).map(OrgRef)
+        self.inner.orgs.find(name, visible).map(OrgRef)
     }
 
     /// Each org and how long its token stays valid: `None` if none is held or it is
@@ -349,7 +249,9 @@ impl Broker {
     pub fn org_token_expiries(&self) -> Vec<(String, Option<Duration>)> {
         let now = Instant::now();
         let mut expiries: Vec<_> = self
-            .all_orgs()
+            .inner
+            .orgs
+            .all()
             .iter()
             .map(|org| {
                 (
@@ -365,7 +267,9 @@ impl Broker {
     /// Whether every configured org holds a valid token (a long-lived one counts).
     pub fn is_ready(&self) -> bool {
         let now = Instant::now();
-        self.all_orgs()
+        self.inner
+            .orgs
+            .all()
             .iter()
             .all(|org| org.slot.current().is_some_and(|t| t.is_valid(now)))
     }
@@ -373,14 +277,14 @@ impl Broker {
     /// What the broker has done so far.
     pub fn stats(&self) -> BrokerStats {
         let (mut held, mut watchers) = (0, 0);
-        for org in self.all_orgs() {
-            let users = org.users.read_unpoisoned();
-            held += users.len();
-            watchers += org.slot.watchers() + users.slots().map(|s| s.watchers()).sum::<usize>();
+        for org in self.inner.orgs.all() {
+            let (users, user_watchers) = org.users.count();
+            held += users;
+            watchers += org.slot.watchers() + user_watchers;
         }
         let mut stats = self.inner.stats.snapshot(held, watchers);
         stats.waiting_callers = self.inner.waiting.count();
-        stats.flights_in_progress = self.inner.max_flights - self.inner.flights.available_permits();
+        stats.flights_in_progress = self.inner.engine.in_progress();
         stats
     }
 
@@ -405,7 +309,7 @@ impl Broker {
         min_valid_for: Option<Duration>,
     ) -> Result<Option<Served>, BrokerError> {
         check_id("user_id", user)?;
-        Ok(org.0.user_slot_if_held(user).and_then(|slot| {
+        Ok(org.0.users.get(user).and_then(|slot| {
             let token = self.hit(&slot, min_valid_for)?;
             Some(served(slot, token))
         }))
@@ -422,7 +326,7 @@ impl Broker {
     ) -> Option<Served> {
         let slot = match user {
             None => Arc::clone(&org.0.slot),
-            Some(user) => org.0.user_slot_if_held(user)?,
+            Some(user) => org.0.users.get(user)?,
         };
         let now = Instant::now();
         let token = slot
@@ -484,7 +388,8 @@ impl Broker {
         };
         slot.touch(Instant::now());
         let _waiting = self.inner.waiting.enter()?;
-        let token = self.token(org, &slot, Want::Rotation { stale }).await?;
+        let want = Want::Rotation { stale };
+        let token = self.inner.engine.token(org, &slot, want).await?;
         Ok(served(slot, token))
     }
 
@@ -510,20 +415,24 @@ impl Broker {
         // Subscribe before fetching, so no token installed in between is missed.
         let receivers = slots.iter().map(|s| s.subscribe()).collect();
         try_join_all(slots.iter().map(|s| self.serve(org, s, None))).await?;
-        Ok(TokenEvents::new(slots, receivers, self.clone()))
+        let engine = &self.inner.engine;
+        Ok(TokenEvents::new(
+            slots,
+            receivers,
+            engine.planner.clone(),
+            Arc::clone(&engine.stats),
+        ))
     }
 
-    fn org(&self, name: &str) -> Result<Arc<Org>, BrokerError> {
-        self.org_listing(name, &|_| true)
-    }
-
-    /// [`Broker::org`], its errors listing only the orgs `visible` lets through.
-    fn org_listing(
-        &self,
-        name: &str,
-        visible: &dyn Fn(&str) -> bool,
-    ) -> Result<Arc<Org>, BrokerError> {
-        self.inner.orgs.find(name, visible)
+    /// The slot of `user` in `org`, created on first use. At the cap, a long idle unwatched
+    /// user token is dropped first (see `users.rs`).
+    fn user_slot(&self, org: &Arc<Org>, user: &str) -> Arc<Slot> {
+        let (slot, evicted) = org.user_slot(user);
+        if let Some(evicted) = evicted {
+            debug!(key = %evicted.key, "user token cache full; dropping a long idle token");
+            self.inner.stats.eviction();
+        }
+        slot
     }
 
     /// A caller's request for a slot's token: the cache hit, or a wait on the platform.
@@ -538,7 +447,7 @@ impl Broker {
         }
         self.inner.stats.miss();
         let _waiting = self.inner.waiting.enter()?;
-        let token = self.usable(org, slot).await?;
+        let token = self.inner.engine.usable(org, slot).await?;
         let Some(min) = min_valid_for else {
             return Ok(token);
         };
@@ -554,7 +463,8 @@ impl Broker {
         if min >= lifetime {
             return Err(out_of_range(lifetime));
         }
-        let renewed = self.token(org, slot, Want::Renewal { of: &token }).await?;
+        let want = Want::Renewal { of: &token };
+        let renewed = self.inner.engine.token(org, slot, want).await?;
         if meets(&renewed, Instant::now(), Some(min)) {
             Ok(renewed)
         } else {
@@ -573,335 +483,6 @@ impl Broker {
         self.inner.stats.hit();
         Some(token)
     }
-
-    /// A token that may be handed out: usable, or, when the platform fails, one it still
-    /// accepts (during an outage callers keep getting the token until it actually expires).
-    async fn usable(&self, org: &Arc<Org>, slot: &Arc<Slot>) -> Result<SharedToken, BrokerError> {
-        match self.token(org, slot, Want::Usable).await {
-            Err(e @ (BrokerError::Unavailable { .. } | BrokerError::Internal { .. })) => {
-                match slot.current() {
-                    Some(token) if token.is_valid(Instant::now()) => {
-                        debug!(key = %slot.key, error = %e, "platform failing; handing out the still valid token");
-                        self.inner.stats.served_stale();
-                        Ok(token)
-                    }
-                    _ => Err(e),
-                }
-            }
-            other => other,
-        }
-    }
-
-    /// The heart of the cache: a usable token at once, or one flight per key.
-    async fn token(
-        &self,
-        org: &Arc<Org>,
-        slot: &Arc<Slot>,
-        want: Want<'_>,
-    ) -> Result<SharedToken, BrokerError> {
-        if let Want::Usable = want
-            && let Some(token) = slot.usable(Instant::now())
-        {
-            return Ok(token);
-        }
-        let flight = match slot.turn().await {
-            Turn::Joined(Ok(token)) if token.is_usable(Instant::now()) => return Ok(token),
-            Turn::Joined(Ok(_)) => match slot.turn().await {
-                Turn::Joined(outcome) => return outcome,
-                Turn::Mine(flight) => flight,
-            },
-            Turn::Joined(Err(e)) => return Err(e),
-            Turn::Mine(flight) => flight,
-        };
-        // Under the lock, look again: the decision to fly is made by one caller at a time.
-        let now = Instant::now();
-        let current = slot.current();
-        let reason = match (want, &current) {
-            (Want::Usable, Some(t)) if t.is_usable(now) => return Ok(Arc::clone(t)),
-            (Want::Usable, Some(_)) => Reason::Renewed,
-            (Want::Usable, None) => Reason::Issued,
-            (Want::Rotation { stale: Some(stale) }, Some(t))
-                if t.access_token.expose() != stale =>
-            {
-                debug!(key = %slot.key, fingerprint = %t.fingerprint, "refresh names an already replaced token; returning the current one");
-                return Ok(Arc::clone(t));
-            }
-            (Want::Rotation { .. }, Some(_)) => Reason::Forced,
-            (Want::Renewal { of }, Some(t)) if !Arc::ptr_eq(of, t) => return Ok(Arc::clone(t)),
-            (Want::Renewal { .. }, Some(_)) => Reason::Renewed,
-            (Want::Rotation { .. } | Want::Renewal { .. }, None) => Reason::Issued,
-        };
-        // After a failure, wait before asking the platform again: callers get the error.
-        {
-            let state = flight.state();
-            if state.retry_at().is_some_and(|at| now < at)
-                && let Some(e) = state.last_error()
-            {
-                return Err(BrokerError::clone(e));
-            }
-        }
-        let broker = self.clone();
-        let org = Arc::clone(org);
-        // A user-token flight waits for its place among the flights in progress; an org
-        // token's never does (a user flight in progress may be what needs it).
-        let places = slot
-            .key
-            .user
-            .is_some()
-            .then(|| Arc::clone(&self.inner.flights));
-        // The flight owns the lock and runs to the end even if every caller goes away.
-        tokio::spawn(async move {
-            let _place = match places {
-                // Never closed: acquiring fails only if it were.
-                Some(places) => places.acquire_owned().await.ok(),
-                None => None,
-            };
-            broker.fly(&org, flight, reason).await
-        })
-        .await
-        .unwrap_or_else(|e| {
-            warn!(key = %slot.key, error = %e, "the upstream request task failed");
-            Err(BrokerError::Internal {
-                key: slot.key.to_string(),
-                detail: "the upstream request task failed",
-            })
-        })
-    }
-
-    /// One upstream request chain for a slot, holding its lock; lands the outcome.
-    async fn fly(
-        &self,
-        org: &Arc<Org>,
-        flight: Flight,
-        reason: Reason,
-    ) -> Result<SharedToken, BrokerError> {
-        let slot = Arc::clone(flight.slot());
-        self.inner.stats.flight();
-        let requested = (Instant::now(), SystemTime::now());
-        let (outcome, hold) = match self.obtain(org, &slot.key, &flight, reason).await {
-            Ok((grant, reason)) => {
-                let generation = {
-                    let mut state = flight.state();
-                    state.generation += 1;
-                    state.refresh_token = grant.refresh_token;
-                    state.generation
-                };
-                let renew_after = self
-                    .inner
-                    .policy
-                    .renewal
-                    .renew_after(grant.expires_in, rand::rng().random());
-                let mut token = Token::issued(
-                    grant.access_token,
-                    grant.token_type,
-                    requested,
-                    grant.expires_in,
-                    renew_after,
-                );
-                token.generation = generation;
-                token.reason = reason;
-                self.inner.stats.rotation(reason);
-                info!(
-                    key = %slot.key,
-                    generation = token.generation,
-                    fingerprint = %token.fingerprint,
-                    expires_in_s = grant.expires_in.as_secs(),
-                    ?reason,
-                    "new token"
-                );
-                (Ok(Arc::new(token)), None)
-            }
-            Err(Miss::Failed(e)) => {
-                // This one included: `land` records it.
-                let failures = flight.state().failures().saturating_add(1);
-                warn!(key = %slot.key, failures, error = %e, "could not obtain a token");
-                let hold = self.hold_after(&e, failures);
-                (Err(e), Some(Landing::Failed { hold }))
-            }
-            Err(Miss::Blocked(e)) => {
-                // Not this key's failure: its backoff stays where it was, and it tries
-                // again (jittered, so that a crowd of users does not all at once) as soon
-                // as the org may.
-                let org_retry = org.slot.state().retry_at().map_or(Duration::ZERO, |at| {
-                    at.saturating_duration_since(Instant::now())
-                });
-                let jitter = self.inner.policy.renewal.backoff(1, rand::rng().random());
-                info!(key = %slot.key, error = %e, "waiting for the org token");
-                (
-                    Err(e),
-                    Some(Landing::Blocked {
-                        hold: org_retry + jitter,
-                    }),
-                )
-            }
-        };
-        flight.land(&outcome, hold);
-        self.plan(&slot);
-        outcome
-    }
-
-    /// How long to keep the platform unasked after `e`, the `failures`-th failure in a row:
-    /// rejected credentials are permanent until the configuration changes, a 429 names its
-    /// own wait, anything else backs off exponentially with full jitter (so that neither
-    /// callers nor the renewal timer hammer the platform, even about an unknown user).
-    fn hold_after(&self, e: &BrokerError, failures: u32) -> Duration {
-        let policy = &self.inner.policy.renewal;
-        let backoff = policy.backoff(failures, rand::rng().random());
-        match (e, e.retry_after()) {
-            (BrokerError::CredentialsRejected { .. }, _) => policy.credentials_retry,
-            (_, Some(wait)) => backoff.max(wait),
-            _ => backoff,
-        }
-    }
-
-    /// Gets a grant for the slot's key: through the refresh token when one is held, else
-    /// (or when it fails) through the primary grant. Returns the reason to record.
-    async fn obtain(
-        &self,
-        org: &Arc<Org>,
-        key: &TokenKey,
-        flight: &Flight,
-        reason: Reason,
-    ) -> Result<(Grant, Reason), Miss> {
-        // INVARIANT: a refresh token is presented at most once, ever. It is moved out of
-        // the slot before it is sent, so whatever happens to the answer (success, an error,
-        // a timeout, a reset connection, a 5xx after the platform spent it) it can never be
-        // sent again: on any failure the token is re-issued through the primary grant.
-        let taken = flight.state().refresh_token.take();
-        let Some(refresh_token) = taken else {
-            return Ok((self.primary_grant(org, key).await?, reason));
-        };
-        match self
-            .inner
-            .upstream
-            .refresh(&org.config().client, refresh_token)
-            .await
-        {
-            Ok(grant) => return Ok((grant, reason)),
-            // Rejected credentials fail the primary grant too; a 429 holds every request
-            // to the platform, the primary grant's included, until its `Retry-After` (the
-            // refresh token stays spent: the next flight uses the primary grant).
-            Err(
-                e @ (UpstreamError::CredentialsRejected { .. } | UpstreamError::RateLimited { .. }),
-            ) => {
-                return Err(Miss::Failed(BrokerError::upstream(key, &e)));
-            }
-            Err(e) => {
-                warn!(key = %key, error = %e, "refresh token spent without a usable answer; re-issuing through the primary grant");
-            }
-        }
-        Ok((self.primary_grant(org, key).await?, Reason::Reissued))
-    }
-
-    /// Client credentials for the org token; authorization grant then code exchange for a
-    /// user token.
-    async fn primary_grant(&self, org: &Arc<Org>, key: &TokenKey) -> Result<Grant, Miss> {
-        let upstream = &self.inner.upstream;
-        let fail = |e: UpstreamError| Miss::Failed(BrokerError::upstream(key, &e));
-        let config = org.config();
-        match (&key.user, &config.credentials) {
-            (None, Credentials::Client { client_id, secrets }) => {
-                // The secret that worked last goes first; a rejected one passes to the next.
-                let first = org.secret_in_use.load(Ordering::Relaxed);
-                let mut last_error = None;
-                for i in (0..secrets.len()).map(|k| (first + k) % secrets.len()) {
-                    match upstream
-                        .client_credentials(&config.client, client_id, &secrets[i])
-                        .await
-                    {
-                        Ok(grant) => {
-                            if i != first {
-                                info!(org = %org.name, secret = i + 1, "switched to the next configured client secret");
-                            }
-                            org.secret_in_use.store(i, Ordering::Relaxed);
-                            return Ok(grant);
-                        }
-                        Err(e @ UpstreamError::CredentialsRejected { .. }) => last_error = Some(e),
-                        Err(e) => return Err(fail(e)),
-                    }
-                }
-                Err(last_error.map_or_else(
-                    || {
-                        Miss::Failed(BrokerError::NotRotatable {
-                            org: org.name.to_string(),
-                        })
-                    },
-                    fail,
-                ))
-            }
-            // A static org's slot always holds its token; nothing can issue another.
-            (None, Credentials::Static(_)) => Err(Miss::Failed(BrokerError::NotRotatable {
-                org: org.name.to_string(),
-            })),
-            (Some(user), _) => {
-                let code = self.authorization_grant(org, key, user).await?;
-                upstream
-                    .exchange_code(&config.client, code)
-                    .await
-                    .map_err(fail)
-            }
-        }
-    }
-
-    /// Asks for a code acting as `user`, with the org token as bearer. A 401 means the org
-    /// token expired or was revoked: rotate it once (coalesced with any other flight that
-    /// saw the same) and try again.
-    async fn authorization_grant(
-        &self,
-        org: &Arc<Org>,
-        key: &TokenKey,
-        user: &str,
-    ) -> Result<AuthCode, Miss> {
-        let upstream = &self.inner.upstream;
-        let config = org.config();
-        let bearer = self
-            .org_slot_token(org, Want::Usable)
-            .await
-            .map_err(Miss::Blocked)?;
-        let answer = match upstream
-            .authorization_grant(&config.client, &bearer.access_token, user)
-            .await
-        {
-            Err(UpstreamError::BearerRejected)
-                if matches!(config.credentials, Credentials::Client { .. }) =>
-            {
-                info!(org = %org.name, "the grant endpoint rejected the org token; rotating it once");
-                let stale = Some(bearer.access_token.expose());
-                let bearer = self
-                    .org_slot_token(org, Want::Rotation { stale })
-                    .await
-                    .map_err(Miss::Blocked)?;
-                upstream
-                    .authorization_grant(&config.client, &bearer.access_token, user)
-                    .await
-            }
-            other => other,
-        };
-        answer.map_err(|e| Miss::Failed(BrokerError::upstream(key, &e)))
-    }
-
-    /// The org token, from inside a user flight. Boxed: a user flight may start an org
-    /// flight, and the recursion needs a future of known size.
-    fn org_slot_token<'a>(
-        &'a self,
-        org: &'a Arc<Org>,
-        want: Want<'a>,
-    ) -> BoxFuture<'a, Result<SharedToken, BrokerError>> {
-        Box::pin(async move {
-            match want {
-                Want::Usable => self.usable(org, &org.slot).await,
-                _ => self.token(org, &org.slot, want).await,
-            }
-        })
-    }
-}
-
-/// Why a flight got no grant.
-enum Miss {
-    /// Its own request chain failed: one more failure in a row for its key.
-    Failed(BrokerError),
-    /// A user key's flight could not get the org token it needs: not the key's failure.
-    Blocked(BrokerError),
 }
 
 /// `token`, served from `slot`.
@@ -935,8 +516,11 @@ mod tests {
         };
         let before = alive();
         let new_broker = || {
-            let upstream = Upstream::new(Duration::from_secs(1), Arc::new(upstream::Unobserved))
-                .expect("an HTTP client");
+            let upstream = Upstream::new(
+                Duration::from_secs(1),
+                Arc::new(crate::upstream::Unobserved),
+            )
+            .expect("an HTTP client");
             Broker::new(vec![], upstream, CachePolicy::default(), Limits::default())
         };
         let wait_for = |n: usize| async move {

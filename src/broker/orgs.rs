@@ -6,7 +6,7 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use super::{BrokerError, Org, check_id};
+use super::{BrokerError, check_id, org::Org};
 use crate::sync::RwLockUnpoisoned;
 
 /// The configured orgs, replaced one by one as reloads add and remove them.
@@ -24,6 +24,11 @@ impl Orgs {
 
     pub fn remove(&self, name: &str) {
         self.by_name.write_unpoisoned().remove(name);
+    }
+
+    /// The org named exactly `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Org>> {
+        self.by_name.read_unpoisoned().get(name).cloned()
     }
 
     /// Every org now configured.

@@ -2,10 +2,8 @@
 //! due ([`super::timer`]), renews its token ahead of expiry (at the time
 //! [`super::RenewalPolicy`] chose when it was issued), backs off after failures, announces a
 //! token that expired unrenewed to its watchers, and drops user tokens that nobody watches
-//! or used within the idle window. What to do and when is decided by two pure functions of
-//! a slot's [`View`].
+//! or used within the idle window. What to do and when is decided in [`super::plan`].
 
-use crate::sync::RwLockUnpoisoned;
 use std::sync::{Arc, Weak};
 
 use tokio::time::{Instant, sleep_until};
@@ -13,238 +11,90 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{
-    Broker, BrokerError, Gone, GoneReason, Held, Inner, Org, SharedToken, Slot, TokenKey, Want,
-    timer::Timer,
+    BrokerError, Gone, GoneReason, Held, SharedToken,
+    flight::{SingleFlight, Want},
+    org::Org,
+    orgs::Orgs,
+    plan::{Action, action},
+    slot::Slot,
 };
 
-/// What the renewal timer needs to know of a slot.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) struct View {
-    pub held: HeldKind,
-    /// A user token (idle ones are dropped); else the org token.
-    pub is_user: bool,
-    /// Some WatchTokens stream watches the key.
-    pub watched: bool,
-    /// Org tokens are fetched at start, and again until they are had.
-    pub prefetch: bool,
-    /// No flight before this, after a failure.
-    pub retry_at: Option<Instant>,
-    /// The last flight failed and no token has come since.
-    pub failing: bool,
-    /// When the key counts as idle (an unwatched user token).
-    pub idle_at: Option<Instant>,
-}
-
-/// The part of what a slot holds that timing depends on.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) enum HeldKind {
-    Empty,
-    Token {
-        renew_at: Option<Instant>,
-        expires: Option<Instant>,
-    },
-    Gone,
-}
-
-/// What the timer does with a due slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Action {
-    /// Nothing yet: look again at [`next_wake`].
-    Wait,
-    /// Drop the idle user token.
-    Drop,
-    /// The token expired while renewals failed: tell its watchers.
-    AnnounceGone,
-    /// Renew the token, or fetch the missing one.
-    Renew,
-}
-
-impl View {
-    /// When a flight is due: the token's planned renewal, not before a failure's hold ends;
-    /// for a lost or missing token that someone needs, at the failures' pace.
-    fn due(&self, now: Instant) -> Option<Instant> {
-        let needed = match self.held {
-            HeldKind::Token { renew_at, .. } => {
-                return renew_at.map(|at| self.retry_at.map_or(at, |r| r.max(at)));
-            }
-            HeldKind::Gone => !self.is_user || self.watched,
-            HeldKind::Empty => !self.is_user && self.prefetch,
-        };
-        needed.then(|| self.retry_at.unwrap_or(now))
-    }
-
-    /// The expiry of a token that could not be renewed: its watchers are told then.
-    fn failed_expiry(&self) -> Option<Instant> {
-        match self.held {
-            HeldKind::Token { expires, .. } if self.failing => expires,
-            _ => None,
-        }
-    }
-}
-
-/// When the timer should next look at a slot in `view`.
-pub(super) fn next_wake(view: &View, now: Instant) -> Option<Instant> {
-    [view.due(now), view.failed_expiry(), view.idle_at]
-        .into_iter()
-        .flatten()
-        .min()
-}
-
-/// What to do with a slot in `view` at `now`.
-pub(super) fn action(view: &View, now: Instant) -> Action {
-    if view.idle_at.is_some_and(|at| now >= at) {
-        Action::Drop
-    } else if view.failed_expiry().is_some_and(|at| now >= at) {
-        Action::AnnounceGone
-    } else if view.due(now).is_some_and(|at| now >= at) {
-        Action::Renew
-    } else {
-        Action::Wait
-    }
-}
-
-impl Broker {
-    /// The slot of `user` in `org`, created on first use. At the cap, the longest idle
-    /// unwatched user token is dropped first: the idlest of a sample (see `users`).
-    pub(super) fn user_slot(&self, org: &Arc<Org>, user: &str) -> Arc<Slot> {
-        if let Some(slot) = org.user_slot_if_held(user) {
-            return slot;
-        }
-        let mut users = org.users.write_unpoisoned();
-        if let Some(slot) = users.get(user) {
-            return Arc::clone(slot);
-        }
-        if users.len() >= self.inner.policy.max_user_tokens
-            && let Some(slot) = users.evict()
-        {
-            debug!(key = %slot.key, "user token cache full; dropping a long idle token");
-            slot.retire();
-            self.inner.stats.eviction();
-        }
-        let key = TokenKey {
-            org: Arc::clone(&org.name),
-            user: Some(user.into()),
-        };
-        let slot = Arc::new(Slot::new(key, None, Arc::downgrade(org)));
-        slot.touch(Instant::now());
-        users.insert(Arc::clone(&slot));
-        slot
-    }
-
-    /// What the renewal timer needs to know of `slot` now.
-    fn view(&self, slot: &Slot) -> View {
-        let policy = &self.inner.policy;
-        let held = match slot.held() {
-            Held::Empty => HeldKind::Empty,
-            Held::Token(t) => HeldKind::Token {
-                renew_at: t.renew_at(),
-                expires: t.expires(),
-            },
-            Held::Gone(_) => HeldKind::Gone,
-        };
-        let is_user = slot.key.user.is_some();
-        let watched = slot.watchers() > 0;
-        let state = slot.state();
-        View {
-            held,
-            is_user,
-            watched,
-            prefetch: policy.prefetch_org_tokens,
-            retry_at: state.retry_at(),
-            failing: state.last_error().is_some(),
-            idle_at: (is_user && !watched).then(|| slot.last_used() + policy.user_idle_timeout),
-        }
-    }
-
-    /// Sets when the renewal timer next looks at `slot`, from what it holds now.
-    pub(super) fn plan(&self, slot: &Arc<Slot>) {
-        if slot.is_retired() {
-            return;
-        }
-        let at = next_wake(&self.view(slot), Instant::now());
-        self.inner.timer.set(slot, at);
-    }
-
-    /// The renewal timer's task: looks at each slot when it is due, until the broker shuts
-    /// down or is dropped. It holds the broker only while it acts, so that dropping the
-    /// last [`Broker`] ends it (see `Drop for Inner`).
-    pub(super) async fn run_timer(
-        inner: Weak<Inner>,
-        timer: Arc<Timer<Slot>>,
-        stop: CancellationToken,
-    ) {
-        loop {
-            let (due, next) = timer.due(Instant::now());
-            if !due.is_empty() {
-                let Some(broker) = inner.upgrade().map(|inner| Broker { inner }) else {
-                    return;
-                };
-                for slot in due {
-                    broker.look(slot);
+/// The renewal timer's task: looks at each slot of `orgs` when it is due, until `stop` or
+/// until the broker is dropped. It holds the engine and the orgs only while it acts, so
+/// that dropping the last broker ends it.
+pub(super) async fn run(engine: Weak<SingleFlight>, orgs: Weak<Orgs>, stop: CancellationToken) {
+    let Some(timer) = engine.upgrade().map(|e| Arc::clone(e.planner.timer())) else {
+        return;
+    };
+    loop {
+        let (due, next) = timer.due(Instant::now());
+        if !due.is_empty() {
+            let (Some(engine), Some(orgs)) = (engine.upgrade(), orgs.upgrade()) else {
+                return;
+            };
+            for slot in due {
+                // The slot's org, unless it was removed or no longer holds the slot.
+                if let Some(org) = orgs.get(&slot.key.org).filter(|org| org.holds(&slot)) {
+                    look(&engine, org, slot);
                 }
             }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = timer.earlier_entry() => {}
-                () = sleep_until_or_forever(next) => {}
-            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = timer.earlier_entry() => {}
+            () = sleep_until_or_forever(next) => {}
         }
     }
+}
 
-    /// Acts on a slot that came due.
-    fn look(&self, slot: Arc<Slot>) {
-        let Some(org) = slot.org() else { return };
-        let held = slot.held();
-        let now = Instant::now();
-        match action(&self.view(&slot), now) {
-            Action::Wait => self.plan(&slot),
-            Action::Drop => self.drop_user_slot(&org, &slot),
-            Action::AnnounceGone => {
-                if let Held::Token(token) = &held
-                    && let Some(e) = slot.state().last_error().cloned()
-                {
-                    announce_gone(&slot, token, &e);
-                }
-                self.plan(&slot);
-            }
-            Action::Renew => {
-                let broker = self.clone();
-                tokio::spawn(async move {
-                    broker.renew(&org, &slot, held).await;
-                    broker.plan(&slot);
-                });
-            }
-        }
-    }
-
-    /// One renewal (or fetch of a missing token) in the background.
-    async fn renew(&self, org: &Arc<Org>, slot: &Arc<Slot>, held: Held) {
-        let renewed = match &held {
-            Held::Token(token) => self.token(org, slot, Want::Renewal { of: token }).await,
-            Held::Gone(_) | Held::Empty => self.token(org, slot, Want::Usable).await,
-        };
-        self.inner.stats.renewal(renewed.is_ok());
-        if let Err(e) = renewed {
-            warn!(key = %slot.key, error = %e, "background renewal failed; will retry");
+/// Acts on a slot that came due.
+fn look(engine: &Arc<SingleFlight>, org: Arc<Org>, slot: Arc<Slot>) {
+    let held = slot.held();
+    let planner = &engine.planner;
+    match action(&planner.view(&slot), Instant::now()) {
+        Action::Wait => planner.plan(&slot),
+        Action::Drop => drop_user_slot(engine, &org, &slot),
+        Action::AnnounceGone => {
             if let Held::Token(token) = &held
-                && !token.is_valid(Instant::now())
+                && let Some(e) = slot.state().last_error().cloned()
             {
-                announce_gone(slot, token, &e);
+                announce_gone(&slot, token, &e);
             }
+            planner.plan(&slot);
+        }
+        Action::Renew => {
+            let engine = Arc::clone(engine);
+            tokio::spawn(async move {
+                renew(&engine, &org, &slot, held).await;
+                engine.planner.plan(&slot);
+            });
         }
     }
+}
 
-    fn drop_user_slot(&self, org: &Org, slot: &Arc<Slot>) {
-        let mut users = org.users.write_unpoisoned();
-        if let Some(user) = &slot.key.user
-            && users.get(user).is_some_and(|s| Arc::ptr_eq(s, slot))
+/// One renewal (or fetch of a missing token) in the background.
+async fn renew(engine: &Arc<SingleFlight>, org: &Arc<Org>, slot: &Arc<Slot>, held: Held) {
+    let renewed = match &held {
+        Held::Token(token) => engine.token(org, slot, Want::Renewal { of: token }).await,
+        Held::Gone(_) | Held::Empty => engine.token(org, slot, Want::Usable).await,
+    };
+    engine.stats.renewal(renewed.is_ok());
+    if let Err(e) = renewed {
+        warn!(key = %slot.key, error = %e, "background renewal failed; will retry");
+        if let Held::Token(token) = &held
+            && !token.is_valid(Instant::now())
         {
-            users.remove(user);
-            debug!(key = %slot.key, "user token idle; dropped");
-            self.inner.stats.eviction();
+            announce_gone(slot, token, &e);
         }
-        slot.retire();
     }
+}
+
+fn drop_user_slot(engine: &SingleFlight, org: &Org, slot: &Arc<Slot>) {
+    if org.users.remove(slot) {
+        debug!(key = %slot.key, "user token idle; dropped");
+        engine.stats.eviction();
+    }
+    slot.retire();
 }
 
 /// Tells the key's watchers that `expired` is gone and why.
@@ -270,127 +120,5 @@ async fn sleep_until_or_forever(at: Option<Instant>) {
     match at {
         Some(at) => sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    fn at(t0: Instant, secs: u64) -> Instant {
-        t0 + Duration::from_secs(secs)
-    }
-
-    fn user_with_token(t0: Instant) -> View {
-        View {
-            held: HeldKind::Token {
-                renew_at: Some(at(t0, 1800)),
-                expires: Some(at(t0, 3600)),
-            },
-            is_user: true,
-            watched: false,
-            prefetch: true,
-            retry_at: None,
-            failing: false,
-            idle_at: Some(at(t0, 900)),
-        }
-    }
-
-    #[test]
-    fn an_unwatched_user_token_idle_before_its_renewal_is_dropped_unrenewed() {
-        let t0 = Instant::now();
-        let view = user_with_token(t0);
-        assert_eq!(next_wake(&view, t0), Some(at(t0, 900)));
-        assert_eq!(action(&view, at(t0, 899)), Action::Wait);
-        assert_eq!(action(&view, at(t0, 900)), Action::Drop);
-    }
-
-    #[test]
-    fn a_watched_or_used_token_is_renewed_at_its_time() {
-        let t0 = Instant::now();
-        let watched = View {
-            watched: true,
-            idle_at: None,
-            ..user_with_token(t0)
-        };
-        assert_eq!(next_wake(&watched, t0), Some(at(t0, 1800)));
-        assert_eq!(action(&watched, at(t0, 1800)), Action::Renew);
-        let used = View {
-            idle_at: Some(at(t0, 2000)),
-            ..user_with_token(t0)
-        };
-        assert_eq!(action(&used, at(t0, 1800)), Action::Renew);
-    }
-
-    #[test]
-    fn a_failure_holds_the_renewal_and_a_failed_token_is_announced_at_expiry() {
-        let t0 = Instant::now();
-        let failing = View {
-            held: HeldKind::Token {
-                renew_at: Some(at(t0, 10)),
-                expires: Some(at(t0, 20)),
-            },
-            is_user: false,
-            idle_at: None,
-            retry_at: Some(at(t0, 30)),
-            failing: true,
-            ..user_with_token(t0)
-        };
-        // The hold ends after the expiry: the expiry comes first, and is announced.
-        assert_eq!(next_wake(&failing, t0), Some(at(t0, 20)));
-        assert_eq!(action(&failing, at(t0, 15)), Action::Wait);
-        assert_eq!(action(&failing, at(t0, 20)), Action::AnnounceGone);
-        let held_only = View {
-            failing: false,
-            ..failing
-        };
-        assert_eq!(next_wake(&held_only, t0), Some(at(t0, 30)));
-        assert_eq!(action(&held_only, at(t0, 29)), Action::Wait);
-        assert_eq!(action(&held_only, at(t0, 30)), Action::Renew);
-    }
-
-    #[test]
-    fn missing_and_lost_tokens_are_fetched_only_when_someone_needs_them() {
-        let t0 = Instant::now();
-        let org_empty = View {
-            held: HeldKind::Empty,
-            is_user: false,
-            idle_at: None,
-            ..user_with_token(t0)
-        };
-        assert_eq!(next_wake(&org_empty, t0), Some(t0));
-        assert_eq!(action(&org_empty, t0), Action::Renew);
-        let no_prefetch = View {
-            prefetch: false,
-            ..org_empty
-        };
-        assert_eq!(next_wake(&no_prefetch, t0), None);
-        let org_gone = View {
-            held: HeldKind::Gone,
-            retry_at: Some(at(t0, 5)),
-            ..no_prefetch
-        };
-        assert_eq!(next_wake(&org_gone, t0), Some(at(t0, 5)));
-        let user_gone = View {
-            held: HeldKind::Gone,
-            ..user_with_token(t0)
-        };
-        assert_eq!(next_wake(&user_gone, t0), Some(at(t0, 900)));
-        let watched_gone = View {
-            watched: true,
-            idle_at: None,
-            ..user_gone
-        };
-        assert_eq!(action(&watched_gone, t0), Action::Renew);
-        let long_lived = View {
-            held: HeldKind::Token {
-                renew_at: None,
-                expires: None,
-            },
-            ..org_empty
-        };
-        assert_eq!(next_wake(&long_lived, t0), None);
     }
 }

@@ -6,7 +6,7 @@
 
 use crate::sync::{LockUnpoisoned, RwLockUnpoisoned};
 use std::sync::{
-    Arc, Mutex, MutexGuard, RwLock, Weak,
+    Arc, Mutex, MutexGuard, RwLock,
     atomic::{AtomicU64, Ordering},
 };
 
@@ -17,7 +17,7 @@ use tokio::{
 };
 
 use super::{
-    BrokerError, Gone, Held, Org, SharedToken, TokenKey,
+    BrokerError, Gone, Held, SharedToken, TokenKey,
     timer::{Timed, WakeAt},
 };
 use crate::secret::RefreshToken;
@@ -26,8 +26,6 @@ use crate::secret::RefreshToken;
 #[derive(Debug)]
 pub(crate) struct Slot {
     pub key: TokenKey,
-    /// The org the key belongs to (weak: the org owns its slots).
-    org: Weak<Org>,
     current: RwLock<Held>,
     /// The watch channel, made on the first subscription and kept from then on.
     watch: OnceBox<watch::Sender<Held>>,
@@ -132,11 +130,10 @@ pub(crate) enum Turn {
 }
 
 impl Slot {
-    pub fn new(key: TokenKey, token: Option<SharedToken>, org: Weak<Org>) -> Self {
+    pub fn new(key: TokenKey, token: Option<SharedToken>) -> Self {
         let generation = token.as_ref().map_or(0, |t| t.generation);
         Self {
             key,
-            org,
             current: RwLock::new(token.map_or(Held::Empty, Held::Token)),
             watch: OnceBox::new(),
             lock: Semaphore::new(1),
@@ -148,11 +145,6 @@ impl Slot {
             created: Instant::now(),
             last_used_ms: AtomicU64::new(0),
         }
-    }
-
-    /// The org this slot belongs to, unless it was removed.
-    pub fn org(&self) -> Option<Arc<Org>> {
-        self.org.upgrade()
     }
 
     /// What the key holds now.
@@ -323,7 +315,7 @@ impl Slot {
             org: "acme".into(),
             user: Some(user.into()),
         };
-        Arc::new(Self::new(key, None, Weak::new()))
+        Arc::new(Self::new(key, None))
     }
 }
 

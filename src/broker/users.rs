@@ -10,7 +10,11 @@
 //! every slot by last use, cost 24 bytes a slot: 4 MiB at 100,000, past the memory
 //! budget.) With at most [`SAMPLE`] slots held the choice is exact.
 
-use std::{hash::BuildHasher, sync::Arc};
+use crate::sync::RwLockUnpoisoned;
+use std::{
+    hash::BuildHasher,
+    sync::{Arc, RwLock},
+};
 
 use hashbrown::HashTable;
 use rand::Rng;
@@ -19,6 +23,80 @@ use super::slot::Slot;
 
 /// Slots looked at per eviction.
 const SAMPLE: usize = 32;
+
+/// An org's user slots, behind their lock, within the cache's cap.
+#[derive(Debug)]
+pub(super) struct Users {
+    slots: RwLock<UserSlots>,
+    /// The most held (`cache.max_user_tokens`).
+    max: usize,
+}
+
+impl Users {
+    pub fn new(max: usize) -> Self {
+        Self {
+            slots: RwLock::default(),
+            max,
+        }
+    }
+
+    /// The slot of `user`, if one is held.
+    pub fn get(&self, user: &str) -> Option<Arc<Slot>> {
+        self.slots.read_unpoisoned().get(user).cloned()
+    }
+
+    /// The slot of `user`, made by `make` (and touched) if none is held; and, when the cache
+    /// was full, the one dropped to make room (the idlest of a sample), retired.
+    pub fn get_or_insert(
+        &self,
+        user: &str,
+        make: impl FnOnce() -> Arc<Slot>,
+    ) -> (Arc<Slot>, Option<Arc<Slot>>) {
+        if let Some(slot) = self.get(user) {
+            return (slot, None);
+        }
+        let mut slots = self.slots.write_unpoisoned();
+        if let Some(slot) = slots.get(user) {
+            return (Arc::clone(slot), None);
+        }
+        let evicted = if slots.len() >= self.max {
+            slots.evict()
+        } else {
+            None
+        };
+        if let Some(slot) = &evicted {
+            slot.retire();
+        }
+        let slot = make();
+        slot.touch(tokio::time::Instant::now());
+        slots.insert(Arc::clone(&slot));
+        (slot, evicted)
+    }
+
+    /// Removes `slot` if it is still the one held for its user; true if it was.
+    pub fn remove(&self, slot: &Arc<Slot>) -> bool {
+        let mut slots = self.slots.write_unpoisoned();
+        let Some(user) = &slot.key.user else {
+            return false;
+        };
+        if slots.get(user).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            slots.remove(user);
+            return true;
+        }
+        false
+    }
+
+    /// Removes every slot.
+    pub fn drain(&self) -> Vec<Arc<Slot>> {
+        self.slots.write_unpoisoned().drain().collect()
+    }
+
+    /// How many are held, and the subscriptions on them.
+    pub fn count(&self) -> (usize, usize) {
+        let slots = self.slots.read_unpoisoned();
+        (slots.len(), slots.slots().map(|s| s.watchers()).sum())
+    }
+}
 
 /// User slots by user id.
 #[derive(Debug, Default)]

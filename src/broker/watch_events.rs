@@ -13,7 +13,7 @@ use std::{
 use futures::Stream;
 use tokio_stream::{StreamMap, wrappers::WatchStream};
 
-use super::{Broker, Gone, Held, SharedToken, TokenKey, slot::Slot};
+use super::{Gone, Held, SharedToken, TokenKey, plan::Planner, slot::Slot, stats::Counters};
 
 /// One message of a watch stream.
 #[derive(Debug, Clone)]
@@ -37,16 +37,17 @@ pub struct TokenEvents {
 /// Counts the stream while it lives and, when it goes, starts its keys' idle countdown.
 struct Subscribed {
     slots: Vec<Arc<Slot>>,
-    broker: Broker,
+    planner: Planner,
+    stats: Arc<Counters>,
 }
 
 impl Drop for Subscribed {
     fn drop(&mut self) {
         for slot in &self.slots {
             slot.touch(tokio::time::Instant::now());
-            self.broker.plan(slot);
+            self.planner.plan(slot);
         }
-        self.broker.inner.stats.stream_closed();
+        self.stats.stream_closed();
     }
 }
 
@@ -55,9 +56,10 @@ impl TokenEvents {
     pub(super) fn new(
         slots: Vec<Arc<Slot>>,
         receivers: Vec<tokio::sync::watch::Receiver<Held>>,
-        broker: Broker,
+        planner: Planner,
+        stats: Arc<Counters>,
     ) -> Self {
-        broker.inner.stats.stream_opened();
+        stats.stream_opened();
         let mut initial = VecDeque::with_capacity(receivers.len());
         let mut changes = StreamMap::with_capacity(receivers.len());
         for (i, mut receiver) in receivers.into_iter().enumerate() {
@@ -74,7 +76,11 @@ impl TokenEvents {
         Self {
             initial,
             changes,
-            subscribed: Subscribed { slots, broker },
+            subscribed: Subscribed {
+                slots,
+                planner,
+                stats,
+            },
         }
     }
 }

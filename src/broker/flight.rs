@@ -1,0 +1,276 @@
+//! The single-flight engine: a usable token at once, or one upstream request chain per key
+//! however many callers ask. A caller takes the slot's turn ([`super::slot`]); one that
+//! queued behind a flight takes its outcome, and the one holding the lock decides, looking
+//! again, whether to fly at all. A flight runs in its own task, so a caller that goes away
+//! never cancels it half-way, and it lands its outcome on the slot: the new token (with
+//! its next renewal planned) or the error and how long to hold off.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use futures::future::BoxFuture;
+use rand::Rng;
+use tokio::{sync::Semaphore, time::Instant};
+use tracing::{debug, info, warn};
+
+use super::{
+    BrokerError, Reason, RenewalPolicy, SharedToken, Token,
+    grant::{Grants, Miss, OrgBearer},
+    org::Org,
+    plan::Planner,
+    slot::{Flight, Landing, Slot, Turn},
+    stats::Counters,
+};
+
+/// What a caller wants from a slot.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Want<'a> {
+    /// A token that may be handed out now.
+    Usable,
+    /// A new token, because a caller asked (Refresh); with the token the caller saw
+    /// rejected, none if the broker already holds another.
+    Rotation { stale: Option<&'a str> },
+    /// A new token ahead of expiry, unless `of` was replaced already.
+    Renewal { of: &'a SharedToken },
+}
+
+/// Flies for every key of a broker.
+#[derive(Debug)]
+pub(super) struct SingleFlight {
+    grants: Grants,
+    renewal: RenewalPolicy,
+    pub planner: Planner,
+    pub stats: Arc<Counters>,
+    /// Places for user-token flights in progress (`Limits::max_concurrent_flights`).
+    places: Arc<Semaphore>,
+    max_places: usize,
+}
+
+impl SingleFlight {
+    pub fn new(
+        grants: Grants,
+        renewal: RenewalPolicy,
+        planner: Planner,
+        stats: Arc<Counters>,
+        max_concurrent_flights: usize,
+    ) -> Self {
+        let max_places = max_concurrent_flights.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            grants,
+            renewal,
+            planner,
+            stats,
+            places: Arc::new(Semaphore::new(max_places)),
+            max_places,
+        }
+    }
+
+    /// User-token flights holding a place now.
+    pub fn in_progress(&self) -> usize {
+        self.max_places - self.places.available_permits()
+    }
+
+    /// A token that may be handed out: usable, or, when the platform fails, one it still
+    /// accepts (during an outage callers keep getting the token until it actually expires).
+    pub async fn usable(
+        self: &Arc<Self>,
+        org: &Arc<Org>,
+        slot: &Arc<Slot>,
+    ) -> Result<SharedToken, BrokerError> {
+        match self.token(org, slot, Want::Usable).await {
+            Err(e @ (BrokerError::Unavailable { .. } | BrokerError::Internal { .. })) => {
+                match slot.current() {
+                    Some(token) if token.is_valid(Instant::now()) => {
+                        debug!(key = %slot.key, error = %e, "platform failing; handing out the still valid token");
+                        self.stats.served_stale();
+                        Ok(token)
+                    }
+                    _ => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The heart of the cache: a usable token at once, or one flight per key.
+    pub async fn token(
+        self: &Arc<Self>,
+        org: &Arc<Org>,
+        slot: &Arc<Slot>,
+        want: Want<'_>,
+    ) -> Result<SharedToken, BrokerError> {
+        if let Want::Usable = want
+            && let Some(token) = slot.usable(Instant::now())
+        {
+            return Ok(token);
+        }
+        let flight = match slot.turn().await {
+            Turn::Joined(Ok(token)) if token.is_usable(Instant::now()) => return Ok(token),
+            Turn::Joined(Ok(_)) => match slot.turn().await {
+                Turn::Joined(outcome) => return outcome,
+                Turn::Mine(flight) => flight,
+            },
+            Turn::Joined(Err(e)) => return Err(e),
+            Turn::Mine(flight) => flight,
+        };
+        // Under the lock, look again: the decision to fly is made by one caller at a time.
+        let now = Instant::now();
+        let current = slot.current();
+        let reason = match (want, &current) {
+            (Want::Usable, Some(t)) if t.is_usable(now) => return Ok(Arc::clone(t)),
+            (Want::Usable, Some(_)) => Reason::Renewed,
+            (Want::Usable, None) => Reason::Issued,
+            (Want::Rotation { stale: Some(stale) }, Some(t))
+                if t.access_token.expose() != stale =>
+            {
+                debug!(key = %slot.key, fingerprint = %t.fingerprint, "refresh names an already replaced token; returning the current one");
+                return Ok(Arc::clone(t));
+            }
+            (Want::Rotation { .. }, Some(_)) => Reason::Forced,
+            (Want::Renewal { of }, Some(t)) if !Arc::ptr_eq(of, t) => return Ok(Arc::clone(t)),
+            (Want::Renewal { .. }, Some(_)) => Reason::Renewed,
+            (Want::Rotation { .. } | Want::Renewal { .. }, None) => Reason::Issued,
+        };
+        // After a failure, wait before asking the platform again: callers get the error.
+        {
+            let state = flight.state();
+            if state.retry_at().is_some_and(|at| now < at)
+                && let Some(e) = state.last_error()
+            {
+                return Err(BrokerError::clone(e));
+            }
+        }
+        let engine = Arc::clone(self);
+        let org = Arc::clone(org);
+        // A user-token flight waits for its place among the flights in progress; an org
+        // token's never does (a user flight in progress may be what needs it).
+        let places = slot.key.user.is_some().then(|| Arc::clone(&self.places));
+        // The flight owns the lock and runs to the end even if every caller goes away.
+        tokio::spawn(async move {
+            let _place = match places {
+                // Never closed: acquiring fails only if it were.
+                Some(places) => places.acquire_owned().await.ok(),
+                None => None,
+            };
+            engine.fly(&org, flight, reason).await
+        })
+        .await
+        .unwrap_or_else(|e| {
+            warn!(key = %slot.key, error = %e, "the upstream request task failed");
+            Err(BrokerError::Internal {
+                key: slot.key.to_string(),
+                detail: "the upstream request task failed",
+            })
+        })
+    }
+
+    /// One upstream request chain for a slot, holding its lock; lands the outcome.
+    async fn fly(
+        self: &Arc<Self>,
+        org: &Arc<Org>,
+        flight: Flight,
+        reason: Reason,
+    ) -> Result<SharedToken, BrokerError> {
+        let slot = Arc::clone(flight.slot());
+        self.stats.flight();
+        let requested = (Instant::now(), SystemTime::now());
+        let obtained = self
+            .grants
+            .obtain(org, &slot.key, &flight, reason, self)
+            .await;
+        let (outcome, hold) = match obtained {
+            Ok((grant, reason)) => {
+                let generation = {
+                    let mut state = flight.state();
+                    state.generation += 1;
+                    state.refresh_token = grant.refresh_token;
+                    state.generation
+                };
+                let renew_after = self
+                    .renewal
+                    .renew_after(grant.expires_in, rand::rng().random());
+                let mut token = Token::issued(
+                    grant.access_token,
+                    grant.token_type,
+                    requested,
+                    grant.expires_in,
+                    renew_after,
+                );
+                token.generation = generation;
+                token.reason = reason;
+                self.stats.rotation(reason);
+                info!(
+                    key = %slot.key,
+                    generation = token.generation,
+                    fingerprint = %token.fingerprint,
+                    expires_in_s = grant.expires_in.as_secs(),
+                    ?reason,
+                    "new token"
+                );
+                (Ok(Arc::new(token)), None)
+            }
+            Err(Miss::Failed(e)) => {
+                // This one included: `land` records it.
+                let failures = flight.state().failures().saturating_add(1);
+                warn!(key = %slot.key, failures, error = %e, "could not obtain a token");
+                let hold = self.hold_after(&e, failures);
+                (Err(e), Some(Landing::Failed { hold }))
+            }
+            Err(Miss::Blocked(e)) => {
+                // Not this key's failure: its backoff stays where it was, and it tries
+                // again (jittered, so that a crowd of users does not all at once) as soon
+                // as the org may.
+                let org_retry = org.slot.state().retry_at().map_or(Duration::ZERO, |at| {
+                    at.saturating_duration_since(Instant::now())
+                });
+                let jitter = self.renewal.backoff(1, rand::rng().random());
+                info!(key = %slot.key, error = %e, "waiting for the org token");
+                (
+                    Err(e),
+                    Some(Landing::Blocked {
+                        hold: org_retry + jitter,
+                    }),
+                )
+            }
+        };
+        flight.land(&outcome, hold);
+        self.planner.plan(&slot);
+        outcome
+    }
+
+    /// How long to keep the platform unasked after `e`, the `failures`-th failure in a row:
+    /// rejected credentials are permanent until the configuration changes, a 429 names its
+    /// own wait, anything else backs off exponentially with full jitter (so that neither
+    /// callers nor the renewal timer hammer the platform, even about an unknown user).
+    fn hold_after(&self, e: &BrokerError, failures: u32) -> Duration {
+        let backoff = self.renewal.backoff(failures, rand::rng().random());
+        match (e, e.retry_after()) {
+            (BrokerError::CredentialsRejected { .. }, _) => self.renewal.credentials_retry,
+            (_, Some(wait)) => backoff.max(wait),
+            _ => backoff,
+        }
+    }
+}
+
+/// A user flight gets its org token through the same engine: one org flight however many
+/// user flights need it. Boxed: a user flight may start an org flight, and the recursion
+/// needs a future of known size.
+impl OrgBearer for Arc<SingleFlight> {
+    fn org_token<'a>(
+        &'a self,
+        org: &'a Arc<Org>,
+        stale: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<SharedToken, BrokerError>> {
+        Box::pin(async move {
+            match stale {
+                None => self.usable(org, &org.slot).await,
+                Some(stale) => {
+                    let want = Want::Rotation { stale: Some(stale) };
+                    self.token(org, &org.slot, want).await
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,177 @@
+//! The grant calls: how a flight gets a new grant for its key, and where the single-use
+//! invariant of refresh tokens lives. A held refresh token is taken out of the slot before
+//! it is sent; without one (or after it failed) the key's primary grant is used: client
+//! credentials for an org (trying each configured secret), an authorization grant and a
+//! code exchange for a user, with the org token as the grant's bearer.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tracing::{info, warn};
+
+use super::{BrokerError, Credentials, Reason, SharedToken, TokenKey, org::Org, slot::Flight};
+use crate::{
+    secret::AuthCode,
+    upstream::{Grant, Upstream, UpstreamError},
+};
+
+/// Where a user's flight gets the org token it presents to the grant endpoint: the single
+/// flight engine, so that the org token too is fetched once however many users need it.
+pub(super) trait OrgBearer: Sync {
+    /// The org's token that may be handed out now; with `stale`, a new one replacing
+    /// `stale` (which the grant endpoint rejected), unless another already replaced it.
+    fn org_token<'a>(
+        &'a self,
+        org: &'a Arc<Org>,
+        stale: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<SharedToken, BrokerError>>;
+}
+
+/// Why a flight got no grant.
+pub(super) enum Miss {
+    /// Its own request chain failed: one more failure in a row for its key.
+    Failed(BrokerError),
+    /// A user key's flight could not get the org token it needs: not the key's failure.
+    Blocked(BrokerError),
+}
+
+/// The requests that get grants from the platform.
+#[derive(Debug)]
+pub(super) struct Grants {
+    upstream: Upstream,
+}
+
+impl Grants {
+    pub fn new(upstream: Upstream) -> Self {
+        Self { upstream }
+    }
+
+    /// Gets a grant for the flight's key: through the refresh token when one is held, else
+    /// (or when it fails) through the primary grant. Returns the reason to record.
+    pub async fn obtain(
+        &self,
+        org: &Arc<Org>,
+        key: &TokenKey,
+        flight: &Flight,
+        reason: Reason,
+        bearer: &dyn OrgBearer,
+    ) -> Result<(Grant, Reason), Miss> {
+        // INVARIANT: a refresh token is presented at most once, ever. It is moved out of
+        // the slot before it is sent, so whatever happens to the answer (success, an error,
+        // a timeout, a reset connection, a 5xx after the platform spent it) it can never be
+        // sent again: on any failure the token is re-issued through the primary grant.
+        let taken = flight.state().refresh_token.take();
+        let Some(refresh_token) = taken else {
+            return Ok((self.primary_grant(org, key, bearer).await?, reason));
+        };
+        match self
+            .upstream
+            .refresh(&org.config().client, refresh_token)
+            .await
+        {
+            Ok(grant) => return Ok((grant, reason)),
+            // Rejected credentials fail the primary grant too; a 429 holds every request
+            // to the platform, the primary grant's included, until its `Retry-After` (the
+            // refresh token stays spent: the next flight uses the primary grant).
+            Err(
+                e @ (UpstreamError::CredentialsRejected { .. } | UpstreamError::RateLimited { .. }),
+            ) => {
+                return Err(Miss::Failed(BrokerError::upstream(key, &e)));
+            }
+            Err(e) => {
+                warn!(key = %key, error = %e, "refresh token spent without a usable answer; re-issuing through the primary grant");
+            }
+        }
+        Ok((
+            self.primary_grant(org, key, bearer).await?,
+            Reason::Reissued,
+        ))
+    }
+
+    /// Client credentials for the org token; authorization grant then code exchange for a
+    /// user token.
+    async fn primary_grant(
+        &self,
+        org: &Arc<Org>,
+        key: &TokenKey,
+        bearer: &dyn OrgBearer,
+    ) -> Result<Grant, Miss> {
+        let fail = |e: UpstreamError| Miss::Failed(BrokerError::upstream(key, &e));
+        let config = org.config();
+        match (&key.user, &config.credentials) {
+            (None, Credentials::Client { client_id, secrets }) => {
+                // The secret that worked last goes first; a rejected one passes to the next.
+                let first = org.secret_in_use();
+                let mut last_error = None;
+                for i in (0..secrets.len()).map(|k| (first + k) % secrets.len()) {
+                    match self
+                        .upstream
+                        .client_credentials(&config.client, client_id, &secrets[i])
+                        .await
+                    {
+                        Ok(grant) => {
+                            if i != first {
+                                info!(org = %org.name, secret = i + 1, "switched to the next configured client secret");
+                            }
+                            org.use_secret(i);
+                            return Ok(grant);
+                        }
+                        Err(e @ UpstreamError::CredentialsRejected { .. }) => last_error = Some(e),
+                        Err(e) => return Err(fail(e)),
+                    }
+                }
+                Err(last_error.map_or_else(
+                    || {
+                        Miss::Failed(BrokerError::NotRotatable {
+                            org: org.name.to_string(),
+                        })
+                    },
+                    fail,
+                ))
+            }
+            // A static org's slot always holds its token; nothing can issue another.
+            (None, Credentials::Static(_)) => Err(Miss::Failed(BrokerError::NotRotatable {
+                org: org.name.to_string(),
+            })),
+            (Some(user), _) => {
+                let code = self.authorization_grant(org, key, user, bearer).await?;
+                self.upstream
+                    .exchange_code(&config.client, code)
+                    .await
+                    .map_err(fail)
+            }
+        }
+    }
+
+    /// Asks for a code acting as `user`, with the org token as bearer. A 401 means the org
+    /// token expired or was revoked: rotate it once (coalesced with any other flight that
+    /// saw the same) and try again.
+    async fn authorization_grant(
+        &self,
+        org: &Arc<Org>,
+        key: &TokenKey,
+        user: &str,
+        bearer: &dyn OrgBearer,
+    ) -> Result<AuthCode, Miss> {
+        let config = org.config();
+        let token = bearer.org_token(org, None).await.map_err(Miss::Blocked)?;
+        let answer = match self
+            .upstream
+            .authorization_grant(&config.client, &token.access_token, user)
+            .await
+        {
+            Err(UpstreamError::BearerRejected)
+                if matches!(config.credentials, Credentials::Client { .. }) =>
+            {
+                info!(org = %org.name, "the grant endpoint rejected the org token; rotating it once");
+                let stale = Some(token.access_token.expose());
+                let token = bearer.org_token(org, stale).await.map_err(Miss::Blocked)?;
+                self.upstream
+                    .authorization_grant(&config.client, &token.access_token, user)
+                    .await
+            }
+            other => other,
+        };
+        answer.map_err(|e| Miss::Failed(BrokerError::upstream(key, &e)))
+    }
+}
