@@ -213,14 +213,12 @@ async fn first_hand_outs_at_once_repeats_summarised_and_every_count_adds_up() {
             .sum()
     };
     // The next summary (every 2 s) writes them: wait for it, not for a fixed time.
-    let mut lines = audit_lines(&capture);
-    for _ in 0..100 {
-        if repeats(&lines, "peer=127.0.0.2") >= 4 && repeats(&lines, "caller=\"erp\"") >= 19 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        lines = audit_lines(&capture);
-    }
+    common::wait_for("the summary of the repeats", async || {
+        let lines = audit_lines(&capture);
+        repeats(&lines, "peer=127.0.0.2") >= 4 && repeats(&lines, "caller=\"erp\"") >= 19
+    })
+    .await;
+    let lines = audit_lines(&capture);
     assert_eq!(repeats(&lines, "peer=127.0.0.2"), 4, "{lines:#?}");
     assert_eq!(repeats(&lines, "caller=\"erp\""), 19, "{lines:#?}");
 

@@ -5,7 +5,7 @@ mod common;
 
 use std::{os::unix::fs::MetadataExt, path::Path};
 
-use common::{Harness, acme_toml, sandbox_config, with_key};
+use common::{Harness, acme_toml, org_request, sandbox_config, with_key};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
 use tokenbroker::{
     Listener,
@@ -56,19 +56,12 @@ async fn with_org_other() -> Harness {
     .await
 }
 
-fn org() -> GetOrgTokenRequest {
-    GetOrgTokenRequest {
-        org: "acme".into(),
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn an_api_key_names_the_caller_and_anything_else_is_unauthenticated() {
     let h = start(callers_toml("")).await;
     let mut c = h.client.clone();
     let token = c
-        .get_org_token(with_key(org(), KEY))
+        .get_org_token(with_key(org_request("acme"), KEY))
         .await
         .unwrap()
         .into_inner()
@@ -76,11 +69,17 @@ async fn an_api_key_names_the_caller_and_anything_else_is_unauthenticated() {
         .unwrap();
     assert_eq!(token.org, "acme");
 
-    for request in [Request::new(org()), with_key(org(), "wrong-key")] {
+    for request in [
+        Request::new(org_request("acme")),
+        with_key(org_request("acme"), "wrong-key"),
+    ] {
         let status = c.get_org_token(request).await.unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     }
-    let status = c.get_org_token(Request::new(org())).await.unwrap_err();
+    let status = c
+        .get_org_token(Request::new(org_request("acme")))
+        .await
+        .unwrap_err();
     assert!(
         status.message().contains("authorization: Bearer"),
         "{}",
@@ -108,7 +107,7 @@ async fn failed_authentications_are_throttled_per_address_and_counted() {
     let mut c = h.client.clone();
     for i in 0..20 {
         let status = c
-            .get_org_token(with_key(org(), &format!("guess-{i}")))
+            .get_org_token(with_key(org_request("acme"), &format!("guess-{i}")))
             .await
             .unwrap_err();
         assert_eq!(
@@ -119,12 +118,15 @@ async fn failed_authentications_are_throttled_per_address_and_counted() {
     }
     // The 21st failure: the address is throttled from now on.
     let status = c
-        .get_org_token(with_key(org(), "guess-20"))
+        .get_org_token(with_key(org_request("acme"), "guess-20"))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     // Even the right key is not looked at for the rest of the window.
-    let status = c.get_org_token(with_key(org(), KEY)).await.unwrap_err();
+    let status = c
+        .get_org_token(with_key(org_request("acme"), KEY))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(
         status
@@ -214,9 +216,14 @@ async fn a_caller_over_its_rate_limit_is_resource_exhausted() {
     .await;
     let mut c = h.client.clone();
     for _ in 0..3 {
-        c.get_org_token(with_key(org(), KEY)).await.unwrap();
+        c.get_org_token(with_key(org_request("acme"), KEY))
+            .await
+            .unwrap();
     }
-    let status = c.get_org_token(with_key(org(), KEY)).await.unwrap_err();
+    let status = c
+        .get_org_token(with_key(org_request("acme"), KEY))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert!(
         status.message().contains("rate limit"),
@@ -268,7 +275,13 @@ async fn an_oversized_request_is_refused() {
     };
     let status = h.client.clone().get_user_token(huge).await.unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
-    assert!(h.client.clone().get_org_token(org()).await.is_ok());
+    assert!(
+        h.client
+            .clone()
+            .get_org_token(org_request("acme"))
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -286,7 +299,12 @@ async fn redirects_are_never_followed() {
         },
         Target::Any,
     ));
-    let status = h.client.clone().get_org_token(org()).await.unwrap_err();
+    let status = h
+        .client
+        .clone()
+        .get_org_token(org_request("acme"))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert!(status.message().contains("307"), "{}", status.message());
     assert_eq!(
@@ -384,7 +402,7 @@ async fn mutual_tls_names_the_caller_by_its_certificate() {
     let mut client = tls_client(addr, &ca, Some(&erp)).await.unwrap();
     assert_eq!(
         client
-            .get_org_token(org())
+            .get_org_token(org_request("acme"))
             .await
             .unwrap()
             .into_inner()
@@ -399,7 +417,7 @@ async fn mutual_tls_names_the_caller_by_its_certificate() {
     let status = tls_client(addr, &ca, Some(&stranger))
         .await
         .unwrap()
-        .get_org_token(org())
+        .get_org_token(org_request("acme"))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
@@ -411,9 +429,18 @@ async fn mutual_tls_names_the_caller_by_its_certificate() {
 
     // No client certificate: an API key over TLS works, nothing at all does not.
     let mut anonymous = tls_client(addr, &ca, None).await.unwrap();
-    assert!(anonymous.get_org_token(with_key(org(), KEY)).await.is_ok());
+    assert!(
+        anonymous
+            .get_org_token(with_key(org_request("acme"), KEY))
+            .await
+            .is_ok()
+    );
     assert_eq!(
-        anonymous.get_org_token(org()).await.unwrap_err().code(),
+        anonymous
+            .get_org_token(org_request("acme"))
+            .await
+            .unwrap_err()
+            .code(),
         Code::Unauthenticated
     );
 
@@ -422,7 +449,7 @@ async fn mutual_tls_names_the_caller_by_its_certificate() {
     let refused = match tls_client(addr, &ca, Some(&rogue)).await {
         Err(_) => true,
         Ok(mut c) => c
-            .get_org_token(org())
+            .get_org_token(org_request("acme"))
             .await
             .is_err_and(|s| s.code() != Code::Ok),
     };
@@ -431,7 +458,10 @@ async fn mutual_tls_names_the_caller_by_its_certificate() {
     let plain = TokenServiceClient::connect(format!("http://{addr}")).await;
     assert!(match plain {
         Err(_) => true,
-        Ok(mut c) => c.get_org_token(with_key(org(), KEY)).await.is_err(),
+        Ok(mut c) => c
+            .get_org_token(with_key(org_request("acme"), KEY))
+            .await
+            .is_err(),
     });
 }
 
@@ -478,11 +508,14 @@ async fn a_unix_socket_names_the_caller_by_its_uid() {
         assert_eq!(config.listen, Listen::Unix(path.clone()));
         let listener = Listener::bind(&config.listen).await.unwrap();
         tokio::spawn(tokenbroker::run(config, listener, std::future::pending()));
-        let result = unix_client(&path).await.get_org_token(org()).await;
+        let result = unix_client(&path)
+            .await
+            .get_org_token(org_request("acme"))
+            .await;
         if allowed_uid == uid {
             assert_eq!(result.unwrap().into_inner().token.unwrap().org, "acme");
             // A malformed credential is refused, not passed over for the uid.
-            let mut basic = Request::new(org());
+            let mut basic = Request::new(org_request("acme"));
             basic
                 .metadata_mut()
                 .insert("authorization", "Basic dXNlcjpwdw==".parse().unwrap());

@@ -3,17 +3,17 @@
 
 mod common;
 
-use std::{
-    future::Future,
-    time::{Duration, SystemTime},
-};
+use std::time::Duration;
 
-use common::{Harness, acme_toml, lifetime, sandbox_config, user_request};
+use common::{
+    Harness, acme_toml, lifetime, retry, sandbox_config, seconds_left, until_left, user_request,
+    wait_for,
+};
 use tokenbroker::{
-    proto::{GetOrgTokenRequest, RefreshRequest, Token, TokenEventReason, WatchTokensRequest},
+    proto::{GetOrgTokenRequest, RefreshRequest, TokenEventReason, WatchTokensRequest},
     sandbox::{Fault, FaultRule, MalformedBody, Target},
 };
-use tonic::{Code, Request, Status};
+use tonic::{Code, Request};
 
 /// Short holds after failures, so tests see recovery quickly.
 const FAST_BACKOFF: &str = "[renewal]\nbackoff_base = \"50ms\"\nbackoff_max = \"200ms\"\n";
@@ -23,30 +23,6 @@ fn org_request(min_valid_for: Option<Duration>) -> GetOrgTokenRequest {
         org: "acme".into(),
         min_valid_for: min_valid_for.map(|d| d.try_into().unwrap()),
     }
-}
-
-/// Seconds from now until `token` expires (negative once expired).
-fn seconds_left(token: &Token) -> f64 {
-    let expires = token.expires_at.unwrap();
-    let expires =
-        SystemTime::UNIX_EPOCH + Duration::new(expires.seconds as u64, expires.nanos as u32);
-    match expires.duration_since(SystemTime::now()) {
-        Ok(left) => left.as_secs_f64(),
-        Err(past) => -past.duration().as_secs_f64(),
-    }
-}
-
-/// Retries `call` for up to 5 s until it succeeds.
-async fn eventually<T, F: Future<Output = Result<T, Status>>>(mut call: impl FnMut() -> F) -> T {
-    let mut last = None;
-    for _ in 0..100 {
-        match call().await {
-            Ok(value) => return value,
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never recovered: {last:?}");
 }
 
 #[tokio::test]
@@ -93,6 +69,7 @@ async fn with_two_second_tokens_for_twenty_seconds_no_caller_waits_and_every_tok
             h.assert_acts_as(&token.access_token, user).await;
         }
         checked += tokens.len();
+        // The callers' pace over the twenty seconds, not a wait for an event.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let stats = h.broker.stats();
@@ -144,6 +121,7 @@ async fn idle_user_tokens_are_dropped_and_the_cap_drops_the_longest_idle_first()
     let user = |i| h.user(i).person_id;
     for i in [1, 2, 3] {
         h.user_token(&user(i)).await.unwrap();
+        // Uses a few milliseconds apart: a slot records its last use to the millisecond.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     h.user_token(&user(1)).await.unwrap(); // user 2 is now the longest idle
@@ -174,8 +152,10 @@ async fn idle_user_tokens_are_dropped_and_the_cap_drops_the_longest_idle_first()
         })
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1600)).await;
-    assert_eq!(h.broker.stats().user_tokens, 1);
+    wait_for("the unwatched users dropped once idle", async || {
+        h.broker.stats().user_tokens == 1
+    })
+    .await;
     let grants = h.sandbox.stats().authorization_grant;
     h.user_token(&user(4)).await.unwrap();
     assert_eq!(h.sandbox.stats().authorization_grant, grants);
@@ -216,8 +196,8 @@ async fn min_valid_for_renews_first_or_says_what_the_platform_allows() {
         Code::InvalidArgument
     );
 
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    // About 9.4 s are left of the first token, less than asked: a new one is fetched first.
+    until_left(&first, 9.4).await;
+    // 9.4 s are left of the first token, less than asked: a new one is fetched first.
     let second = c
         .get_org_token(org_request(Some(Duration::from_millis(9_600))))
         .await
@@ -255,7 +235,7 @@ async fn server_errors_are_unavailable_and_the_broker_recovers() {
         status.message()
     );
     h.sandbox.clear_faults();
-    let token = eventually(|| h.org_token()).await;
+    let token = retry("an org token", async || h.org_token().await).await;
     assert_eq!(token.generation, 1);
 }
 
@@ -280,7 +260,7 @@ async fn throttling_is_honoured_no_request_before_retry_after() {
     if started.elapsed() < Duration::from_secs(1) {
         assert_eq!(h.sandbox.stats().client_credentials, 1);
     }
-    let token = eventually(|| h.org_token()).await;
+    let token = retry("an org token", async || h.org_token().await).await;
     assert!(started.elapsed() >= Duration::from_secs(1));
     assert_eq!(token.generation, 1);
     assert_eq!(h.sandbox.stats().client_credentials, 2);
@@ -323,12 +303,14 @@ async fn a_throttled_refresh_holds_the_primary_grant_too() {
         );
     }
     // Once it has passed: a new token through the primary grant.
-    let renewed = eventually(|| async {
-        Ok(refresh(first.access_token.clone())
-            .await?
-            .into_inner()
-            .token
-            .unwrap())
+    let renewed = retry("a new token", async || {
+        Ok::<_, tonic::Status>(
+            refresh(first.access_token.clone())
+                .await?
+                .into_inner()
+                .token
+                .unwrap(),
+        )
     })
     .await;
     assert!(started.elapsed() >= Duration::from_secs(1));
@@ -346,9 +328,7 @@ async fn a_caller_whose_deadline_comes_during_a_renewal_gets_the_still_valid_tok
     h.sandbox
         .inject(FaultRule::always(Fault::Hang, Target::Token));
     // Past the point where it is handed out without a renewal (9 s of 10), still valid.
-    while seconds_left(&token) > 0.7 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_left(&token, 0.7).await;
     let mut request = tonic::Request::new(org_request(None));
     request.set_timeout(Duration::from_millis(300));
     let got = h
@@ -401,6 +381,7 @@ async fn a_hanging_platform_answers_unavailable_within_the_callers_deadline() {
     };
     assert_eq!(health.check(check).await.unwrap().into_inner().status, 1);
     // A caller deadline shorter than that: UNAVAILABLE before the deadline, not CANCELLED.
+    // (After the configured 10 ms hold, during which a call gets the last error at once.)
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut request = Request::new(user_request(&h.user(1).person_id));
     request.set_timeout(Duration::from_millis(200));
@@ -412,7 +393,7 @@ async fn a_hanging_platform_answers_unavailable_within_the_callers_deadline() {
         status.message()
     );
     h.sandbox.clear_faults();
-    eventually(|| h.org_token()).await;
+    retry("an org token", async || h.org_token().await).await;
 }
 
 #[tokio::test]
@@ -429,14 +410,16 @@ async fn malformed_answers_are_unavailable_and_a_numeric_string_lifetime_is_fine
             Target::ClientCredentials,
             1,
         ));
-        let status = h.org_token().await.unwrap_err();
+        let status = h
+            .through_the_faults(async || h.org_token().await)
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{body:?}");
         assert!(
             status.message().contains("could not be used"),
             "{body:?}: {}",
             status.message()
         );
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     h.sandbox.inject(FaultRule::times(
         Fault::Malformed {
@@ -445,7 +428,7 @@ async fn malformed_answers_are_unavailable_and_a_numeric_string_lifetime_is_fine
         Target::ClientCredentials,
         1,
     ));
-    let token = eventually(|| h.org_token()).await;
+    let token = retry("an org token", async || h.org_token().await).await;
     assert!((3500.0..=3600.0).contains(&seconds_left(&token)));
     // Garbage from the grant endpoint too.
     h.sandbox.inject(FaultRule::times(
@@ -460,7 +443,7 @@ async fn malformed_answers_are_unavailable_and_a_numeric_string_lifetime_is_fine
         h.user_token(&user).await.unwrap_err().code(),
         Code::Unavailable
     );
-    eventually(|| h.user_token(&user)).await;
+    retry("a user token", async || h.user_token(&user).await).await;
 }
 
 #[tokio::test]
@@ -555,10 +538,11 @@ async fn during_an_outage_callers_get_the_valid_token_until_it_expires() {
             .unwrap_or_else(|e| panic!("caller error while a valid token is held: {e:?}"));
         assert_eq!(now.access_token, token.access_token);
         served += 1;
+        // The callers' pace until the token expires.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(served > 20);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_left(&token, -0.1).await;
     assert_eq!(h.org_token().await.unwrap_err().code(), Code::Unavailable);
     let stats = h.broker.stats();
     assert!(
@@ -567,7 +551,7 @@ async fn during_an_outage_callers_get_the_valid_token_until_it_expires() {
     );
 
     h.sandbox.clear_faults();
-    let renewed = eventually(|| h.org_token()).await;
+    let renewed = retry("an org token", async || h.org_token().await).await;
     assert_eq!(renewed.generation, 2);
     assert!(seconds_left(&renewed) > 1.0);
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::{process::Command, time::Duration};
 
-use common::{Harness, acme_toml, sandbox_config, with_key};
+use common::{Harness, acme_toml, org_request, sandbox_config, wait_for, with_key};
 use tokenbroker::{
     proto::{GetOrgTokenRequest, GetUserTokenRequest, RefreshRequest, WatchTokensRequest},
     sandbox::{Fault, FaultRule, Target},
@@ -33,33 +33,25 @@ async fn health(h: &Harness, service: &str) -> ServingStatus {
 }
 
 async fn until_health(h: &Harness, service: &str, want: ServingStatus) {
-    for _ in 0..60 {
-        if health(h, service).await == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{service:?} never became {want:?}");
-}
-
-fn org() -> GetOrgTokenRequest {
-    GetOrgTokenRequest {
-        org: "acme".into(),
-        ..Default::default()
-    }
+    let what = format!("{service:?} to become {want:?}");
+    wait_for(&what, async || health(h, service).await == want).await;
 }
 
 #[tokio::test]
 async fn readiness_waits_for_every_org_token_and_liveness_does_not() {
     let h = Harness::with_extra(sandbox_config(), "").await;
     assert_eq!(health(&h, "").await, ServingStatus::Serving);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(h.sandbox.stats().upstream_requests(), 0, "nothing fetched");
     assert_eq!(
         health(&h, "tokenbroker.v1.TokenService").await,
         ServingStatus::NotServing,
         "no org token yet"
     );
-    h.client.clone().get_org_token(org()).await.unwrap();
+    h.client
+        .clone()
+        .get_org_token(org_request("acme"))
+        .await
+        .unwrap();
     until_health(&h, "tokenbroker.v1.TokenService", ServingStatus::Serving).await;
 }
 
@@ -100,8 +92,8 @@ async fn metrics_count_calls_cache_upstream_rotations_streams_and_expiry() {
         std::future::pending(),
     ));
     let mut c = h.client.clone();
-    c.get_org_token(org()).await.unwrap();
-    c.get_org_token(org()).await.unwrap();
+    c.get_org_token(org_request("acme")).await.unwrap();
+    c.get_org_token(org_request("acme")).await.unwrap();
     c.get_user_token(GetUserTokenRequest {
         org: "acme".into(),
         user_id: h.user(1).person_id,
@@ -173,7 +165,7 @@ async fn several_client_secrets_are_tried_in_order_and_the_working_one_is_kept()
     )
     .await;
     let mut c = h.client.clone();
-    c.get_org_token(org()).await.unwrap();
+    c.get_org_token(org_request("acme")).await.unwrap();
     assert_eq!(
         h.sandbox.stats().client_credentials,
         2,
@@ -336,7 +328,7 @@ async fn a_reload_adds_and_removes_orgs_and_swaps_callers_while_streams_of_kept_
     assert!(restart.is_empty(), "{restart:?}");
 
     assert_eq!(
-        c.get_org_token(with_key(org(), "key-one"))
+        c.get_org_token(with_key(org_request("acme"), "key-one"))
             .await
             .unwrap_err()
             .code(),

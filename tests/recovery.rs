@@ -39,6 +39,7 @@ async fn user_keys_blocked_on_the_org_token_do_not_back_off_and_recover_with_it(
             answer.expect_err("no org token").code(),
             tonic::Code::Unavailable
         );
+        // The callers' pace during the outage.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let log = capture.text();

@@ -184,13 +184,10 @@ async fn cached_answers_are_never_refused_while_the_limits_are_full() {
             let _ = tx.send(answer.map(|_| ()));
         });
     }
-    for _ in 0..600 {
-        if h.broker.stats().waiting_callers == 1_000 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(h.broker.stats().waiting_callers, 1_000, "the limit is full");
+    common::wait_for("the waiting callers' limit full", async || {
+        h.broker.stats().waiting_callers == 1_000
+    })
+    .await;
     assert_eq!(
         h.broker.stats().flights_in_progress,
         64,

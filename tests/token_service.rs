@@ -5,19 +5,12 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{Harness, acme_toml, refresh_request, sandbox_config, user_request};
+use common::{Harness, acme_toml, org_request, refresh_request, sandbox_config, user_request};
 use futures::future::join_all;
-use tokenbroker::proto::{GetOrgTokenRequest, TokenEventReason, WatchTokensRequest};
+use tokenbroker::proto::{TokenEventReason, WatchTokensRequest};
 use tokenbroker::sandbox::Sandbox;
 use tokio::net::TcpListener;
 use tonic::Code;
-
-fn org_request(org: &str) -> GetOrgTokenRequest {
-    GetOrgTokenRequest {
-        org: org.into(),
-        ..Default::default()
-    }
-}
 
 #[tokio::test]
 async fn org_token_is_fetched_once_cached_and_accepted_by_the_platform() {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, lifetime, sandbox_config};
+use common::{Harness, lifetime, retry, sandbox_config, wait_for};
 use futures::future::join_all;
 use tokenbroker::{
     proto::{
@@ -43,15 +43,9 @@ async fn next(stream: &mut Streaming<WatchTokensResponse>) -> WatchTokensRespons
         .expect("the stream is open")
 }
 
-/// Polls the broker until `check` holds (up to 5 s).
+/// Waits until the broker's counters show `what` (see `common::wait_for`).
 async fn until(h: &Harness, what: &str, check: impl Fn(&tokenbroker::broker::BrokerStats) -> bool) {
-    for _ in 0..100 {
-        if check(&h.broker.stats()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: {:?}", h.broker.stats());
+    wait_for(what, async || check(&h.broker.stats())).await;
 }
 
 #[tokio::test]
@@ -167,12 +161,18 @@ async fn watching_keeps_a_user_token_warm_until_the_last_watcher_leaves() {
     let mut b = watch(&h.new_client().await, std::slice::from_ref(&user)).await;
     next(&mut a).await;
     next(&mut b).await;
-    // Idle for 3 s, but watched: renewed, not dropped.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Idle past the 1 s timeout but watched: renewed (two-second tokens, a new one about
+    // every second), not dropped.
+    for _ in 0..2 {
+        assert!(next(&mut b).await.token.is_some(), "a renewed token");
+    }
     assert_eq!(h.broker.stats().user_tokens, 1);
-    assert!(h.broker.stats().renewals >= 2);
     drop(a);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    until(&h, "the first watcher gone", |s| s.watchers == 1).await;
+    // Past the idle timeout again, with one watcher left.
+    for _ in 0..2 {
+        assert!(next(&mut b).await.token.is_some(), "a renewed token");
+    }
     assert_eq!(h.broker.stats().user_tokens, 1, "one watcher is left");
     drop(b);
     until(&h, "dropped a second after the last watcher left", |s| {
@@ -221,25 +221,10 @@ async fn limits_answer_resource_exhausted() {
     // Another connection has its own budget; a closed stream frees its place.
     watch(&h.new_client().await, &[]).await;
     drop(one);
-    eventually(|| {
-        let mut client = client.clone();
-        async move { client.watch_tokens(watch_request(&[])).await }
+    retry("a stream in the closed one's place", async || {
+        client.clone().watch_tokens(watch_request(&[])).await
     })
     .await;
-}
-
-/// Retries `open` for up to a second: a closed stream frees its places once the server
-/// has seen the reset.
-async fn eventually<T, F: std::future::Future<Output = Result<T, tonic::Status>>>(
-    open: impl Fn() -> F,
-) -> T {
-    for _ in 0..50 {
-        if let Ok(t) = open().await {
-            return t;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("still refused after a second");
 }
 
 #[tokio::test]
@@ -284,10 +269,8 @@ async fn streams_and_watched_keys_are_bounded_across_connections() {
     // Closing a stream gives its places back.
     drop(first);
     let d = h.new_client().await;
-    eventually(|| {
-        let mut d = d.clone();
-        let request = watch_request(&users[..2]);
-        async move { d.watch_tokens(request).await }
+    retry("a stream in the closed one's place", async || {
+        d.clone().watch_tokens(watch_request(&users[..2])).await
     })
     .await;
 }
@@ -334,9 +317,8 @@ async fn health_watch_streams_are_bounded_per_connection_and_in_all() {
     // Check is never limited; a closed Watch frees its places.
     b.check(request()).await.expect("Check answers");
     drop(first);
-    eventually(|| {
-        let mut b = b.clone();
-        async move { b.watch(request()).await }
+    retry("a Watch in the closed one's place", async || {
+        b.clone().watch(request()).await
     })
     .await;
 }

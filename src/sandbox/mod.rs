@@ -184,6 +184,13 @@ impl Sandbox {
         self.lock().inject(rule);
     }
 
+    /// How many injected faults are still waiting for a request (a rule with a count
+    /// leaves once it has hit that many; one without never does): a test waits for this to
+    /// know a fault was used.
+    pub fn faults_left(&self) -> usize {
+        self.lock().faults_left()
+    }
+
     /// Removes every fault: the sandbox behaves again.
     pub fn clear_faults(&self) {
         self.lock().clear_faults();

@@ -402,6 +402,10 @@ impl State {
         self.faults.push(rule);
     }
 
+    pub fn faults_left(&self) -> usize {
+        self.faults.len()
+    }
+
     /// Removes every fault.
     pub fn clear_faults(&mut self) {
         self.faults.clear();

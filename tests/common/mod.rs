@@ -84,6 +84,14 @@ pub fn acme_toml(sandbox: &Sandbox) -> String {
     )
 }
 
+/// GetOrgToken of `org`.
+pub fn org_request(org: &str) -> tokenbroker::proto::GetOrgTokenRequest {
+    tokenbroker::proto::GetOrgTokenRequest {
+        org: org.into(),
+        ..Default::default()
+    }
+}
+
 /// GetUserToken of `user` in org `acme`.
 pub fn user_request(user: &str) -> tokenbroker::proto::GetUserTokenRequest {
     tokenbroker::proto::GetUserTokenRequest {
@@ -439,4 +447,79 @@ pub fn mkfifo(path: &Path) {
         .status()
         .unwrap();
     assert!(made.success(), "mkfifo {}", path.display());
+}
+
+/// How long a test waits for what it expects before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Waits for the event `what` names: until `happened` answers true, asked every 10 ms for
+/// up to [`PATIENCE`] (then the test fails, naming it). A wait on the event, not a fixed
+/// sleep: a fast run waits only as long as the event takes.
+pub async fn wait_for(what: &str, mut happened: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !happened().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {PATIENCE:?} for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Calls `call` until it succeeds (as [`wait_for`] asks), and returns its value.
+pub async fn retry<T, E: std::fmt::Debug>(
+    what: &str,
+    mut call: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match call().await {
+            Ok(value) => return value,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "waited {PATIENCE:?} for {what}; the last answer: {e:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Seconds from now until `token` expires (negative once expired).
+pub fn seconds_left(token: &tokenbroker::proto::Token) -> f64 {
+    let expires = token.expires_at.expect("a token with an expiry");
+    let expires = std::time::SystemTime::UNIX_EPOCH
+        + Duration::new(expires.seconds as u64, expires.nanos as u32);
+    match expires.duration_since(std::time::SystemTime::now()) {
+        Ok(left) => left.as_secs_f64(),
+        Err(past) => -past.duration().as_secs_f64(),
+    }
+}
+
+/// Waits until `token` has `secs` seconds left (negative: until that long after it
+/// expired): the moment is read from the token, not guessed.
+pub async fn until_left(token: &tokenbroker::proto::Token, secs: f64) {
+    let wait = seconds_left(token) - secs;
+    if wait > 0.0 {
+        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+    }
+}
+
+impl Harness {
+    /// Makes `call` until one of them has met every fault injected into the sandbox (none
+    /// is left), however long the broker holds off after the last failure; that call's
+    /// answer. The wait is on the fault being used, not on a guess at the hold.
+    pub async fn through_the_faults<T: std::fmt::Debug>(
+        &self,
+        mut call: impl AsyncFnMut() -> T,
+    ) -> T {
+        retry("a call that meets the injected faults", async || {
+            let answer = call().await;
+            if self.sandbox.faults_left() == 0 {
+                Ok(answer)
+            } else {
+                Err(answer)
+            }
+        })
+        .await
+    }
 }
