@@ -122,3 +122,49 @@ async fn sleep_until_or_forever(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::{Broker, CachePolicy, Limits};
+    use super::*;
+    use crate::upstream::{self, Upstream};
+
+    /// The renewal timer holds no broker while it waits: dropping the last clone ends it,
+    /// and `shutdown` ends it too.
+    #[tokio::test]
+    async fn the_renewal_timer_ends_with_its_broker() {
+        let alive = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let before = alive();
+        let new_broker = || {
+            let upstream = Upstream::new(Duration::from_secs(1), Arc::new(upstream::Unobserved))
+                .expect("an HTTP client");
+            Broker::new(vec![], upstream, CachePolicy::default(), Limits::default())
+        };
+        let wait_for = |n: usize| async move {
+            for _ in 0..200 {
+                if alive() == n {
+                    return true;
+                }
+                tokio::task::yield_now().await;
+            }
+            false
+        };
+        let broker = new_broker();
+        assert_eq!(alive(), before + 1, "one timer task");
+        let clone = broker.clone();
+        drop(broker);
+        tokio::task::yield_now().await;
+        assert_eq!(alive(), before + 1, "a clone keeps it");
+        drop(clone);
+        assert!(wait_for(before).await, "dropping the last clone ends it");
+        let broker = new_broker();
+        broker.shutdown();
+        assert!(wait_for(before).await, "shutdown ends it");
+    }
+}
