@@ -72,13 +72,17 @@ impl SingleFlight {
         self.max_places - self.places.available_permits()
     }
 
-    /// A token that may be handed out: usable, or, when the platform fails, one it still
-    /// accepts (during an outage callers keep getting the token until it actually expires).
+    /// A token that may be handed out: the one held if usable, else a new one, or, when the
+    /// platform fails, one it still accepts (during an outage callers keep getting the
+    /// token until it actually expires).
     pub async fn usable(
         self: &Arc<Self>,
         org: &Arc<Org>,
         slot: &Arc<Slot>,
     ) -> Result<SharedToken, BrokerError> {
+        if let Some(token) = slot.usable(Instant::now()) {
+            return Ok(token);
+        }
         match self.token(org, slot, Want::Usable).await {
             Err(e @ (BrokerError::Unavailable { .. } | BrokerError::Internal { .. })) => {
                 match slot.current() {
@@ -94,18 +98,15 @@ impl SingleFlight {
         }
     }
 
-    /// The heart of the cache: a usable token at once, or one flight per key.
+    /// The heart of the cache: what `want` asks of the slot, with one flight per key. Takes
+    /// the slot's turn: joins the flight in progress, or decides under the lock whether to
+    /// fly.
     pub async fn token(
         self: &Arc<Self>,
         org: &Arc<Org>,
         slot: &Arc<Slot>,
         want: Want<'_>,
     ) -> Result<SharedToken, BrokerError> {
-        if let Want::Usable = want
-            && let Some(token) = slot.usable(Instant::now())
-        {
-            return Ok(token);
-        }
         let flight = match slot.turn().await {
             Turn::Joined(Ok(token)) if token.is_usable(Instant::now()) => return Ok(token),
             Turn::Joined(Ok(_)) => match slot.turn().await {
