@@ -16,7 +16,7 @@
 //! up (once: the [`OrgRef`] it passes in):
 //!
 //! - **GetOrgToken**: [`Broker::cached_org_token`] reads the org's slot (the cache hit, no
-//!   lock); on a miss [`Broker::org_token`] waits in `serve` for the engine's `usable`,
+//!   lock); on a miss [`Broker::org_token`] waits in `wait_for_token` for the engine's `usable`,
 //!   which joins the flight in progress or starts one (`token` → `fly` in `flight.rs`);
 //!   the flight's `Grants::obtain` (`grant.rs`) spends the refresh token if one is held,
 //!   else asks for client credentials.
@@ -31,7 +31,7 @@
 //!   taken out of the slot before it is sent (the single-use invariant, in `grant.rs`), so
 //!   it is never presented twice, whatever happens to the answer.
 //! - **WatchTokens**: [`Broker::watch`] subscribes to each key's watch channel before it
-//!   fetches (`serve`), so no token installed in between is missed; the stream is
+//!   fetches (`wait_for_token`), so no token installed in between is missed; the stream is
 //!   [`TokenEvents`] (`watch_events.rs`).
 //!
 //! Every landed flight plans the slot's next look (`Planner::plan`) on the one timer:
@@ -314,7 +314,7 @@ impl Broker {
         min_valid_for: Option<Duration>,
     ) -> Result<Served, BrokerError> {
         let org = &org.0;
-        let token = self.serve(org, &org.slot, min_valid_for).await?;
+        let token = self.wait_for_token(org, &org.slot, min_valid_for).await?;
         Ok(served(Arc::clone(&org.slot), token))
     }
 
@@ -328,7 +328,7 @@ impl Broker {
         let org = &org.0;
         check_id("user_id", user)?;
         let slot = self.user_slot(org, user);
-        let token = self.serve(org, &slot, min_valid_for).await?;
+        let token = self.wait_for_token(org, &slot, min_valid_for).await?;
         Ok(served(slot, token))
     }
 
@@ -384,7 +384,7 @@ impl Broker {
         };
         // Subscribe before fetching, so no token installed in between is missed.
         let receivers = slots.iter().map(|s| s.subscribe()).collect();
-        try_join_all(slots.iter().map(|s| self.serve(org, s, None))).await?;
+        try_join_all(slots.iter().map(|s| self.wait_for_token(org, s, None))).await?;
         let engine = &self.inner.engine;
         Ok(TokenEvents::new(
             slots,
@@ -406,7 +406,7 @@ impl Broker {
     }
 
     /// A caller's request for a slot's token: the cache hit, or a wait on the platform.
-    async fn serve(
+    async fn wait_for_token(
         &self,
         org: &Arc<Org>,
         slot: &Arc<Slot>,

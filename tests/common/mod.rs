@@ -317,17 +317,17 @@ impl Harness {
     /// Stops the broker gracefully and waits for it; returns the sandbox's harness so
     /// its final check still runs.
     pub async fn stop_and_keep(mut self) -> Self {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
-            server.await.unwrap().unwrap();
-        }
+        self.shut_down().await;
         self
     }
 
     /// Stops the broker gracefully and waits for it.
     pub async fn stop(mut self) {
+        self.shut_down().await;
+    }
+
+    /// Stops the server and waits until it has drained and returned (once).
+    async fn shut_down(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
