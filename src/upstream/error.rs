@@ -74,16 +74,4 @@ impl UpstreamError {
             Self::Connection { .. } => "connection",
         }
     }
-
-    /// Worth trying again later: the platform may answer differently once it recovers.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Self::RateLimited { .. }
-                | Self::ServerError { .. }
-                | Self::Malformed { .. }
-                | Self::Timeout { .. }
-                | Self::Connection { .. }
-        )
-    }
 }

@@ -309,7 +309,6 @@ mod tests {
                 description: Some("bad secret".into())
             }
         );
-        assert!(!e.is_transient());
         assert!(matches!(
             token_answer(status(400, r#"{"error":"unauthorized_client"}"#)),
             Err(UpstreamError::CredentialsRejected { .. })
@@ -345,7 +344,6 @@ mod tests {
                 retry_after: Some(Duration::from_secs(7))
             }
         );
-        assert!(limited.is_transient());
     }
 
     #[test]
