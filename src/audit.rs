@@ -183,7 +183,7 @@ impl Summary {
         let at = |s: u32| humantime::format_rfc3339_seconds(epoch + Duration::from_secs(s.into()));
         tracing::info!(
             target: "tokenbroker::audit",
-            caller = self.caller.caller.name.as_str(),
+            caller = self.caller.name(),
             peer = %Peer(self.peer),
             org = %key.org,
             user_id = key.user.as_deref().unwrap_or(""),
@@ -369,7 +369,7 @@ fn first_line(h: &HandOut<'_>) {
     let key = h.key.key();
     tracing::info!(
         target: "tokenbroker::audit",
-        caller = h.caller.caller.name.as_str(),
+        caller = h.caller.name(),
         peer = %Peer(h.peer),
         rpc = h.rpc,
         org = %key.org,

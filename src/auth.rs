@@ -115,6 +115,11 @@ pub struct Authenticated {
 }
 
 impl Authenticated {
+    /// The caller's configured name.
+    pub fn name(&self) -> &str {
+        &self.caller.name
+    }
+
     fn new(caller: Caller) -> Self {
         let limiter = caller
             .rate_limit

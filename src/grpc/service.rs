@@ -334,7 +334,7 @@ impl TokenServiceImpl {
         .await?;
         // The stream outlives the call's place among the calls in flight; its caller's
         // name goes on, for the audit line of every token it sends.
-        let caller = admitted.caller.caller.name.clone();
+        let caller = admitted.caller.name().to_owned();
         Ok(Response::new(WatchResponses::new(
             events,
             self.options.shutdown.clone(),
