@@ -59,6 +59,8 @@ pub async fn start(listen: Listen) -> io::Result<(Config, Sandbox)> {
         cache: CachePolicy::default(),
         orgs: vec![settings],
         secret_sources: Default::default(),
+        store: None,
+        store_source: None,
     };
     Ok((config, sandbox))
 }

@@ -4,7 +4,8 @@
 //!
 //! The map: a request flows one way, [`grpc`] (validate, convert) -> [`broker`] (cache hit,
 //! or one single-flight fetch per key) -> [`upstream`] (the platform's HTTP endpoints), and
-//! rotations flow back from [`broker`] through watch channels to [`grpc`] streams.
+//! the broker keeps each new token in [`store`] (an encrypted file that outlives the
+//! process, when configured) before it hands it out; rotations flow back from [`broker`] through watch channels to [`grpc`] streams.
 //! [`audit`] records which caller got which token from where, counting repeats.
 //! [`config`] turns TOML and secrets into a validated [`config::Config`]; [`secret`] keeps
 //! secrets out of logs; [`sandbox`] is the built-in stand-in for the platform that demo
@@ -27,6 +28,7 @@ mod reload;
 pub mod sandbox;
 pub mod secret;
 mod server;
+pub mod store;
 mod sync;
 pub mod upstream;
 

@@ -84,6 +84,10 @@ enum Command {
     /// Validate the config (--config FILE) and print it as the broker would run it, with
     /// defaults filled in and secrets shown as [redacted]. Exit code 0: valid; 2: invalid.
     CheckConfig,
+    /// Print a fresh random key for the token store (32 bytes as 64 hex digits): put it in
+    /// the variable `store.encryption_key_env` names, or in the file
+    /// `store.encryption_key_file` names.
+    GenStoreKey,
     /// Print the SHA-256 of an API key read from standard input: the value for a caller's
     /// `api_key_sha256`, so the key itself never goes in the config.
     HashKey,
@@ -133,6 +137,10 @@ async fn main() -> ExitCode {
             users,
         }) => sandbox(listen, token_lifetime, users).await,
         Some(Command::HashKey) => hash_key(),
+        Some(Command::GenStoreKey) => {
+            println!("{}", tokenbroker::secret::StoreKey::generate().to_hex());
+            ExitCode::SUCCESS
+        }
         Some(Command::CheckConfig) => check_config(cli.config),
         Some(Command::Demo { .. }) if cli.config.is_some() => {
             eprintln!(
@@ -193,6 +201,11 @@ async fn broker(config_path: Option<PathBuf>, listen: Option<Listen>) -> ExitCod
     }
     let server = match tokenbroker::Server::new(config) {
         Ok(server) => server,
+        // A setting to change, as for an invalid config.
+        Err(e @ tokenbroker::Error::Store(_)) => {
+            error!(error = %e, "tokenbroker failed to start");
+            return ExitCode::from(2);
+        }
         Err(e) => {
             error!(error = %e, "tokenbroker failed to start");
             return ExitCode::FAILURE;

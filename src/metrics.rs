@@ -41,6 +41,17 @@ struct GrantLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -60,6 +71,8 @@ pub struct Metrics {
     upstream_requests: Family<UpstreamLabels, Counter>,
     upstream_seconds: Histograms<GrantLabels>,
     auth_failures: Family<OutcomeLabels, Counter>,
+    store_operations: Family<StoreLabels, Counter>,
+    store_seconds: Histograms<OperationLabels>,
 }
 
 impl Default for Metrics {
@@ -70,6 +83,8 @@ impl Default for Metrics {
             upstream_requests: Family::default(),
             upstream_seconds: Family::new_with_constructor(latency_histogram),
             auth_failures: Family::default(),
+            store_operations: Family::default(),
+            store_seconds: Family::new_with_constructor(latency_histogram),
         }
     }
 }
@@ -127,6 +142,17 @@ impl Metrics {
     }
 }
 
+impl crate::store::Observer for Metrics {
+    fn operation(&self, operation: &'static str, outcome: &'static str, elapsed: Duration) {
+        self.store_operations
+            .get_or_create(&StoreLabels { operation, outcome })
+            .inc();
+        self.store_seconds
+            .get_or_create(&OperationLabels { operation })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
 impl crate::upstream::Observer for Metrics {
     fn request(&self, grant: &'static str, outcome: &'static str, elapsed: Duration) {
         self.upstream_requests
@@ -166,6 +192,16 @@ pub fn registry(broker: &Broker, metrics: &Metrics) -> Registry {
         "authentication_failures",
         "Calls refused as unauthenticated (refused), or without a look at their credentials because their address failed too often (throttled)",
         metrics.auth_failures.clone(),
+    );
+    registry.register(
+        "store_operations",
+        "Token store operations (put: a new token written; take: a refresh token taken out before it is sent), by outcome",
+        metrics.store_operations.clone(),
+    );
+    registry.register(
+        "store_operation_duration_seconds",
+        "Token store operation latency (including the commit's sync), by operation",
+        metrics.store_seconds.clone(),
     );
     registry.register_collector(Box::new(State {
         broker: broker.clone(),

@@ -105,6 +105,58 @@ secret_type!(
     PrivateKey
 );
 
+/// A 32-byte key that seals the token store's records (`store.encryption_key_env`): read
+/// as 64 hex digits or base64, wiped when dropped, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreKey(Box<[u8; 32]>);
+
+impl StoreKey {
+    /// The key written as 64 hex digits or as base64 (with or without padding).
+    pub fn parse(text: &str) -> Result<Self, &'static str> {
+        use base64::Engine;
+        let text = text.trim();
+        let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            hex::decode(text).map_err(|_| "is not hex")?
+        } else {
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(text))
+                .map_err(|_| "is neither 64 hex digits nor base64")?
+        };
+        let key: [u8; 32] = bytes.as_slice().try_into().map_err(
+            |_| "is not 32 bytes; make one with `tokenbroker gen-store-key` (64 hex digits)",
+        )?;
+        Ok(Self(Box::new(key)))
+    }
+
+    /// A fresh random key.
+    pub fn generate() -> Self {
+        Self(Box::new(rand::random()))
+    }
+
+    /// The key's bytes, for the one place that seals and opens with it.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The key as 64 hex digits: what `gen-store-key` prints.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0.as_slice())
+    }
+}
+
+impl Drop for StoreKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StoreKey([redacted])")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +169,20 @@ mod tests {
         let r = RefreshToken::new("9MXOgvKAvB+tUSdCtML9u");
         assert!(!format!("{r:?} {r} {:?}", Some(&r)).contains("9MXO"));
         assert_eq!(s.expose(), "hunter2-very-secret");
+    }
+
+    #[test]
+    fn store_keys_read_as_hex_or_base64_and_never_print() {
+        let key = StoreKey::generate();
+        let hex = key.to_hex();
+        assert_eq!(StoreKey::parse(&hex), Ok(key.clone()));
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(key.expose());
+        assert_eq!(StoreKey::parse(&b64), Ok(key.clone()));
+        assert_eq!(StoreKey::parse(b64.trim_end_matches('=')), Ok(key.clone()));
+        assert!(StoreKey::parse("abcd").is_err());
+        assert!(StoreKey::parse(&"ab".repeat(31)).is_err());
+        assert!(!format!("{key:?}").contains(&hex[..8]));
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub enum Error {
     /// The server's TLS certificate or key could not be used.
     #[error("{0}")]
     Tls(String),
+    /// The token store could not be opened (held by another process, a wrong key, an
+    /// unreadable folder): a setting to fix, so `main` exits 2.
+    #[error("{0}")]
+    Store(#[source] crate::store::StoreError),
     /// A listener could not be opened.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -91,11 +95,21 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         let upstream = Upstream::new(config.request_timeout, Arc::clone(&metrics) as _)
             .map_err(Error::HttpClient)?;
-        let broker = Broker::new(
+        let store = config
+            .store
+            .as_ref()
+            .map(|settings| {
+                crate::store::Store::open(settings, Arc::clone(&metrics) as _)
+                    .map(|(store, loaded)| (Arc::new(store), loaded))
+            })
+            .transpose()
+            .map_err(Error::Store)?;
+        let broker = Broker::with_store(
             config.orgs.clone(),
             upstream,
             config.cache.clone(),
             config.limits,
+            store,
         );
         let gate = Arc::new(grpc::Gate::new(
             auth::Callers::new(config.callers.clone()),

@@ -16,12 +16,17 @@ use tokio::{sync::Semaphore, time::Instant};
 use tracing::{debug, info, warn};
 
 use super::{
-    BrokerError, Reason, RenewalPolicy, SharedToken, Token,
+    BrokerError, Reason, RenewalPolicy, SharedToken, Token, TokenKey,
     grant::{Grants, Miss, OrgBearer},
     org::Org,
     plan::Planner,
     slot::{Flight, Landing, Slot, Turn},
     stats::Counters,
+};
+use crate::{
+    secret::RefreshToken,
+    store::{NewToken, Store},
+    upstream::Upstream,
 };
 
 /// What a caller wants from a slot.
@@ -43,6 +48,8 @@ pub(super) struct SingleFlight {
     renewal: RenewalPolicy,
     pub planner: Planner,
     pub stats: Arc<Counters>,
+    /// Where every new token is written before it is handed out, when configured.
+    pub store: Option<Arc<Store>>,
     /// Places for user-token flights in progress (`Limits::max_concurrent_flights`).
     places: Arc<Semaphore>,
     max_places: usize,
@@ -50,7 +57,8 @@ pub(super) struct SingleFlight {
 
 impl SingleFlight {
     pub fn new(
-        grants: Grants,
+        upstream: Upstream,
+        store: Option<Arc<Store>>,
         renewal: RenewalPolicy,
         planner: Planner,
         stats: Arc<Counters>,
@@ -58,7 +66,8 @@ impl SingleFlight {
     ) -> Self {
         let max_places = max_concurrent_flights.clamp(1, Semaphore::MAX_PERMITS);
         Self {
-            grants,
+            grants: Grants::new(upstream, store.clone()),
+            store,
             renewal,
             planner,
             stats,
@@ -186,7 +195,6 @@ impl SingleFlight {
                 let generation = {
                     let mut state = flight.state();
                     state.generation += 1;
-                    state.refresh_token = grant.refresh_token;
                     state.generation
                 };
                 let renew_after = self
@@ -201,6 +209,12 @@ impl SingleFlight {
                 );
                 token.generation = generation;
                 token.reason = reason;
+                // Kept before it is handed out; the refresh token stays in memory only if
+                // the store could not keep it.
+                let unstored = self
+                    .keep(&slot.key, &token, requested.1, grant.refresh_token)
+                    .await;
+                flight.state().refresh_token = unstored;
                 self.stats.rotation(reason);
                 info!(
                     key = %slot.key,
@@ -239,6 +253,43 @@ impl SingleFlight {
         flight.land(&outcome, hold);
         self.planner.plan(&slot);
         outcome
+    }
+
+    /// Writes `token` (and `refresh_token`) to the store, if there is one; returns the
+    /// refresh token if the store does not hold it (no store, or the write failed: the
+    /// token is still served, from memory).
+    async fn keep(
+        &self,
+        key: &TokenKey,
+        token: &Token,
+        issued: SystemTime,
+        refresh_token: Option<RefreshToken>,
+    ) -> Option<RefreshToken> {
+        let (Some(store), Some(lifetime)) = (&self.store, token.lifetime) else {
+            return refresh_token;
+        };
+        let written = store
+            .put(
+                &key.org,
+                key.user.as_deref(),
+                NewToken {
+                    generation: token.generation,
+                    access_token: &token.access_token,
+                    token_type: token.token_type(),
+                    issued,
+                    lifetime,
+                    reason: token.reason.name(),
+                    refresh_token: refresh_token.as_ref(),
+                },
+            )
+            .await;
+        match written {
+            Ok(()) => None,
+            Err(e) => {
+                warn!(key = %key, error = %e, "could not write the new token to the store; serving it from memory");
+                refresh_token
+            }
+        }
     }
 
     /// How long to keep the platform unasked after `e`, the `failures`-th failure in a row:

@@ -11,7 +11,8 @@ use tracing::{info, warn};
 
 use super::{BrokerError, Credentials, Reason, SharedToken, TokenKey, org::Org, slot::Flight};
 use crate::{
-    secret::AuthCode,
+    secret::{AuthCode, RefreshToken},
+    store::Store,
     upstream::{Grant, Upstream, UpstreamError},
 };
 
@@ -39,11 +40,38 @@ pub(super) enum Miss {
 #[derive(Debug)]
 pub(super) struct Grants {
     upstream: Upstream,
+    /// Where refresh tokens are kept between flights, when a store is configured.
+    store: Option<Arc<Store>>,
 }
 
 impl Grants {
-    pub fn new(upstream: Upstream) -> Self {
-        Self { upstream }
+    pub fn new(upstream: Upstream, store: Option<Arc<Store>>) -> Self {
+        Self { upstream, store }
+    }
+
+    /// The refresh token to present for the flight's key, taken so that it can never be
+    /// taken again: from the slot (no store, or the store could not take the last one),
+    /// else out of the store at the slot's generation, committed before it is returned.
+    async fn take_refresh_token(&self, key: &TokenKey, flight: &Flight) -> Option<RefreshToken> {
+        let (held, generation) = {
+            let mut state = flight.state();
+            (state.refresh_token.take(), state.generation)
+        };
+        if held.is_some() {
+            return held;
+        }
+        let store = self.store.as_ref()?;
+        match store
+            .take_refresh(&key.org, key.user.as_deref(), generation)
+            .await
+        {
+            Ok(taken) => taken,
+            // Not taken, so never sent: the primary grant instead.
+            Err(e) => {
+                warn!(key = %key, error = %e, "could not take the refresh token from the store; using the primary grant");
+                None
+            }
+        }
     }
 
     /// Gets a grant for the flight's key: through the refresh token when one is held, else
@@ -57,10 +85,12 @@ impl Grants {
         bearer: &dyn OrgBearer,
     ) -> Result<(Grant, Reason), Miss> {
         // INVARIANT: a refresh token is presented at most once, ever. It is moved out of
-        // the slot before it is sent, so whatever happens to the answer (success, an error,
-        // a timeout, a reset connection, a 5xx after the platform spent it) it can never be
-        // sent again: on any failure the token is re-issued through the primary grant.
-        let taken = flight.state().refresh_token.take();
+        // the slot, or out of the store in a committed transaction, before it is sent, so
+        // whatever happens to the answer (success, an error, a timeout, a reset
+        // connection, a 5xx after the platform spent it, a crash of the broker) it can
+        // never be sent again: on any failure the token is re-issued through the primary
+        // grant.
+        let taken = self.take_refresh_token(key, flight).await;
         let Some(refresh_token) = taken else {
             return Ok((self.primary_grant(org, key, bearer).await?, reason));
         };

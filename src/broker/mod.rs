@@ -50,6 +50,7 @@ mod orgs;
 mod plan;
 mod reload;
 mod renew;
+mod restore;
 mod schedule;
 mod served;
 mod slot;
@@ -59,12 +60,16 @@ mod token;
 mod users;
 mod watch_events;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use futures::future::try_join_all;
 use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, info};
 
 pub use error::BrokerError;
 pub use key::{MAX_ID_LEN, TokenKey, check_id};
@@ -84,7 +89,19 @@ use org::Org;
 use served::served;
 use slot::Slot;
 
-use crate::upstream::Upstream;
+use crate::{
+    store::{Loaded, Store},
+    upstream::Upstream,
+};
+
+/// The stored tokens by org.
+fn group_by_org(loaded: Vec<Loaded>) -> HashMap<String, Vec<Loaded>> {
+    let mut by_org: HashMap<String, Vec<Loaded>> = HashMap::new();
+    for l in loaded {
+        by_org.entry(l.org.clone()).or_default().push(l);
+    }
+    by_org
+}
 
 /// How the broker keeps tokens: renewal timing and the user-token cache's bounds.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,9 +166,26 @@ impl Broker {
         policy: CachePolicy,
         limits: Limits,
     ) -> Self {
+        Self::with_store(orgs, upstream, policy, limits, None)
+    }
+
+    /// [`Broker::new`], keeping every token in `store` (with what it held at start:
+    /// installed with no upstream call while still usable).
+    pub fn with_store(
+        orgs: Vec<OrgSettings>,
+        upstream: Upstream,
+        policy: CachePolicy,
+        limits: Limits,
+        store: Option<(Arc<Store>, Vec<Loaded>)>,
+    ) -> Self {
+        let (store, loaded) = match store {
+            Some((store, loaded)) => (Some(store), loaded),
+            None => (None, Vec::new()),
+        };
         let stats: Arc<stats::Counters> = Arc::default();
         let engine = Arc::new(SingleFlight::new(
-            grant::Grants::new(upstream),
+            upstream,
+            store,
             policy.renewal.clone(),
             plan::Planner::new(&policy),
             Arc::clone(&stats),
@@ -174,15 +208,69 @@ impl Broker {
                 shutdown,
             }),
         };
+        let mut loaded = group_by_org(loaded);
         for settings in orgs {
-            broker.add_org(settings);
+            let stored = loaded.remove(&settings.name).unwrap_or_default();
+            broker.start_org(settings, stored, &policy.renewal);
+        }
+        if let Some(store) = &broker.inner.engine.store {
+            for org in loaded.keys() {
+                info!(org = %org, "removing the stored tokens of an org no longer configured");
+                store.remove_org(org);
+            }
         }
         broker
     }
 
     /// Adds an org (replacing any of that name) and starts renewing its token.
     fn add_org(&self, settings: OrgSettings) {
-        let org = Org::new(settings, self.inner.max_user_tokens);
+        self.start_org(settings, Vec::new(), &RenewalPolicy::default());
+    }
+
+    /// Adds an org with the tokens `stored` for it (each installed while still usable,
+    /// renewed by `renewal`'s plan) and starts renewing them.
+    fn start_org(&self, settings: OrgSettings, stored: Vec<Loaded>, renewal: &RenewalPolicy) {
+        let store = self.inner.engine.store.as_ref();
+        let now = (Instant::now(), SystemTime::now());
+        let restore = |token| restore::restore(token, renewal, now, rand::random());
+        let (mut org_token, mut users) = (None, Vec::new());
+        for loaded in stored {
+            match loaded.user {
+                None => org_token = Some(restore(loaded.token)),
+                Some(user) => users.push((user, loaded.token)),
+            }
+        }
+        let is_static = matches!(settings.credentials, Credentials::Static(_));
+        if is_static
+            && org_token.take().is_some()
+            && let Some(store) = store
+        {
+            // A long-lived token comes from the config; a stored one is of a former setup.
+            store.remove(&settings.name, None);
+        }
+        let org = Org::new(
+            settings,
+            self.inner.max_user_tokens,
+            org_token.unwrap_or_default(),
+        );
+        let mut restored = usize::from(org.slot.current().is_some() && !is_static);
+        for (user, token) in users {
+            match org.restore_user(&user, restore(token)) {
+                Some(slot) => {
+                    restored += usize::from(slot.current().is_some());
+                    self.inner.engine.planner.plan(&slot);
+                }
+                // Past the cache's cap: as the broker would hold it in memory.
+                None => {
+                    if let Some(store) = store {
+                        store.remove(&org.name, Some(&user));
+                    }
+                }
+            }
+        }
+        if restored > 0 {
+            info!(org = %org.name, tokens = restored, "tokens restored from the store");
+        }
         self.inner.orgs.insert(Arc::clone(&org));
         self.inner.engine.planner.plan(&org.slot);
     }
@@ -190,7 +278,18 @@ impl Broker {
     /// Makes `orgs` the configured orgs: added orgs start, removed ones stop (their
     /// watchers are told), changed ones take their new endpoints and credentials.
     pub async fn reload_orgs(&self, orgs: Vec<OrgSettings>) -> OrgChanges {
-        reload::apply(&self.inner.orgs, orgs, |settings| self.add_org(settings)).await
+        let store = self.inner.engine.store.as_ref();
+        reload::apply(
+            &self.inner.orgs,
+            orgs,
+            |settings| self.add_org(settings),
+            |org| {
+                if let Some(store) = store {
+                    store.remove_org(org);
+                }
+            },
+        )
+        .await
     }
 
     /// Stops the background renewal. Tokens already held stay readable.
@@ -401,6 +500,9 @@ impl Broker {
         if let Some(evicted) = evicted {
             debug!(key = %evicted.key, "user token cache full; dropping a long idle token");
             self.inner.stats.eviction();
+            if let Some(store) = &self.inner.engine.store {
+                store.remove(&evicted.key.org, evicted.key.user.as_deref());
+            }
         }
         slot
     }

@@ -7,7 +7,7 @@ use std::sync::{
     atomic::{AtomicUsize, Ordering},
 };
 
-use super::{Gone, GoneReason, Token, TokenKey, slot::Slot, users::Users};
+use super::{Gone, GoneReason, Token, TokenKey, restore::Restored, slot::Slot, users::Users};
 use crate::{
     secret::{AccessToken, ClientSecret},
     upstream,
@@ -87,21 +87,25 @@ impl OrgRef {
 }
 
 impl Org {
-    /// A new org holding no token yet (or its long-lived one), caching at most `max_users`
-    /// user tokens.
-    pub fn new(settings: OrgSettings, max_users: usize) -> Arc<Self> {
+    /// A new org holding its long-lived token, or what `restored` holds (nothing, for an
+    /// org new to the broker), caching at most `max_users` user tokens.
+    pub fn new(settings: OrgSettings, max_users: usize, restored: Restored) -> Arc<Self> {
         let name: Arc<str> = settings.name.into();
         let key = TokenKey {
             org: Arc::clone(&name),
             user: None,
         };
-        let initial = match &settings.credentials {
-            Credentials::Static(token) => Some(Arc::new(Token::long_lived(token.clone()))),
-            Credentials::Client { .. } => None,
+        let slot = match &settings.credentials {
+            Credentials::Static(token) => {
+                Slot::new(key, Some(Arc::new(Token::long_lived(token.clone()))))
+            }
+            Credentials::Client { .. } => {
+                Slot::at_generation(key, restored.token, restored.generation)
+            }
         };
         Arc::new(Org {
             name,
-            slot: Arc::new(Slot::new(key, initial)),
+            slot: Arc::new(slot),
             users: Users::new(max_users),
             config: RwLock::new(Arc::new(OrgConfig {
                 client: settings.client,
@@ -129,6 +133,22 @@ impl Org {
                 user: Some(user.into()),
             };
             Arc::new(Slot::new(key, None))
+        })
+    }
+
+    /// Adds the slot of `user` as `restored` found it, unless the cache is full or the
+    /// user is held already (none then).
+    pub fn restore_user(&self, user: &str, restored: Restored) -> Option<Arc<Slot>> {
+        let key = TokenKey {
+            org: Arc::clone(&self.name),
+            user: Some(user.into()),
+        };
+        self.users.insert_new(user, || {
+            Arc::new(Slot::at_generation(
+                key,
+                restored.token,
+                restored.generation,
+            ))
         })
     }
 

@@ -21,17 +21,20 @@ pub struct OrgChanges {
     pub updated: Vec<String>,
 }
 
-/// Makes `settings` the orgs of `orgs`; `start` adds (or replaces) one.
+/// Makes `settings` the orgs of `orgs`; `start` adds (or replaces) one, `forget` drops
+/// what is kept of a removed one.
 pub(super) async fn apply(
     orgs: &Orgs,
     settings: Vec<OrgSettings>,
     start: impl Fn(OrgSettings),
+    forget: impl Fn(&str),
 ) -> OrgChanges {
     let mut changes = OrgChanges::default();
     let wanted: HashSet<String> = settings.iter().map(|o| o.name.clone()).collect();
     for org in orgs.all() {
         if !wanted.contains(&*org.name) {
             remove(orgs, &org, "org removed from the broker's configuration");
+            forget(&org.name);
             changes.removed.push(org.name.to_string());
         }
     }
@@ -50,6 +53,7 @@ pub(super) async fn apply(
                     &org,
                     "org reconfigured with another kind of credential",
                 );
+                forget(&org.name);
                 changes.updated.push(settings.name.clone());
                 start(settings);
             }

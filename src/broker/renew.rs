@@ -93,6 +93,9 @@ fn drop_user_slot(engine: &SingleFlight, org: &Org, slot: &Arc<Slot>) {
     if org.users.remove(slot) {
         debug!(key = %slot.key, "user token idle; dropped");
         engine.stats.eviction();
+        if let Some(store) = &engine.store {
+            store.remove(&slot.key.org, slot.key.user.as_deref());
+        }
     }
     slot.retire();
 }

@@ -45,6 +45,27 @@ impl RenewalPolicy {
         planned.min(latest)
     }
 
+    /// When to renew a token of `lifetime` found in the store at start, `elapsed` after it
+    /// was requested, with `usable_left` of its usable life to go: at its planned time
+    /// ([`Self::renew_after`], from `draw`) if that is still ahead, else spread uniformly
+    /// over the first half of what is left, so that a broker restarted after a long stop
+    /// does not renew every overdue token at once. Counted from the request, as
+    /// `renew_after` is.
+    pub fn renew_after_restart(
+        &self,
+        lifetime: Duration,
+        elapsed: Duration,
+        usable_left: Duration,
+        draw: f64,
+    ) -> Duration {
+        let planned = self.renew_after(lifetime, draw);
+        if planned > elapsed {
+            planned
+        } else {
+            elapsed + (usable_left / 2).mul_f64(draw.clamp(0.0, 1.0))
+        }
+    }
+
     /// The wait before attempt `failures + 1` after `failures` failures in a row: "full
     /// jitter", uniform in [0, min(max, base · 2^(failures-1))), so that retries spread out.
     pub fn backoff(&self, failures: u32, draw: f64) -> Duration {
@@ -60,6 +81,26 @@ impl RenewalPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_token_renews_as_planned_or_spread_when_overdue() {
+        let p = RenewalPolicy::default();
+        let hour = Duration::from_secs(3600);
+        // Planned at half the lifetime (± 10 %): still ahead 10 minutes in.
+        let ahead = p.renew_after_restart(hour, Duration::from_secs(600), hour, 0.5);
+        assert_eq!(ahead, p.renew_after(hour, 0.5));
+        // 50 minutes in, with 4 of its usable life left: within the next 2 minutes,
+        // spread by the draw.
+        let elapsed = Duration::from_secs(3000);
+        let left = Duration::from_secs(240);
+        let soonest = p.renew_after_restart(hour, elapsed, left, 0.0);
+        let latest = p.renew_after_restart(hour, elapsed, left, 0.999);
+        assert_eq!(soonest, elapsed);
+        assert!(
+            latest > elapsed + Duration::from_secs(119)
+                && latest < elapsed + left / 2 + Duration::from_millis(1)
+        );
+    }
 
     const HOUR: Duration = Duration::from_secs(3600);
 

@@ -132,6 +132,12 @@ pub(crate) enum Turn {
 impl Slot {
     pub fn new(key: TokenKey, token: Option<SharedToken>) -> Self {
         let generation = token.as_ref().map_or(0, |t| t.generation);
+        Self::at_generation(key, token, generation)
+    }
+
+    /// A slot whose last token was `generation` (found in the store), holding `token` if
+    /// that one is still usable.
+    pub fn at_generation(key: TokenKey, token: Option<SharedToken>, generation: u64) -> Self {
         Self {
             key,
             current: RwLock::new(token.map_or(Held::Empty, Held::Token)),

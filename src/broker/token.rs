@@ -62,6 +62,11 @@ impl Reason {
     /// Every reason, in the order of their counts in [`super::BrokerStats::rotations`].
     pub const ALL: [Self; 4] = [Self::Issued, Self::Renewed, Self::Forced, Self::Reissued];
 
+    /// The reason named `name` (as [`Reason::name`] writes it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.name() == name)
+    }
+
     /// A short name, for metrics.
     pub fn name(self) -> &'static str {
         match self {

@@ -73,6 +73,18 @@ impl Users {
         (slot, evicted)
     }
 
+    /// Adds the slot `make` makes for `user`, unless one is held or the cache is full.
+    pub fn insert_new(&self, user: &str, make: impl FnOnce() -> Arc<Slot>) -> Option<Arc<Slot>> {
+        let mut slots = self.slots.write_unpoisoned();
+        if slots.len() >= self.max || slots.get(user).is_some() {
+            return None;
+        }
+        let slot = make();
+        slot.touch(tokio::time::Instant::now());
+        slots.insert(Arc::clone(&slot));
+        Some(slot)
+    }
+
     /// Removes `slot` if it is still the one held for its user; true if it was.
     pub fn remove(&self, slot: &Arc<Slot>) -> bool {
         let mut slots = self.slots.write_unpoisoned();

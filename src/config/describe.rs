@@ -161,6 +161,9 @@ impl Config {
                 );
             }
         }
+        if let Some(store) = &self.store_source {
+            out.push_str(store);
+        }
         out
     }
 }

@@ -9,6 +9,7 @@ mod listen;
 mod orgs;
 mod policy;
 mod raw;
+mod store;
 
 #[cfg(test)]
 mod properties;
@@ -133,6 +134,10 @@ pub struct Config {
     /// Where each org's secret comes from, as its TOML said (variable names and paths,
     /// never a secret): for [`Config::describe`].
     pub secret_sources: BTreeMap<String, String>,
+    /// Where tokens are kept across restarts (`[store]`); `None`: in memory only.
+    pub store: Option<crate::store::StoreSettings>,
+    /// `[store]` as TOML for [`Config::describe`] (its keys named, never shown).
+    pub store_source: Option<String>,
 }
 
 /// A configuration error: the key at fault and what to do.
@@ -288,6 +293,11 @@ impl Config {
             .into_iter()
             .map(|(name, org)| org_settings(name, org, env, base))
             .collect::<Result<_, _>>()?;
+        let store_source = raw.store.as_ref().map(store::describe);
+        let store = raw
+            .store
+            .map(|s| store::store_settings(s, env, base))
+            .transpose()?;
         let callers = callers::callers(raw.callers, &org_names)?;
         let tls = raw.server.tls.map(|t| callers::tls(t, base)).transpose()?;
         let metrics_listen: Option<std::net::SocketAddr> = raw
@@ -340,6 +350,8 @@ impl Config {
             cache,
             orgs,
             secret_sources,
+            store,
+            store_source,
         }
         .checked()
     }

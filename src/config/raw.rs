@@ -48,6 +48,7 @@ pub(super) struct RawConfig {
     pub(super) audit: RawAudit,
     #[serde(default)]
     pub(super) orgs: BTreeMap<String, RawOrg>,
+    pub(super) store: Option<store::RawStore>,
 }
 
 /// `[audit]`: the audit lines of tokens handed out.
