@@ -309,3 +309,72 @@ fn loopback_http_is_allowed_and_static_tokens_come_from_files() {
         "orgs.a.static_token_file"
     );
 }
+
+#[test]
+fn the_store_needs_its_key_reads_hex_or_base64_and_describes_itself_without_it() {
+    let key = "ab".repeat(32);
+    let env = |name: &str| match name {
+        "NEW" => Some(key.clone()),
+        "OLD" => Some(format!("{}=", "A".repeat(43))),
+        "SHORT" => Some("abcd".into()),
+        _ => None,
+    };
+    let with = |store: &str| {
+        Config::parse(
+            &format!("{GOOD}\n[store]\n{store}"),
+            &|n| env(n).or_else(|| self::env(n)),
+            Path::new("/etc/tb"),
+        )
+    };
+    let c = with("path = \"tokens.redb\"\nencryption_key_env = [\"NEW\", \"OLD\"]").unwrap();
+    let store = c.store.as_ref().unwrap();
+    assert_eq!(store.path, Path::new("/etc/tb/tokens.redb"));
+    assert_eq!(store.keys.len(), 2);
+    let described = c.describe();
+    assert!(described.contains("[store]"), "{described}");
+    assert!(
+        described.contains("encryption_key_env = [\"NEW\", \"OLD\"]"),
+        "{described}"
+    );
+    assert!(
+        !described.contains(&key[..16]),
+        "the key itself is never shown"
+    );
+    // What it prints loads back as the same store.
+    let again = Config::parse(
+        &described,
+        &|n| env(n).or_else(|| self::env(n)),
+        Path::new("/etc/tb"),
+    )
+    .unwrap();
+    assert_eq!(again.store.unwrap().path, store.path);
+
+    for (store, key, says) in [
+        (
+            "path = \"t.redb\"",
+            "store.encryption_key_env",
+            "gen-store-key",
+        ),
+        ("encryption_key_env = \"NEW\"", "store.path", "is required"),
+        (
+            "path = \"t.redb\"\nencryption_key_env = \"MISSING\"",
+            "store.encryption_key_env",
+            "MISSING is not set",
+        ),
+        (
+            "path = \"t.redb\"\nencryption_key_env = \"SHORT\"",
+            "store.encryption_key_env",
+            "SHORT",
+        ),
+        (
+            "path = \"t.redb\"\nencryption_key_env = \"NEW\"\nencryption_key_file = \"k\"",
+            "store",
+            "not both",
+        ),
+        ("path = \"t.redb\"\nsecret = \"x\"", "", "unknown field"),
+    ] {
+        let e = with(store).unwrap_err();
+        assert_eq!(e.key, key, "{store}: {e}");
+        assert!(e.to_string().contains(says), "{store}: {e}");
+    }
+}
