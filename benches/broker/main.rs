@@ -8,7 +8,7 @@
 //!     cargo bench --bench broker -- --quick         # smoke run (seconds; CI runs it)
 //!     cargo bench --bench broker -- --soak 120      # a shorter soak
 //!     cargo bench --bench broker -- --only users    # some scenario groups: org, users,
-//!                                                   # cold, watch, soak (comma-separated)
+//!                                                   # cold, watch, store, soak (comma-separated)
 //!     cargo bench --bench broker -- --users 20000   # fewer user tokens held
 //!     cargo bench --bench broker -- --rounds 20 --phase-ms 500   # speed phases (default 10 x 2 s)
 //!     cargo bench --bench broker -- --broker-toml '[audit]\nevery_call = true'
@@ -100,6 +100,10 @@ async fn main() {
     // 7. Many subscribers over many connections: a forced rotation reaches them all.
     if size.runs("watch") {
         scenarios::watch::run(&size, &platform, &mut table, &mut figures).await;
+    }
+    // 9. The token store: with it against without, a restart, rotations.
+    if size.runs("store") {
+        scenarios::store::run(&size, &platform, &mut table, &mut figures).await;
     }
     drop(platform);
 

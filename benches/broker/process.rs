@@ -46,6 +46,8 @@ impl Process {
             .args(args)
             .env("RUST_LOG", "info") // as deployed: an audit line per token handed out
             .env("DEMO_SECRET", "demo-secret")
+            // The key of the store scenario's brokers (a fixed one: nothing real in them).
+            .env("BENCH_STORE_KEY", "00".repeat(32))
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -125,13 +127,19 @@ pub(crate) fn sandbox(users: usize, lifetime: &str) -> Process {
 
 pub(crate) fn broker(sandbox: &Process, extra: &str) -> (Process, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
+    let process = broker_in(dir.path(), sandbox, extra);
+    (process, dir)
+}
+
+/// A broker whose config (and anything it names by a relative path) is in `dir`.
+pub(crate) fn broker_in(dir: &std::path::Path, sandbox: &Process, extra: &str) -> Process {
     let config = format!(
         "{extra}\n[orgs.demo]\ntoken_url = \"http://{0}/oauth/token\"\nauthorization_grant_url = \"http://{0}/oauth/authorization-grant\"\nclient_id = \"demo-client\"\nclient_secret_env = \"DEMO_SECRET\"\n",
         sandbox.addr
     );
-    let path = dir.path().join("broker.toml");
+    let path = dir.join("broker.toml");
     std::fs::write(&path, config).expect("config written");
-    let process = Process::start(
+    Process::start(
         &[
             "--config",
             path.to_str().expect("utf-8 path"),
@@ -139,8 +147,7 @@ pub(crate) fn broker(sandbox: &Process, extra: &str) -> (Process, tempfile::Temp
             "127.0.0.1:0",
         ],
         "tokenbroker listening",
-    );
-    (process, dir)
+    )
 }
 
 pub(crate) async fn stats(sandbox: &Process) -> Value {
@@ -163,14 +170,20 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 /// Waits until a freshly started broker answers health checks.
-pub(crate) trait Ready {
-    async fn await_ready(self) -> (Process, tempfile::TempDir);
+pub(crate) trait Ready: Sized {
+    async fn await_ready(self) -> Self;
 }
 
 impl Ready for (Process, tempfile::TempDir) {
-    async fn await_ready(self) -> (Process, tempfile::TempDir) {
+    async fn await_ready(self) -> Self {
+        (self.0.await_ready().await, self.1)
+    }
+}
+
+impl Ready for Process {
+    async fn await_ready(self) -> Self {
         for _ in 0..1200 {
-            if let Ok(channel) = Endpoint::from_shared(format!("http://{}", self.0.addr))
+            if let Ok(channel) = Endpoint::from_shared(format!("http://{}", self.addr))
                 .expect("url")
                 .connect()
                 .await
@@ -185,6 +198,6 @@ impl Ready for (Process, tempfile::TempDir) {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("the broker at {} never answered", self.0.addr);
+        panic!("the broker at {} never answered", self.addr);
     }
 }
