@@ -23,7 +23,7 @@ impl Reloader {
         let mut running = self.running.lock_unpoisoned();
         let old = &*running;
         let mut restart = Vec::new();
-        let checks: [(&'static str, bool); 11] = [
+        let checks: [(&'static str, bool); 12] = [
             ("server.listen", old.listen != new.listen),
             (
                 "server.tls",
@@ -50,6 +50,7 @@ impl Reloader {
             ("[renewal] and [cache]", old.cache != new.cache),
             ("[watch]", old.watch != new.watch),
             ("metrics.listen", old.metrics_listen != new.metrics_listen),
+            ("[store]", old.store_source != new.store_source),
             (
                 "server.max_connections and server.handshake_timeout",
                 (old.max_connections, old.handshake_timeout)
