@@ -284,3 +284,17 @@ async fn every_call_logs_one_audit_line_per_hand_out_and_none_is_lost() {
             .all(|l| l.contains("token handed out") && !l.contains("again"))
     );
 }
+
+#[test]
+fn gen_store_key_prints_a_fresh_key_the_config_accepts() {
+    let key = || {
+        let out = Command::new(BIN).arg("gen-store-key").output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (a, b) = (key(), key());
+    assert_eq!(a.len(), 64, "{a}");
+    assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+    assert_ne!(a, b, "a fresh key each time");
+    assert!(tokenbroker::secret::StoreKey::parse(&a).is_ok());
+}

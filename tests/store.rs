@@ -56,13 +56,13 @@ impl Setup {
         self.dir.path().join("state/tokens.redb")
     }
 
-    /// Writes the config, sealing with the keys in `keys` (variable names, newest first).
-    /// (A drain of a second: the test's idle client connection would hold the default's
-    /// ten at every stop.)
-    fn config(&self, keys: &[&str]) -> PathBuf {
+    /// Writes the config, sealing with the keys in `keys` (variable names, newest first),
+    /// with the tables in `more`. (A drain of a second: the test's idle client connection
+    /// would hold the default's ten at every stop.)
+    fn config(&self, keys: &[&str], more: &str) -> PathBuf {
         let names: Vec<String> = keys.iter().map(|k| format!("{k:?}")).collect();
         let extra = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"1s\"\n[store]\npath = \"state/tokens.redb\"\nencryption_key_env = [{}]\n",
+            "{more}\n[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"1s\"\n[store]\npath = \"state/tokens.redb\"\nencryption_key_env = [{}]\n",
             names.join(", ")
         );
         let path = self.dir.path().join("broker.toml");
@@ -70,11 +70,11 @@ impl Setup {
         path
     }
 
-    fn command(&self, keys: &[&str]) -> Command {
+    fn command(&self, keys: &[&str], more: &str) -> Command {
         let mut command = Command::new(BIN);
         command
-            .args(["--config", self.config(keys).to_str().unwrap()])
-            .env("RUST_LOG", "info")
+            .args(["--config", self.config(keys, more).to_str().unwrap()])
+            .env("RUST_LOG", "info,tokenbroker::broker::renew=debug")
             .env("DEMO_SECRET", "demo-secret")
             .env("KEY_A", &self.key_a)
             .env("KEY_B", &self.key_b)
@@ -85,7 +85,12 @@ impl Setup {
 
     /// A broker with the store sealed by `keys`, once it listens.
     async fn start(&self, keys: &[&str]) -> Running {
-        let mut child = self.command(keys).spawn().unwrap();
+        self.start_with(keys, "").await
+    }
+
+    /// [`Setup::start`] with the config tables in `more`.
+    async fn start_with(&self, keys: &[&str], more: &str) -> Running {
+        let mut child = self.command(keys, more).spawn().unwrap();
         let log = common::stderr_lines(&mut child);
         let lines = common::read_until(&log, "tokenbroker listening");
         let addr = lines
@@ -97,8 +102,9 @@ impl Setup {
             .await
             .unwrap();
         Running {
+            addr,
             child,
-            _log: log,
+            log,
             lines,
             client: Some(client),
         }
@@ -106,7 +112,7 @@ impl Setup {
 
     /// A broker that must refuse to start: its exit code and what it wrote.
     fn refused(&self, keys: &[&str]) -> (Option<i32>, String) {
-        let out = self.command(keys).output().unwrap();
+        let out = self.command(keys, "").output().unwrap();
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stderr).into(),
@@ -119,9 +125,10 @@ impl Setup {
 }
 
 struct Running {
+    addr: String,
     child: Child,
     /// The log past listening, read on by a thread (so the pipe never fills).
-    _log: mpsc::Receiver<String>,
+    log: mpsc::Receiver<String>,
     /// What it logged up to listening.
     lines: Vec<String>,
     /// Taken at `stop`: a connection left open would hold the drain for its timeout.
@@ -271,6 +278,22 @@ async fn a_restart_with_a_thousand_user_tokens_costs_no_upstream_request_and_the
         "{:#?}",
         broker.lines
     );
+    // Ready at once: the org token came from the store.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", broker.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let readiness = tonic_health::pb::HealthCheckRequest {
+        service: "tokenbroker.v1.TokenService".into(),
+    };
+    let status = health.check(readiness).await.unwrap().into_inner().status();
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
     let after = broker.user_tokens(&users).await;
     assert_eq!(access_tokens(&after), access_tokens(&before));
     assert_eq!(broker.org_token().await.access_token, org.access_token);
@@ -359,7 +382,7 @@ async fn a_wrong_key_a_second_process_and_an_unusable_folder_refuse_to_start_nam
     // A folder that cannot be made (a file is in the way).
     let blocked = s.dir.path().join("blocked");
     std::fs::write(&blocked, "").unwrap();
-    let text = std::fs::read_to_string(s.config(&["KEY_A"]))
+    let text = std::fs::read_to_string(s.config(&["KEY_A"], ""))
         .unwrap()
         .replace(
             "path = \"state/tokens.redb\"",
@@ -418,4 +441,52 @@ async fn a_corrupt_record_is_logged_by_key_and_issued_anew_while_the_rest_load()
     assert_ne!(after[1].access_token, before[1].access_token, "issued anew");
     assert_eq!(s.sandbox.stats().authorization_grant, grants + 1);
     broker.stop();
+}
+
+#[tokio::test]
+async fn a_user_dropped_as_idle_leaves_the_store_too() {
+    let s = Setup::new(10).await;
+    let idle = "[cache]\nuser_idle_timeout = \"1s\"\n";
+    let broker = s.start_with(&["KEY_A"], idle).await;
+    broker.user_token("EMP-00001").await;
+    // Idle for its second: dropped from memory, and from the file.
+    common::read_until(&broker.log, "user token idle; dropped");
+    broker.stop();
+
+    let grants = s.sandbox.stats().authorization_grant;
+    let broker = s.start(&["KEY_A"]).await;
+    broker.user_token("EMP-00001").await;
+    assert_eq!(
+        s.sandbox.stats().authorization_grant,
+        grants + 1,
+        "issued anew, not restored"
+    );
+    broker.stop();
+}
+
+#[tokio::test]
+async fn store_operations_are_counted_in_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = StoreKey::generate().to_hex();
+    let store = format!(
+        "[store]\npath = \"{}\"\nencryption_key_env = \"STORE_KEY\"\n",
+        dir.path().join("tokens.redb").display()
+    );
+    let h = common::Harness::with(
+        common::sandbox_config(),
+        move |s| format!("{store}\n{}", common::acme_toml(s)),
+        move |name| (name == "STORE_KEY").then(|| key.clone()),
+    )
+    .await;
+    h.org_token().await.unwrap();
+    h.refresh("", "").await.unwrap();
+    let text = tokenbroker::metrics::render(&h.registry);
+    for line in [
+        "tokenbroker_store_operations_total{operation=\"put\",outcome=\"ok\"} 2",
+        "tokenbroker_store_operations_total{operation=\"take\",outcome=\"ok\"} 1",
+        "tokenbroker_store_operation_duration_seconds_count{operation=\"put\"} 2",
+    ] {
+        assert!(text.contains(line), "no {line:?} in\n{text}");
+    }
+    h.stop().await;
 }

@@ -57,7 +57,8 @@ impl Grants {
             let mut state = flight.state();
             (state.refresh_token.take(), state.generation)
         };
-        if held.is_some() {
+        // Generation 0: the key never had a token, so the store has nothing for it.
+        if held.is_some() || generation == 0 {
             return held;
         }
         let store = self.store.as_ref()?;
