@@ -187,3 +187,25 @@ pub(crate) async fn versus_health(
         "rounds": rounds,
     })
 }
+
+/// GetUserToken for every id, 256 callers at a time.
+pub(crate) async fn fill(chans: &[Channel], ids: &'static [String]) {
+    let next = Arc::new(AtomicU64::new(0));
+    let callers = (0..256).map(|i| {
+        let mut c = TokenServiceClient::new(chans[i % chans.len()].clone());
+        let next = Arc::clone(&next);
+        tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(id) = ids.get(n) else { break };
+                c.get_user_token(GetUserTokenRequest {
+                    user_id: id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("fill");
+            }
+        })
+    });
+    join_all(callers).await;
+}

@@ -12,27 +12,8 @@ pub(crate) async fn run(
     let empty_rss = b.rss_mib();
     let users = size.users_held;
     let ids: &'static [String] = Box::leak((1..=users).map(|n| format!("EMP-{n:05}")).collect());
-    let next = Arc::new(AtomicU64::new(0));
-    let fill = (0..256).map(|i| {
-        let mut c = TokenServiceClient::new(chans[i % chans.len()].clone());
-        let next = Arc::clone(&next);
-        tokio::spawn(async move {
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed) as usize;
-                if n >= users {
-                    break;
-                }
-                c.get_user_token(GetUserTokenRequest {
-                    user_id: format!("EMP-{:05}", n + 1),
-                    ..Default::default()
-                })
-                .await
-                .expect("prefill");
-            }
-        })
-    });
     let filling = Instant::now();
-    join_all(fill).await;
+    fill(chans, ids).await;
     eprintln!(
         "held {users} user tokens in {:.1}s",
         filling.elapsed().as_secs_f64()
