@@ -60,11 +60,7 @@ mod token;
 mod users;
 mod watch_events;
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{sync::Arc, time::Duration};
 
 use futures::future::try_join_all;
 use tokio::{sync::watch, time::Instant};
@@ -93,15 +89,6 @@ use crate::{
     store::{Loaded, Store},
     upstream::Upstream,
 };
-
-/// The stored tokens by org.
-fn group_by_org(loaded: Vec<Loaded>) -> HashMap<String, Vec<Loaded>> {
-    let mut by_org: HashMap<String, Vec<Loaded>> = HashMap::new();
-    for l in loaded {
-        by_org.entry(l.org.clone()).or_default().push(l);
-    }
-    by_org
-}
 
 /// How the broker keeps tokens: renewal timing and the user-token cache's bounds.
 #[derive(Debug, Clone, PartialEq)]
@@ -208,7 +195,7 @@ impl Broker {
                 shutdown,
             }),
         };
-        let mut loaded = group_by_org(loaded);
+        let mut loaded = restore::by_org(loaded);
         for settings in orgs {
             let stored = loaded.remove(&settings.name).unwrap_or_default();
             broker.start_org(settings, stored, &policy.renewal);
@@ -230,49 +217,13 @@ impl Broker {
     /// Adds an org with the tokens `stored` for it (each installed while still usable,
     /// renewed by `renewal`'s plan) and starts renewing them.
     fn start_org(&self, settings: OrgSettings, stored: Vec<Loaded>, renewal: &RenewalPolicy) {
-        let store = self.inner.engine.store.as_ref();
-        let now = (Instant::now(), SystemTime::now());
-        let restore = |token| restore::restore(token, renewal, now, rand::random());
-        let (mut org_token, mut users) = (None, Vec::new());
-        for loaded in stored {
-            match loaded.user {
-                None => org_token = Some(restore(loaded.token)),
-                Some(user) => users.push((user, loaded.token)),
-            }
+        let store = self.inner.engine.store.as_deref();
+        let max_users = self.inner.max_user_tokens;
+        let (org, users) = restore::org(settings, stored, max_users, renewal, store);
+        for slot in users.iter().chain([&org.slot]) {
+            self.inner.engine.planner.plan(slot);
         }
-        let is_static = matches!(settings.credentials, Credentials::Static(_));
-        if is_static
-            && org_token.take().is_some()
-            && let Some(store) = store
-        {
-            // A long-lived token comes from the config; a stored one is of a former setup.
-            store.remove(&settings.name, None);
-        }
-        let org = Org::new(
-            settings,
-            self.inner.max_user_tokens,
-            org_token.unwrap_or_default(),
-        );
-        let mut restored = usize::from(org.slot.current().is_some() && !is_static);
-        for (user, token) in users {
-            match org.restore_user(&user, restore(token)) {
-                Some(slot) => {
-                    restored += usize::from(slot.current().is_some());
-                    self.inner.engine.planner.plan(&slot);
-                }
-                // Past the cache's cap: as the broker would hold it in memory.
-                None => {
-                    if let Some(store) = store {
-                        store.remove(&org.name, Some(&user));
-                    }
-                }
-            }
-        }
-        if restored > 0 {
-            info!(org = %org.name, tokens = restored, "tokens restored from the store");
-        }
-        self.inner.orgs.insert(Arc::clone(&org));
-        self.inner.engine.planner.plan(&org.slot);
+        self.inner.orgs.insert(org);
     }
 
     /// Makes `orgs` the configured orgs: added orgs start, removed ones stop (their

@@ -3,12 +3,79 @@
 //! as usual or, if overdue, spread out; a token no longer usable is left out, while its
 //! refresh token stays in the store for the key's next flight.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use tokio::time::Instant;
+use tracing::info;
 
-use super::{Reason, RenewalPolicy, SharedToken, Token, token::usable_until};
-use crate::store::StoredToken;
+use super::{
+    Credentials, OrgSettings, Reason, RenewalPolicy, SharedToken, Token, org::Org, slot::Slot,
+    token::usable_until,
+};
+use crate::store::{Loaded, Store, StoredToken};
+
+/// The stored tokens by org.
+pub(super) fn by_org(loaded: Vec<Loaded>) -> HashMap<String, Vec<Loaded>> {
+    let mut by_org: HashMap<String, Vec<Loaded>> = HashMap::new();
+    for l in loaded {
+        by_org.entry(l.org.clone()).or_default().push(l);
+    }
+    by_org
+}
+
+/// The org `settings` describes, with the tokens `stored` for it put back (at most
+/// `max_users` user tokens; the rest, and a stored token of an org now configured with a
+/// long-lived one, leave `store`), and the user slots made: all to be planned.
+pub(super) fn org(
+    settings: OrgSettings,
+    stored: Vec<Loaded>,
+    max_users: usize,
+    renewal: &RenewalPolicy,
+    store: Option<&Store>,
+) -> (Arc<Org>, Vec<Arc<Slot>>) {
+    let now = (Instant::now(), SystemTime::now());
+    let restore = |token| restore(token, renewal, now, rand::random());
+    let (mut org_token, mut users) = (None, Vec::new());
+    for loaded in stored {
+        match loaded.user {
+            None => org_token = Some(restore(loaded.token)),
+            Some(user) => users.push((user, loaded.token)),
+        }
+    }
+    let is_static = matches!(settings.credentials, Credentials::Static(_));
+    if is_static
+        && org_token.take().is_some()
+        && let Some(store) = store
+    {
+        // A long-lived token comes from the config; a stored one is of a former setup.
+        store.remove(&settings.name, None);
+    }
+    let org = Org::new(settings, max_users, org_token.unwrap_or_default());
+    let mut restored = usize::from(org.slot.current().is_some() && !is_static);
+    let mut slots = Vec::with_capacity(users.len());
+    for (user, token) in users {
+        match org.restore_user(&user, restore(token)) {
+            Some(slot) => {
+                restored += usize::from(slot.current().is_some());
+                slots.push(slot);
+            }
+            // Past the cache's cap: as the broker would hold it in memory.
+            None => {
+                if let Some(store) = store {
+                    store.remove(&org.name, Some(&user));
+                }
+            }
+        }
+    }
+    if restored > 0 {
+        info!(org = %org.name, tokens = restored, "tokens restored from the store");
+    }
+    (org, slots)
+}
 
 /// What a key's slot starts with.
 #[derive(Debug, Default)]
