@@ -326,3 +326,49 @@ impl OrgBearer for Arc<SingleFlight> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        broker::{Broker, CachePolicy, Limits},
+        config::Listen,
+        upstream::{self, Upstream},
+    };
+
+    /// A store that cannot write costs no caller its token: it is served from memory, and
+    /// its refresh token, which the store does not hold, is kept in memory for the next
+    /// rotation (a refresh grant, not a new client-credentials grant).
+    #[tokio::test]
+    async fn a_token_the_store_cannot_keep_is_served_from_memory_with_its_refresh_token() {
+        let listen = Listen::Tcp("127.0.0.1:0".parse().expect("an address"));
+        let (config, sandbox) = crate::demo::start(listen).await.expect("the demo sandbox");
+        let upstream = Upstream::new(Duration::from_secs(5), Arc::new(upstream::Unobserved))
+            .expect("an HTTP client");
+        let policy = CachePolicy {
+            prefetch_org_tokens: false,
+            ..CachePolicy::default()
+        };
+        let store = Some((Arc::new(Store::failing()), Vec::new()));
+        let broker = Broker::with_store(config.orgs, upstream, policy, Limits::default(), store);
+        let org = broker.find_org("", &|_| true).expect("the demo org");
+        let first = broker
+            .org_token(&org, None)
+            .await
+            .expect("served from memory");
+        let second = broker
+            .refresh(&org, None, Some(first.token.access_token.expose()))
+            .await
+            .expect("rotated");
+        assert_eq!(second.token.generation, 2);
+        let stats = sandbox.stats();
+        assert_eq!(
+            (stats.client_credentials, stats.refresh_token),
+            (1, 1),
+            "the second through the refresh token kept in memory"
+        );
+        assert_eq!(second.token.reason, Reason::Forced);
+    }
+}

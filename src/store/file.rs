@@ -118,6 +118,15 @@ impl FileStore {
         ))
     }
 
+    /// A store with no writer: every operation fails as if its thread had died.
+    #[cfg(test)]
+    pub fn stopped() -> Self {
+        Self {
+            ops: None,
+            writer: None,
+        }
+    }
+
     pub async fn put(&self, key: Key, record: Vec<u8>) -> Result<(), StoreError> {
         let (done, answer) = oneshot::channel();
         self.send(Op::Put { key, record, done })?;

@@ -280,6 +280,17 @@ impl Store {
         self.file.remove_org(org.to_owned());
     }
 
+    /// A store whose every write fails (its writer is gone), for the tests of what the
+    /// broker does then.
+    #[cfg(test)]
+    pub(crate) fn failing() -> Self {
+        Self {
+            file: file::FileStore::stopped(),
+            sealer: Sealer::new(&[StoreKey::generate()]),
+            observer: Arc::new(Unobserved),
+        }
+    }
+
     fn observe(&self, operation: &'static str, ok: bool, started: Instant) {
         let outcome = if ok { "ok" } else { "error" };
         self.observer
