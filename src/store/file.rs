@@ -24,6 +24,11 @@ const TOKENS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("token
 /// The most operations put in one transaction.
 const MAX_BATCH: usize = 1024;
 
+/// The most operations waiting for the writer. Past it an operation fails at once (a put
+/// is then served from memory, a take means the primary grant, a removal is left for the
+/// idle drop after the next start) rather than the queue growing without bound.
+const MAX_QUEUED: usize = 64 * 1024;
+
 /// redb's page cache: the broker reads the file once, at start; writes need little.
 const CACHE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -55,7 +60,7 @@ enum Op {
 /// thread to finish what was asked and close the file (so the file is free again).
 #[derive(Debug)]
 pub(super) struct FileStore {
-    ops: Option<mpsc::Sender<Op>>,
+    ops: Option<mpsc::SyncSender<Op>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -104,7 +109,7 @@ impl FileStore {
                 e => problem(e.to_string()),
             })?;
         let records = read_all(&db).map_err(|e| problem(e.to_string()))?;
-        let (ops, queue) = mpsc::channel();
+        let (ops, queue) = mpsc::sync_channel(MAX_QUEUED);
         let writer = std::thread::Builder::new()
             .name("tokenbroker-store".into())
             .spawn(move || write_loop(&db, &queue))
@@ -159,7 +164,11 @@ impl FileStore {
 
     fn send(&self, op: Op) -> Result<(), StoreError> {
         let ops = self.ops.as_ref().ok_or(StoreError::Stopped)?;
-        ops.send(op).map_err(|_| StoreError::Stopped)
+        // Never blocks the caller's thread (an async runtime's): a full queue is an error.
+        ops.try_send(op).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => StoreError::Busy,
+            mpsc::TrySendError::Disconnected(_) => StoreError::Stopped,
+        })
     }
 }
 

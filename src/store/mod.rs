@@ -59,6 +59,9 @@ pub enum StoreError {
     /// A write did not commit.
     #[error("the token store could not commit: {0}")]
     Write(String),
+    /// More operations wait for the writer than it holds (the disk is far behind).
+    #[error("the token store is behind: too many writes waiting")]
+    Busy,
     /// The writer thread is gone.
     #[error("the token store has stopped")]
     Stopped,
