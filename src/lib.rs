@@ -15,6 +15,9 @@
 //! service from a config and drains them at shutdown; [`Listener`] (`listener.rs`) takes
 //! the connections; [`Reloader`] (`reload.rs`) applies a new config to a running server.
 #![forbid(unsafe_code)]
+// The compiler proves the RPC futures Send through the Redis client's types, which nest
+// deeper than its default limit of 128.
+#![recursion_limit = "256"]
 
 pub mod audit;
 pub mod auth;

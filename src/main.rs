@@ -199,7 +199,7 @@ async fn broker(config_path: Option<PathBuf>, listen: Option<Listen>) -> ExitCod
     if let Some(sandbox) = &_sandbox {
         info!("{}", demo::usage(&listener.local_addr(), sandbox));
     }
-    let server = match tokenbroker::Server::new(config) {
+    let server = match tokenbroker::Server::new(config).await {
         Ok(server) => server,
         // A setting to change, as for an invalid config.
         Err(e @ tokenbroker::Error::Store(_)) => {

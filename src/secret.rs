@@ -101,6 +101,10 @@ secret_type!(
     AuthCode
 );
 secret_type!(
+    /// A Redis URL (`store.redis_url`): it may carry a password, so it is never shown.
+    RedisUrl
+);
+secret_type!(
     /// The server's TLS private key, PEM.
     PrivateKey
 );

@@ -77,7 +77,7 @@ pub async fn run(
     listener: impl Into<Listener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
-    Server::new(config)?.serve(listener, shutdown).await
+    Server::new(config).await?.serve(listener, shutdown).await
 }
 
 /// A broker ready to serve: its cache, its gate (callers and limits), its config.
@@ -90,20 +90,22 @@ pub struct Server {
 }
 
 impl Server {
-    /// The broker `config` describes. Must be called within a Tokio runtime.
-    pub fn new(config: Config) -> Result<Self, Error> {
+    /// The broker `config` describes, its store opened (and every stored token read).
+    /// Must be called within a Tokio runtime.
+    pub async fn new(config: Config) -> Result<Self, Error> {
         let metrics = Arc::new(Metrics::default());
         let upstream = Upstream::new(config.request_timeout, Arc::clone(&metrics) as _)
             .map_err(Error::HttpClient)?;
-        let store = config
-            .store
-            .as_ref()
-            .map(|settings| {
-                crate::store::Store::open(settings, Arc::clone(&metrics) as _)
-                    .map(|(store, loaded)| (Arc::new(store), loaded))
-            })
-            .transpose()
-            .map_err(Error::Store)?;
+        let store = match &config.store {
+            Some(settings) => {
+                let (store, loaded) =
+                    crate::store::Store::open(settings, Arc::clone(&metrics) as _)
+                        .await
+                        .map_err(Error::Store)?;
+                Some((Arc::new(store), loaded))
+            }
+            None => None,
+        };
         let broker = Broker::with_store(
             config.orgs.clone(),
             upstream,

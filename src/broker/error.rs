@@ -48,6 +48,20 @@ pub enum BrokerError {
     /// as unavailable so the caller retries.
     #[error("{key}: no valid token: {detail}; try again shortly")]
     Internal { key: String, detail: &'static str },
+    /// Another replica's flight for the key failed, and every replica holds off the
+    /// platform for the key until it may try again.
+    #[error("{message} (every replica holds off {key} for {}s more)", .left.as_secs().max(1))]
+    Held {
+        key: String,
+        kind: crate::store::HoldKind,
+        /// What the replica that failed told its callers.
+        message: String,
+        left: Duration,
+    },
+    /// The shared token store did not answer, and the broker holds no valid token it could
+    /// hand out meanwhile (it never presents a refresh token the store did not give it).
+    #[error("{key}: the token store is unreachable ({detail}); try again shortly")]
+    StoreUnavailable { key: String, detail: String },
     /// So many callers wait on the platform already that one more would not fit the
     /// memory bound (`server.max_waiting_callers`).
     #[error(

@@ -3,7 +3,9 @@
 //! queued behind a flight takes its outcome, and the one holding the lock decides, looking
 //! again, whether to fly at all. A flight runs in its own task, so a caller that goes away
 //! never cancels it half-way, and it lands its outcome on the slot: the new token (with
-//! its next renewal planned) or the error and how long to hold off.
+//! its next renewal planned) or the error and how long to hold off. With a store that
+//! several replicas share, the one deciding to fly first claims the key there
+//! ([`super::replicas`]): one replica flies per key, the others take its token.
 
 use std::{
     sync::Arc,
@@ -20,12 +22,13 @@ use super::{
     grant::{Grants, Miss, OrgBearer},
     org::Org,
     plan::Planner,
+    replicas::{Claimed, Waiters},
     slot::{Flight, Landing, Slot, Turn},
     stats::Counters,
 };
 use crate::{
     secret::RefreshToken,
-    store::{NewToken, Store},
+    store::{Installed, Lease, NewToken, Store, Stored},
     upstream::Upstream,
 };
 
@@ -45,7 +48,7 @@ pub(super) enum Want<'a> {
 #[derive(Debug)]
 pub(super) struct SingleFlight {
     grants: Grants,
-    renewal: RenewalPolicy,
+    pub renewal: RenewalPolicy,
     pub planner: Planner,
     pub stats: Arc<Counters>,
     /// Where every new token is written before it is handed out, when configured.
@@ -53,6 +56,35 @@ pub(super) struct SingleFlight {
     /// Places for user-token flights in progress (`Limits::max_concurrent_flights`).
     places: Arc<Semaphore>,
     max_places: usize,
+    /// Flights waiting for another replica's (with a shared store).
+    pub waiters: Waiters,
+}
+
+/// What a caller's want, and the slot's token, call for.
+enum Decision {
+    /// This token answers it.
+    Done(SharedToken),
+    /// A flight, for this reason.
+    Fly(Reason),
+}
+
+/// Decides under the slot's lock whether `want` needs a flight, given the slot's `current`
+/// token at `now`.
+fn decide(want: Want<'_>, current: Option<SharedToken>, now: Instant, key: &TokenKey) -> Decision {
+    let reason = match (want, current) {
+        (Want::Usable, Some(t)) if t.is_usable(now) => return Decision::Done(t),
+        (Want::Usable, Some(_)) => Reason::Renewed,
+        (Want::Usable, None) => Reason::Issued,
+        (Want::Rotation { stale: Some(stale) }, Some(t)) if t.access_token.expose() != stale => {
+            debug!(key = %key, fingerprint = %t.fingerprint, "refresh names an already replaced token; returning the current one");
+            return Decision::Done(t);
+        }
+        (Want::Rotation { .. }, Some(_)) => Reason::Forced,
+        (Want::Renewal { of }, Some(t)) if !Arc::ptr_eq(of, &t) => return Decision::Done(t),
+        (Want::Renewal { .. }, Some(_)) => Reason::Renewed,
+        (Want::Rotation { .. } | Want::Renewal { .. }, None) => Reason::Issued,
+    };
+    Decision::Fly(reason)
 }
 
 impl SingleFlight {
@@ -73,6 +105,7 @@ impl SingleFlight {
             stats,
             places: Arc::new(Semaphore::new(max_places)),
             max_places,
+            waiters: Waiters::default(),
         }
     }
 
@@ -93,16 +126,19 @@ impl SingleFlight {
             return Ok(token);
         }
         match self.token(org, slot, Want::Usable).await {
-            Err(e @ (BrokerError::Unavailable { .. } | BrokerError::Internal { .. })) => {
-                match slot.current() {
-                    Some(token) if token.is_valid(Instant::now()) => {
-                        debug!(key = %slot.key, error = %e, "platform failing; handing out the still valid token");
-                        self.stats.served_stale();
-                        Ok(token)
-                    }
-                    _ => Err(e),
+            Err(
+                e @ (BrokerError::Unavailable { .. }
+                | BrokerError::Internal { .. }
+                | BrokerError::StoreUnavailable { .. }
+                | BrokerError::Held { .. }),
+            ) => match slot.current() {
+                Some(token) if token.is_valid(Instant::now()) => {
+                    debug!(key = %slot.key, error = %e, "platform failing; handing out the still valid token");
+                    self.stats.served_stale();
+                    Ok(token)
                 }
-            }
+                _ => Err(e),
+            },
             other => other,
         }
     }
@@ -125,33 +161,54 @@ impl SingleFlight {
             Turn::Joined(Err(e)) => return Err(e),
             Turn::Mine(flight) => flight,
         };
-        // Under the lock, look again: the decision to fly is made by one caller at a time.
-        let now = Instant::now();
-        let current = slot.current();
-        let reason = match (want, &current) {
-            (Want::Usable, Some(t)) if t.is_usable(now) => return Ok(Arc::clone(t)),
-            (Want::Usable, Some(_)) => Reason::Renewed,
-            (Want::Usable, None) => Reason::Issued,
-            (Want::Rotation { stale: Some(stale) }, Some(t))
-                if t.access_token.expose() != stale =>
+        // Under the lock, look again: the decision to fly is made by one caller at a time;
+        // with a shared store, after the claim that makes it one replica at a time.
+        let (reason, lease) = loop {
+            let now = Instant::now();
+            let reason = match decide(want, slot.current(), now, &slot.key) {
+                Decision::Done(token) => return Ok(token),
+                Decision::Fly(reason) => reason,
+            };
+            // After a failure, wait before asking the platform again: callers get the error.
             {
-                debug!(key = %slot.key, fingerprint = %t.fingerprint, "refresh names an already replaced token; returning the current one");
-                return Ok(Arc::clone(t));
+                let state = flight.state();
+                if state.retry_at().is_some_and(|at| now < at)
+                    && let Some(e) = state.last_error()
+                {
+                    return Err(BrokerError::clone(e));
+                }
             }
-            (Want::Rotation { .. }, Some(_)) => Reason::Forced,
-            (Want::Renewal { of }, Some(t)) if !Arc::ptr_eq(of, t) => return Ok(Arc::clone(t)),
-            (Want::Renewal { .. }, Some(_)) => Reason::Renewed,
-            (Want::Rotation { .. } | Want::Renewal { .. }, None) => Reason::Issued,
+            // Boxed: the miss path only, and it keeps the callers' futures small.
+            match Box::pin(self.claim(&flight)).await {
+                Claimed::Fly(lease) => break (reason, lease),
+                Claimed::Again => {}
+                Claimed::Held { error, hold } => {
+                    flight.land(&Err(error.clone()), Some(Landing::Blocked { hold }));
+                    self.planner.plan(slot);
+                    return Err(error);
+                }
+                Claimed::Down(e) => {
+                    // A valid token held is served until the store answers again (and
+                    // renewed then); only a key with none, or one a caller saw rejected,
+                    // is fetched without the store: through its primary grant, as no
+                    // refresh token can be taken.
+                    let valid = slot.current().is_some_and(|t| t.is_valid(now));
+                    if !valid || matches!(want, Want::Rotation { .. }) {
+                        warn!(key = %slot.key, error = %e, "the shared store is unreachable; fetching this key without it");
+                        break (reason, None);
+                    }
+                    let error = BrokerError::StoreUnavailable {
+                        key: slot.key.to_string(),
+                        detail: e.to_string(),
+                    };
+                    let failures = flight.state().failures().saturating_add(1);
+                    let hold = self.renewal.backoff(failures, rand::rng().random());
+                    flight.land(&Err(error.clone()), Some(Landing::Failed { hold }));
+                    self.planner.plan(slot);
+                    return Err(error);
+                }
+            }
         };
-        // After a failure, wait before asking the platform again: callers get the error.
-        {
-            let state = flight.state();
-            if state.retry_at().is_some_and(|at| now < at)
-                && let Some(e) = state.last_error()
-            {
-                return Err(BrokerError::clone(e));
-            }
-        }
         let engine = Arc::clone(self);
         let org = Arc::clone(org);
         // A user-token flight waits for its place among the flights in progress; an org
@@ -164,7 +221,7 @@ impl SingleFlight {
                 Some(places) => places.acquire_owned().await.ok(),
                 None => None,
             };
-            engine.fly(&org, flight, reason).await
+            engine.fly(&org, flight, reason, lease).await
         })
         .await
         .unwrap_or_else(|e| {
@@ -176,12 +233,14 @@ impl SingleFlight {
         })
     }
 
-    /// One upstream request chain for a slot, holding its lock; lands the outcome.
+    /// One upstream request chain for a slot, holding its lock (and, with a shared store,
+    /// the key's `lease`, released once the outcome is in the store); lands the outcome.
     async fn fly(
         self: &Arc<Self>,
         org: &Arc<Org>,
         flight: Flight,
         reason: Reason,
+        lease: Option<Lease>,
     ) -> Result<SharedToken, BrokerError> {
         let slot = Arc::clone(flight.slot());
         self.stats.flight();
@@ -192,11 +251,7 @@ impl SingleFlight {
             .await;
         let (outcome, hold) = match obtained {
             Ok((grant, reason)) => {
-                let generation = {
-                    let mut state = flight.state();
-                    state.generation += 1;
-                    state.generation
-                };
+                let generation = flight.state().generation + 1;
                 let renew_after = self
                     .renewal
                     .renew_after(grant.expires_in, rand::rng().random());
@@ -211,10 +266,32 @@ impl SingleFlight {
                 token.reason = reason;
                 // Kept before it is handed out; the refresh token stays in memory only if
                 // the store could not keep it.
-                let unstored = self
+                let kept = self
                     .keep(&slot.key, &token, requested.1, grant.refresh_token)
                     .await;
-                flight.state().refresh_token = unstored;
+                let unstored = match kept {
+                    Kept::Newer(stored) => {
+                        // Another replica rotated the key meanwhile (its lease lapsed): its
+                        // token stays, and this one's refresh token was never stored.
+                        warn!(key = %slot.key, "another replica installed a newer token first; using it");
+                        let adopted = self.adopt(&flight, stored);
+                        drop(lease);
+                        let outcome = adopted.ok_or_else(|| BrokerError::Internal {
+                            key: slot.key.to_string(),
+                            detail: "another replica's newer token cannot be read",
+                        });
+                        flight.land(&outcome, None);
+                        self.planner.plan(&slot);
+                        return outcome;
+                    }
+                    Kept::Stored => None,
+                    Kept::InMemory(refresh) => refresh,
+                };
+                {
+                    let mut state = flight.state();
+                    state.generation = generation;
+                    state.refresh_token = unstored;
+                }
                 self.stats.rotation(reason);
                 info!(
                     key = %slot.key,
@@ -231,6 +308,7 @@ impl SingleFlight {
                 let failures = flight.state().failures().saturating_add(1);
                 warn!(key = %slot.key, failures, error = %e, "could not obtain a token");
                 let hold = self.hold_after(&e, failures);
+                self.share_hold(&slot.key, &e, hold).await;
                 (Err(e), Some(Landing::Failed { hold }))
             }
             Err(Miss::Blocked(e)) => {
@@ -252,24 +330,24 @@ impl SingleFlight {
         };
         flight.land(&outcome, hold);
         self.planner.plan(&slot);
+        drop(lease);
         outcome
     }
 
-    /// Writes `token` (and `refresh_token`) to the store, if there is one; returns the
-    /// refresh token if the store does not hold it (no store, or the write failed: the
-    /// token is still served, from memory).
+    /// Writes `token` (and `refresh_token`) to the store, if there is one, unless another
+    /// replica installed a newer one first.
     async fn keep(
         &self,
         key: &TokenKey,
         token: &Token,
         issued: SystemTime,
         refresh_token: Option<RefreshToken>,
-    ) -> Option<RefreshToken> {
+    ) -> Kept {
         let (Some(store), Some(lifetime)) = (&self.store, token.lifetime) else {
-            return refresh_token;
+            return Kept::InMemory(refresh_token);
         };
         let written = store
-            .put(
+            .install(
                 &key.org,
                 key.user.as_deref(),
                 NewToken {
@@ -284,10 +362,18 @@ impl SingleFlight {
             )
             .await;
         match written {
-            Ok(()) => None,
+            Ok(Installed::Done) => Kept::Stored,
+            Ok(Installed::Newer(stored)) => Kept::Newer(stored),
+            // A shared store that did not answer may still apply the write: its refresh
+            // token could then be taken by another replica, so this one never presents it
+            // (the next flight takes it from the store, or uses the primary grant).
+            Err(e) if store.is_shared() => {
+                warn!(key = %key, error = %e, "could not write the new token to the shared store; serving it from memory, without its refresh token");
+                Kept::InMemory(None)
+            }
             Err(e) => {
                 warn!(key = %key, error = %e, "could not write the new token to the store; serving it from memory");
-                refresh_token
+                Kept::InMemory(refresh_token)
             }
         }
     }
@@ -304,6 +390,16 @@ impl SingleFlight {
             _ => backoff,
         }
     }
+}
+
+/// Where a new token went.
+enum Kept {
+    /// Into the store, with its refresh token.
+    Stored,
+    /// Nowhere but memory; with its refresh token if this process alone may present it.
+    InMemory(Option<RefreshToken>),
+    /// Nowhere: another replica's newer token is the key's.
+    Newer(Stored),
 }
 
 /// A user flight gets its org token through the same engine: one org flight however many

@@ -50,6 +50,7 @@ mod orgs;
 mod plan;
 mod reload;
 mod renew;
+mod replicas;
 mod restore;
 mod schedule;
 mod served;
@@ -185,6 +186,14 @@ impl Broker {
             Arc::downgrade(&registry),
             shutdown.clone(),
         ));
+        if let Some(events) = engine.store.as_ref().and_then(|s| s.events()) {
+            tokio::spawn(replicas::listen(
+                Arc::downgrade(&engine),
+                Arc::downgrade(&registry),
+                events,
+                shutdown.clone(),
+            ));
+        }
         let broker = Self {
             inner: Arc::new(Inner {
                 orgs: registry,
@@ -202,8 +211,10 @@ impl Broker {
         }
         if let Some(store) = &broker.inner.engine.store {
             for org in loaded.keys() {
-                info!(org = %org, "removing the stored tokens of an org no longer configured");
-                store.remove_org(org);
+                if !store.is_shared() {
+                    info!(org = %org, "removing the stored tokens of an org no longer configured");
+                }
+                store.remove_org(org, true);
             }
         }
         broker
@@ -236,7 +247,7 @@ impl Broker {
             |settings| self.add_org(settings),
             |org| {
                 if let Some(store) = store {
-                    store.remove_org(org);
+                    store.remove_org(org, false);
                 }
             },
         )

@@ -275,6 +275,24 @@ impl Flight {
         self.slot.state()
     }
 
+    /// Takes a token another replica made, found in the store at `generation`: the slot
+    /// goes to that generation (its refresh token, of an older one, is dropped) and holds
+    /// `token` if it is still usable, waking every watcher. Nothing happens unless
+    /// `generation` is newer than the slot's: generations never go backwards.
+    pub fn adopt(&self, token: Option<SharedToken>, generation: u64) -> bool {
+        let mut state = self.slot.state();
+        if generation <= state.generation {
+            return false;
+        }
+        state.generation = generation;
+        state.refresh_token = None;
+        if let Some(token) = token {
+            state.failure = None;
+            self.slot.install(Held::Token(token));
+        }
+        true
+    }
+
     /// Ends the flight: installs its token (waking every watcher) or records its error
     /// and how long to hold off (one more failure in a row unless it was blocked), then
     /// releases the lock.

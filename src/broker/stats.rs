@@ -34,6 +34,8 @@ pub struct BrokerStats {
     pub flights_in_progress: usize,
     /// New tokens by reason: issued, renewed, forced, reissued (see [`Reason::ALL`]).
     pub rotations: [u64; 4],
+    /// Tokens another replica made, taken from the shared store.
+    pub adopted: u64,
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +48,7 @@ pub(crate) struct Counters {
     served_stale: AtomicU64,
     evictions: AtomicU64,
     streams: AtomicU64,
+    adopted: AtomicU64,
     rotations: [AtomicU64; 4],
 }
 
@@ -76,6 +79,9 @@ impl Counters {
     pub fn eviction(&self) {
         bump(&self.evictions);
     }
+    pub fn adopted(&self) {
+        bump(&self.adopted);
+    }
     pub fn rotation(&self, reason: Reason) {
         bump(&self.rotations[reason as usize]);
     }
@@ -103,6 +109,7 @@ impl Counters {
             waiting_callers: 0,
             flights_in_progress: 0,
             rotations: self.rotations.each_ref().map(get),
+            adopted: get(&self.adopted),
         }
     }
 }

@@ -45,6 +45,13 @@ impl From<SystemTime> for UnixTime {
     }
 }
 
+impl From<UnixTime> for SystemTime {
+    fn from(t: UnixTime) -> Self {
+        let seconds = u64::try_from(t.seconds).unwrap_or_default();
+        UNIX_EPOCH + Duration::new(seconds, t.nanos.min(999_999_999))
+    }
+}
+
 /// Why a token was minted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {

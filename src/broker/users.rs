@@ -98,6 +98,11 @@ impl Users {
         false
     }
 
+    /// Every slot held now.
+    pub fn all(&self) -> Vec<Arc<Slot>> {
+        self.slots.read_unpoisoned().slots().cloned().collect()
+    }
+
     /// Removes every slot.
     pub fn drain(&self) -> Vec<Arc<Slot>> {
         self.slots.write_unpoisoned().drain().collect()

@@ -1,8 +1,18 @@
-//! `[store]`: where tokens are kept across restarts (an encrypted file) and the keys that
-//! seal it.
+//! `[store]`: where tokens are kept across restarts (an encrypted file for one process, or
+//! a Redis that several replicas share) and the keys that seal it.
 
 use super::*;
-use crate::{secret::StoreKey, store::StoreSettings};
+use crate::{
+    secret::{RedisUrl, StoreKey},
+    store::{Backend, RedisSettings, RedisTarget, StoreSettings},
+};
+
+/// The key prefix in Redis when `store.prefix` is not set.
+const DEFAULT_PREFIX: &str = "tokenbroker";
+/// How long a replica's claim to fly for a key lasts unless renewed (`store.lease`).
+const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+/// How long a Redis command may take before the broker goes on without it.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// `[store]`.
 #[derive(Debug, Default, Deserialize)]
@@ -10,10 +20,33 @@ use crate::{secret::StoreKey, store::StoreSettings};
 pub(super) struct RawStore {
     /// The store file; a relative path is taken from the config file's folder.
     pub(super) path: Option<PathBuf>,
+    /// A Redis that every replica shares: `redis://host:port/db`, `rediss://` for TLS,
+    /// `user:password@` for ACLs.
+    pub(super) redis_url: Option<String>,
+    /// A Redis found through Sentinel: `{ master = "mymaster", urls = ["redis://s1:26379"] }`.
+    pub(super) redis_sentinel: Option<RawSentinel>,
+    /// What every Redis key starts with (default "tokenbroker"), so that several brokers
+    /// can share one Redis.
+    pub(super) prefix: Option<String>,
+    /// How long one replica's claim to fly for a key lasts unless renewed (default "5s").
+    pub(super) lease: Option<String>,
+    /// How long a Redis command may take (default "1s"); past it the broker goes on
+    /// without the store, serving the tokens it holds.
+    pub(super) timeout: Option<String>,
     /// Environment variables holding the keys (32 bytes, hex or base64), newest first.
     pub(super) encryption_key_env: Option<OneOrMany<String>>,
     /// Files holding the keys, newest first.
     pub(super) encryption_key_file: Option<OneOrMany<PathBuf>>,
+}
+
+/// `store.redis_sentinel`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSentinel {
+    /// The name the sentinels monitor the primary under.
+    pub(super) master: String,
+    /// The sentinels, `redis://host:port` each.
+    pub(super) urls: Vec<String>,
 }
 
 /// Where one key is read from: an environment variable or a file.
@@ -25,12 +58,7 @@ pub(super) fn store_settings(
     env: &dyn Fn(&str) -> Option<String>,
     base: &Path,
 ) -> Result<StoreSettings, ConfigError> {
-    let Some(path) = raw.path else {
-        return Err(error(
-            "store.path",
-            "is required: the file the tokens are kept in (e.g. \"/var/lib/tokenbroker/tokens.redb\"); delete [store] to keep tokens in memory only",
-        ));
-    };
+    let backend = backend(&raw, base)?;
     let (key_setting, sources): (&'static str, Vec<KeySource>) = match (
         &raw.encryption_key_env,
         &raw.encryption_key_file,
@@ -56,7 +84,7 @@ pub(super) fn store_settings(
         (None, None) => {
             return Err(error(
                 "store.encryption_key_env",
-                "is required with store.path: the variable holding the key that seals the stored tokens (make one with `tokenbroker gen-store-key`), or set store.encryption_key_file",
+                "is required with [store]: the variable holding the key that seals the stored tokens (make one with `tokenbroker gen-store-key`), or set store.encryption_key_file",
             ));
         }
     };
@@ -76,10 +104,120 @@ pub(super) fn store_settings(
         keys.push(key);
     }
     Ok(StoreSettings {
-        path: base.join(path),
+        backend,
         keys,
         key_setting,
     })
+}
+
+/// Where `raw` keeps the tokens: a file or a Redis, exactly one.
+fn backend(raw: &RawStore, base: &Path) -> Result<Backend, ConfigError> {
+    let redis_only = [
+        ("store.prefix", raw.prefix.is_some()),
+        ("store.lease", raw.lease.is_some()),
+        ("store.timeout", raw.timeout.is_some()),
+    ];
+    let target = match (&raw.path, &raw.redis_url, &raw.redis_sentinel) {
+        (Some(path), None, None) => {
+            if let Some((key, _)) = redis_only.iter().find(|(_, set)| *set) {
+                return Err(error(
+                    *key,
+                    "applies to a Redis store only (store.redis_url)",
+                ));
+            }
+            return Ok(Backend::File {
+                path: base.join(path),
+            });
+        }
+        (None, Some(url), None) => RedisTarget::Url(redis_url("store.redis_url", url)?),
+        (None, None, Some(sentinel)) => {
+            if sentinel.master.is_empty() {
+                return Err(error("store.redis_sentinel.master", "is empty"));
+            }
+            if sentinel.urls.is_empty() {
+                return Err(error("store.redis_sentinel.urls", "lists no sentinel"));
+            }
+            let urls = sentinel
+                .urls
+                .iter()
+                .map(|u| redis_url("store.redis_sentinel.urls", u))
+                .collect::<Result<_, _>>()?;
+            RedisTarget::Sentinel {
+                master: sentinel.master.clone(),
+                urls,
+            }
+        }
+        (None, None, None) => {
+            return Err(error(
+                "store",
+                "needs path (a file, for one broker process: e.g. \"/var/lib/tokenbroker/tokens.redb\") or redis_url (a Redis that several replicas share); delete [store] to keep tokens in memory only",
+            ));
+        }
+        _ => {
+            return Err(error(
+                "store",
+                "set one of path, redis_url and redis_sentinel: a file is one process's store, a Redis is every replica's",
+            ));
+        }
+    };
+    let prefix = raw.prefix.clone().unwrap_or_else(|| DEFAULT_PREFIX.into());
+    if prefix.is_empty() || prefix.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(error(
+            "store.prefix",
+            "must be non-empty, without spaces or control characters",
+        ));
+    }
+    let duration = |key: &str, text: &Option<String>, default: Duration| {
+        let value = text
+            .as_deref()
+            .map_or(Ok(default), |t| parse_duration(key, t))?;
+        if value.is_zero() {
+            return Err(error(key, "must be more than zero"));
+        }
+        Ok(value)
+    };
+    let lease = duration("store.lease", &raw.lease, DEFAULT_LEASE)?;
+    let timeout = duration("store.timeout", &raw.timeout, DEFAULT_TIMEOUT)?;
+    if lease < Duration::from_millis(300) {
+        return Err(error(
+            "store.lease",
+            "must be at least 300ms: a lease is renewed every third of it",
+        ));
+    }
+    Ok(Backend::Redis(RedisSettings {
+        target,
+        prefix,
+        lease,
+        timeout,
+    }))
+}
+
+/// A Redis URL as the settings keep it (its password, if any, never shown).
+fn redis_url(key: &str, url: &str) -> Result<RedisUrl, ConfigError> {
+    let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|s| url.starts_with(s));
+    if !scheme_ok {
+        return Err(error(
+            key,
+            "must start with redis:// (or rediss:// for TLS, unix:// for a socket)",
+        ));
+    }
+    Ok(RedisUrl::new(url))
+}
+
+/// A URL as `describe` shows it: any password replaced by `***`.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// `[store]` as TOML, its keys named by where they come from (never the keys).
@@ -91,6 +229,26 @@ pub(super) fn describe(raw: &RawStore) -> String {
     let mut out = String::from("\n[store]\n");
     if let Some(path) = &raw.path {
         out.push_str(&format!("path = {:?}\n", path.display().to_string()));
+    }
+    if let Some(url) = &raw.redis_url {
+        out.push_str(&format!("redis_url = {:?}\n", without_password(url)));
+    }
+    if let Some(sentinel) = &raw.redis_sentinel {
+        let urls = sentinel.urls.iter().map(|u| without_password(u)).collect();
+        out.push_str(&format!(
+            "redis_sentinel = {{ master = {:?}, urls = {} }}\n",
+            sentinel.master,
+            list(urls)
+        ));
+    }
+    for (key, value) in [
+        ("prefix", &raw.prefix),
+        ("lease", &raw.lease),
+        ("timeout", &raw.timeout),
+    ] {
+        if let Some(value) = value {
+            out.push_str(&format!("{key} = {value:?}\n"));
+        }
     }
     if let Some(envs) = &raw.encryption_key_env {
         out.push_str(&format!("encryption_key_env = {}\n", list(envs.to_vec())));

@@ -2,6 +2,7 @@
 //! names its key.
 
 use super::{files::within, *};
+use crate::store::{Backend, RedisTarget};
 
 #[test]
 fn a_read_that_blocks_is_given_up_naming_the_key_and_the_file() {
@@ -311,6 +312,51 @@ fn loopback_http_is_allowed_and_static_tokens_come_from_files() {
 }
 
 #[test]
+fn a_redis_store_takes_its_url_prefix_and_lease_and_never_shows_its_password() {
+    let key = "ab".repeat(32);
+    let env = |name: &str| {
+        (name == "K")
+            .then(|| key.clone())
+            .or_else(|| self::env(name))
+    };
+    let text = format!(
+        "{GOOD}\n[store]\nredis_url = \"redis://app:pa55word@127.0.0.1:6379/2\"\nprefix = \"tb-eu\"\nlease = \"3s\"\nencryption_key_env = \"K\""
+    );
+    let c = Config::parse(&text, &env, Path::new(".")).unwrap();
+    let Backend::Redis(redis) = &c.store.as_ref().unwrap().backend else {
+        panic!("a Redis store");
+    };
+    assert_eq!(redis.prefix, "tb-eu");
+    assert_eq!(redis.lease, Duration::from_secs(3));
+    assert_eq!(redis.timeout, Duration::from_secs(1));
+    assert!(matches!(&redis.target, RedisTarget::Url(u) if u.expose().contains("pa55word")));
+    let described = c.describe();
+    assert!(
+        described.contains("redis_url = \"redis://app:***@127.0.0.1:6379/2\""),
+        "{described}"
+    );
+    assert!(!described.contains("pa55word"), "{described}");
+    assert!(
+        !format!("{c:?}").contains("pa55word"),
+        "Debug shows no password"
+    );
+
+    let sentinel = format!(
+        "{GOOD}\n[store]\nredis_sentinel = {{ master = \"mymaster\", urls = [\"redis://s1:26379\", \"redis://s2:26379\"] }}\nencryption_key_env = \"K\""
+    );
+    let c = Config::parse(&sentinel, &env, Path::new(".")).unwrap();
+    let Backend::Redis(redis) = &c.store.as_ref().unwrap().backend else {
+        panic!("a Redis store");
+    };
+    assert_eq!(redis.prefix, "tokenbroker");
+    assert!(
+        matches!(&redis.target, RedisTarget::Sentinel { master, urls } if master == "mymaster" && urls.len() == 2)
+    );
+    let again = Config::parse(&c.describe(), &env, Path::new(".")).unwrap();
+    assert!(matches!(again.store.unwrap().backend, Backend::Redis(_)));
+}
+
+#[test]
 fn the_store_needs_its_key_reads_hex_or_base64_and_describes_itself_without_it() {
     let key = "ab".repeat(32);
     let env = |name: &str| match name {
@@ -328,7 +374,11 @@ fn the_store_needs_its_key_reads_hex_or_base64_and_describes_itself_without_it()
     };
     let c = with("path = \"tokens.redb\"\nencryption_key_env = [\"NEW\", \"OLD\"]").unwrap();
     let store = c.store.as_ref().unwrap();
-    assert_eq!(store.path, Path::new("/etc/tb/tokens.redb"));
+    let path = |b: &Backend| match b {
+        Backend::File { path } => path.clone(),
+        Backend::Redis(_) => panic!("a file store"),
+    };
+    assert_eq!(path(&store.backend), Path::new("/etc/tb/tokens.redb"));
     assert_eq!(store.keys.len(), 2);
     let described = c.describe();
     assert!(described.contains("[store]"), "{described}");
@@ -347,7 +397,7 @@ fn the_store_needs_its_key_reads_hex_or_base64_and_describes_itself_without_it()
         Path::new("/etc/tb"),
     )
     .unwrap();
-    assert_eq!(again.store.unwrap().path, store.path);
+    assert_eq!(path(&again.store.unwrap().backend), path(&store.backend));
 
     for (store, key, says) in [
         (
@@ -355,7 +405,27 @@ fn the_store_needs_its_key_reads_hex_or_base64_and_describes_itself_without_it()
             "store.encryption_key_env",
             "gen-store-key",
         ),
-        ("encryption_key_env = \"NEW\"", "store.path", "is required"),
+        ("encryption_key_env = \"NEW\"", "store", "needs path"),
+        (
+            "path = \"t.redb\"\nredis_url = \"redis://r\"\nencryption_key_env = \"NEW\"",
+            "store",
+            "one of path, redis_url",
+        ),
+        (
+            "redis_url = \"http://r\"\nencryption_key_env = \"NEW\"",
+            "store.redis_url",
+            "redis://",
+        ),
+        (
+            "path = \"t.redb\"\nprefix = \"x\"\nencryption_key_env = \"NEW\"",
+            "store.prefix",
+            "Redis store only",
+        ),
+        (
+            "redis_url = \"redis://r\"\nlease = \"100ms\"\nencryption_key_env = \"NEW\"",
+            "store.lease",
+            "at least 300ms",
+        ),
         (
             "path = \"t.redb\"\nencryption_key_env = \"MISSING\"",
             "store.encryption_key_env",

@@ -2,7 +2,7 @@
 
 use tonic::{Code, Status};
 
-use crate::{auth::AuthError, broker::BrokerError};
+use crate::{auth::AuthError, broker::BrokerError, store::HoldKind};
 
 impl From<BrokerError> for Status {
     fn from(e: BrokerError) -> Self {
@@ -12,7 +12,14 @@ impl From<BrokerError> for Status {
             BrokerError::CredentialsRejected { .. } | BrokerError::NotRotatable { .. } => {
                 Code::FailedPrecondition
             }
-            BrokerError::Unavailable { .. } | BrokerError::Internal { .. } => Code::Unavailable,
+            BrokerError::Unavailable { .. }
+            | BrokerError::Internal { .. }
+            | BrokerError::StoreUnavailable { .. } => Code::Unavailable,
+            BrokerError::Held { kind, .. } => match kind {
+                HoldKind::Credentials => Code::FailedPrecondition,
+                HoldKind::UnknownUser => Code::NotFound,
+                HoldKind::Unavailable => Code::Unavailable,
+            },
             BrokerError::OutOfRange { .. } => Code::OutOfRange,
             BrokerError::TooManyWaiting { .. } => Code::ResourceExhausted,
         };

@@ -122,6 +122,17 @@ impl Sandbox {
         })
     }
 
+    /// Another handle on this running sandbox, sharing its state and counters; dropping it
+    /// leaves the sandbox running (for several brokers in front of one sandbox).
+    pub fn handle(&self) -> Self {
+        Self {
+            addr: self.addr,
+            config: self.config.clone(),
+            state: Arc::clone(&self.state),
+            stop: self.stop.child_token(),
+        }
+    }
+
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr

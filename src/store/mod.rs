@@ -1,15 +1,20 @@
 //! The broker's memory outside the process: every key's current token and refresh token,
-//! sealed, in one file that outlives restarts (`[store] path`). It knows nothing of the
+//! sealed, in one file that outlives restarts (`[store] path`, [`file`]) or in a Redis that
+//! several replicas share (`[store] redis_url`, [`redis`]). It knows nothing of the
 //! broker's slots or of tonic: it stores records and answers a handful of operations, each
-//! durable (committed) before it returns. Without `[store]` the broker keeps tokens in
-//! memory only, as the demo does.
+//! durable (committed, or applied by the Redis primary) before it returns. Without
+//! `[store]` the broker keeps tokens in memory only, as the demo does.
 //!
 //! The one operation that matters most is [`Store::take_refresh`]: a refresh token leaves
-//! the file in a committed transaction before the broker sends it, so a crash at any moment
-//! never leads to a second presentation after the restart.
+//! the store (a committed transaction, or one atomic script on the Redis primary) before
+//! the broker sends it, so neither a crash nor a second replica ever leads to a second
+//! presentation. Everything else a shared store adds (leases, holds, rotation messages) is
+//! for efficiency: one upstream request chain per key across replicas, and every rotation
+//! pushed to every replica.
 
 mod file;
 mod record;
+mod redis;
 mod seal;
 
 use std::{
@@ -21,20 +26,53 @@ use std::{
 use prost::Message;
 use tracing::warn;
 
-use crate::secret::{AccessToken, RefreshToken, StoreKey};
+use crate::secret::{AccessToken, RedisUrl, RefreshToken, StoreKey};
 use record::Record;
 use seal::{Binding, OpenError, Sealer};
+
+pub use redis::{Event, Lease};
 
 /// Where the tokens are kept and how they are sealed (`[store]`).
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
-    /// The store file (`store.path`).
-    pub path: PathBuf,
+    /// A file or a Redis.
+    pub backend: Backend,
     /// The keys (`store.encryption_key_env` or `store.encryption_key_file`): the first
     /// seals, any opens.
     pub keys: Vec<StoreKey>,
     /// The setting the keys came from, for errors: `store.encryption_key_env`.
     pub key_setting: &'static str,
+}
+
+/// Where the records live.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// One process's file (`store.path`).
+    File { path: PathBuf },
+    /// A Redis every replica shares (`store.redis_url` or `store.redis_sentinel`).
+    Redis(RedisSettings),
+}
+
+/// A Redis store (`[store]` with `redis_url` or `redis_sentinel`).
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub target: RedisTarget,
+    /// What every key starts with (`store.prefix`).
+    pub prefix: String,
+    /// How long one replica's claim to fly for a key lasts unless renewed (`store.lease`).
+    pub lease: Duration,
+    /// How long one command may take (`store.timeout`).
+    pub timeout: Duration,
+}
+
+/// How the Redis primary is found.
+#[derive(Debug, Clone)]
+pub enum RedisTarget {
+    /// At one URL (`store.redis_url`).
+    Url(RedisUrl),
+    /// Through Sentinel (`store.redis_sentinel`): the primary of `master`, as the sentinels
+    /// at `urls` name it.
+    Sentinel { master: String, urls: Vec<RedisUrl> },
 }
 
 /// Why the store could not be opened or used.
@@ -65,6 +103,12 @@ pub enum StoreError {
     /// The writer thread is gone.
     #[error("the token store has stopped")]
     Stopped,
+    /// The Redis could not be reached or did not answer in time (`store.timeout`).
+    #[error("the Redis token store is unreachable: {0}")]
+    Unreachable(String),
+    /// The Redis answered something the broker did not ask for or cannot read.
+    #[error("the Redis token store answered unexpectedly: {0}")]
+    Protocol(String),
 }
 
 /// Counts the store's operations (the metrics at the top of the crate implement it).
@@ -108,6 +152,79 @@ pub struct NewToken<'a> {
     pub refresh_token: Option<&'a RefreshToken>,
 }
 
+/// A key's record as another replica left it: its generation, and its token if that one
+/// can be read (else the key is fetched anew, at the next generation).
+#[derive(Debug)]
+pub struct Stored {
+    pub generation: u64,
+    pub token: Option<StoredToken>,
+}
+
+/// What a replica may do about a key before it asks the platform ([`Store::claim`]).
+#[derive(Debug)]
+pub enum Claim {
+    /// Fly: this replica holds the key's lease (renewed while it lives, released when
+    /// dropped), or no lease is needed (a file has one process).
+    Fly(Option<Lease>),
+    /// The store holds a newer generation than the one the replica knows: take it.
+    Newer(Stored),
+    /// Every replica holds off the key for a while after a failure.
+    Held(Hold),
+    /// Another replica flies for the key now; its lease lapses within `within` unless
+    /// renewed.
+    Flying { within: Duration },
+}
+
+/// What [`Store::install`] did.
+#[derive(Debug)]
+pub enum Installed {
+    /// The new token is the key's record now.
+    Done,
+    /// Another replica installed a newer one first: it stays (and the new token's refresh
+    /// token was not stored, so it is never presented).
+    Newer(Stored),
+}
+
+/// A failure one replica saw that holds every replica off a key (or every key of an org)
+/// for a while: a backoff, a 429's `Retry-After`, rejected credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    /// How long from now.
+    pub left: Duration,
+    pub kind: HoldKind,
+    /// What the replica that saw it told its callers (never a secret).
+    pub message: String,
+}
+
+/// The kind of failure behind a [`Hold`], so every replica answers it with the same status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldKind {
+    /// The platform rejected the org's credentials.
+    Credentials,
+    /// The platform does not know the user.
+    UnknownUser,
+    /// The platform failed or throttled.
+    Unavailable,
+}
+
+impl HoldKind {
+    fn code(self) -> &'static str {
+        match self {
+            Self::Credentials => "credentials",
+            Self::UnknownUser => "unknown-user",
+            Self::Unavailable => "unavailable",
+        }
+    }
+
+    fn from_code(code: &str) -> Self {
+        match code {
+            "credentials" => Self::Credentials,
+            "unknown-user" => Self::UnknownUser,
+            _ => Self::Unavailable,
+        }
+    }
+}
+
 /// A record read at start.
 #[derive(Debug)]
 pub struct Loaded {
@@ -119,9 +236,16 @@ pub struct Loaded {
 /// The token store.
 #[derive(Debug)]
 pub struct Store {
-    file: file::FileStore,
+    backend: Records,
     sealer: Sealer,
     observer: Arc<dyn Observer>,
+}
+
+/// Where the records are.
+#[derive(Debug)]
+enum Records {
+    File(file::FileStore),
+    Redis(redis::RedisStore),
 }
 
 fn key(org: &str, user: Option<&str>) -> file::Key {
@@ -132,13 +256,22 @@ impl Store {
     /// Opens the store `settings` names and reads every record in it. Records that do not
     /// open or parse are logged by key and removed (their keys are issued anew); if there
     /// are records and none opens, the keys are wrong and the store is not opened.
-    pub fn open(
+    pub async fn open(
         settings: &StoreSettings,
         observer: Arc<dyn Observer>,
     ) -> Result<(Self, Vec<Loaded>), StoreError> {
-        let (file, records) = file::FileStore::open(&settings.path)?;
+        let (backend, records) = match &settings.backend {
+            Backend::File { path } => {
+                let (file, records) = file::FileStore::open(path)?;
+                (Records::File(file), records)
+            }
+            Backend::Redis(redis) => {
+                let (redis, records) = redis::RedisStore::open(redis).await?;
+                (Records::Redis(redis), records)
+            }
+        };
         let store = Self {
-            file,
+            backend,
             sealer: Sealer::new(&settings.keys),
             observer,
         };
@@ -168,9 +301,102 @@ impl Store {
         }
         for (org, user, problem) in unreadable {
             warn!(org = %org, user = ?user, %problem, "a stored token cannot be read; it will be issued anew");
-            store.file.remove(key(&org, user.as_deref()));
+            // In a shared store, its generation stays: the next token is one more.
+            if let Records::File(file) = &store.backend {
+                file.remove(key(&org, user.as_deref()));
+            }
         }
         Ok((store, loaded))
+    }
+
+    /// Whether several replicas share this store (Redis): only then do claims, holds and
+    /// rotation messages mean anything.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Records::Redis(_))
+    }
+
+    /// The rotations other replicas make (and the moments to re-read every key), once:
+    /// `None` for a file, or if taken already.
+    pub fn events(&self) -> Option<tokio::sync::mpsc::Receiver<Event>> {
+        match &self.backend {
+            Records::File(_) => None,
+            Records::Redis(redis) => redis.events(),
+        }
+    }
+
+    /// Before a replica asks the platform for a key it knows at generation `known`: fly
+    /// (holding the key's lease), take the newer token another replica made, honour a
+    /// hold, or wait for another replica's flight.
+    pub async fn claim(
+        &self,
+        org: &str,
+        user: Option<&str>,
+        known: u64,
+    ) -> Result<Claim, StoreError> {
+        let Records::Redis(redis) = &self.backend else {
+            return Ok(Claim::Fly(None));
+        };
+        let started = Instant::now();
+        let outcome = redis.claim(org, user, known).await;
+        self.observe("claim", outcome.is_ok(), started);
+        Ok(match outcome? {
+            redis::Claimed::Fly(lease) => Claim::Fly(Some(lease)),
+            redis::Claimed::Newer(generation, record) => {
+                Claim::Newer(self.stored(org, user, generation, record.as_deref()))
+            }
+            redis::Claimed::Held(code, message, left) => Claim::Held(Hold {
+                left,
+                kind: HoldKind::from_code(&code),
+                message,
+            }),
+            redis::Claimed::Flying(within) => Claim::Flying { within },
+        })
+    }
+
+    /// The key's record as the store holds it now (`None`: no record).
+    pub async fn read(&self, org: &str, user: Option<&str>) -> Result<Option<Stored>, StoreError> {
+        let Records::Redis(redis) = &self.backend else {
+            return Ok(None);
+        };
+        let found = redis.read(org, user).await?;
+        Ok(found.map(|(generation, record)| self.stored(org, user, generation, Some(&record))))
+    }
+
+    /// The generation the store holds for each key (0: none), in order.
+    pub async fn generations(&self, keys: &[(&str, Option<&str>)]) -> Result<Vec<u64>, StoreError> {
+        match &self.backend {
+            Records::File(_) => Ok(vec![0; keys.len()]),
+            Records::Redis(redis) => redis.generations(keys).await,
+        }
+    }
+
+    /// Holds every replica off the key (the org's token when `user` is `None`) for
+    /// `hold.left`. Nothing to do for a file: the one process holds the key itself.
+    pub async fn hold(&self, org: &str, user: Option<&str>, hold: &Hold) -> Result<(), StoreError> {
+        let Records::Redis(redis) = &self.backend else {
+            return Ok(());
+        };
+        redis
+            .hold(org, user, hold.kind.code(), &hold.message, hold.left)
+            .await
+    }
+
+    fn stored(
+        &self,
+        org: &str,
+        user: Option<&str>,
+        generation: u64,
+        record: Option<&[u8]>,
+    ) -> Stored {
+        let token = record.and_then(|bytes| match self.decode(org, user, bytes) {
+            Ok(token) if token.generation == generation => Some(token),
+            Ok(_) => None,
+            Err(problem) => {
+                warn!(org = %org, user = ?user, %problem, "a stored token cannot be read; it will be issued anew");
+                None
+            }
+        });
+        Stored { generation, token }
     }
 
     fn decode(
@@ -205,14 +431,16 @@ impl Store {
         })
     }
 
-    /// Writes `token` (with its refresh token, if any) as the key's record, replacing what
-    /// was there; returns once it is committed.
-    pub async fn put(
+    /// Writes `token` (with its refresh token, if any) as the key's record, if the record
+    /// is still at generation `token.generation - 1` or older (or gone): generations never
+    /// go backwards, and of two replicas that rotated the same key the first to install
+    /// wins. Returns once it is committed.
+    pub async fn install(
         &self,
         org: &str,
         user: Option<&str>,
         token: NewToken<'_>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Installed, StoreError> {
         let bind = |field| Binding {
             org,
             user,
@@ -229,14 +457,39 @@ impl Store {
             issued_seconds: i64::try_from(issued.as_secs()).unwrap_or(i64::MAX),
             issued_nanos: issued.subsec_nanos(),
             lifetime_ms: u64::try_from(token.lifetime.as_millis()).unwrap_or(u64::MAX),
-            refresh_token: token.refresh_token.map(|r| {
-                self.sealer
-                    .seal(bind("refresh_token"), r.expose().as_bytes())
-            }),
+            refresh_token: None,
             reason: token.reason.to_owned(),
         };
+        let refresh = token.refresh_token.map(|r| {
+            self.sealer
+                .seal(bind("refresh_token"), r.expose().as_bytes())
+        });
         let started = Instant::now();
-        let outcome = self.file.put(key(org, user), record.encode_to_vec()).await;
+        let outcome = match &self.backend {
+            Records::File(file) => {
+                let record = Record {
+                    refresh_token: refresh,
+                    ..record
+                };
+                let written = file.put(key(org, user), record.encode_to_vec()).await;
+                written.map(|()| Installed::Done)
+            }
+            Records::Redis(redis) => redis
+                .install(
+                    org,
+                    user,
+                    token.generation,
+                    &record.encode_to_vec(),
+                    refresh.as_deref(),
+                )
+                .await
+                .map(|newer| match newer {
+                    None => Installed::Done,
+                    Some((generation, record)) => {
+                        Installed::Newer(self.stored(org, user, generation, Some(&record)))
+                    }
+                }),
+        };
         self.observe("put", outcome.is_ok(), started);
         outcome
     }
@@ -251,7 +504,10 @@ impl Store {
         generation: u64,
     ) -> Result<Option<RefreshToken>, StoreError> {
         let started = Instant::now();
-        let outcome = self.file.take(key(org, user), generation).await;
+        let outcome = match &self.backend {
+            Records::File(file) => file.take(key(org, user), generation).await,
+            Records::Redis(redis) => redis.take(org, user, generation).await,
+        };
         self.observe("take", outcome.is_ok(), started);
         let Some(sealed) = outcome? else {
             return Ok(None);
@@ -273,14 +529,24 @@ impl Store {
         }
     }
 
-    /// Removes the key's record (its user was dropped from the cache).
+    /// Removes the key's record (its user was dropped from this process's cache). A
+    /// shared store keeps it, as other replicas may hold the user: its records expire on
+    /// their own.
     pub fn remove(&self, org: &str, user: Option<&str>) {
-        self.file.remove(key(org, user));
+        if let Records::File(file) = &self.backend {
+            file.remove(key(org, user));
+        }
     }
 
-    /// Removes every record of `org` (it left the configuration).
-    pub fn remove_org(&self, org: &str) {
-        self.file.remove_org(org.to_owned());
+    /// Removes every record of `org` (it left the configuration). `at_start`: found at
+    /// start under an org this process is not configured with, which in a shared store may
+    /// be another replica's newer configuration, so it stays there.
+    pub fn remove_org(&self, org: &str, at_start: bool) {
+        match &self.backend {
+            Records::File(file) => file.remove_org(org.to_owned()),
+            Records::Redis(_) if at_start => {}
+            Records::Redis(redis) => redis.remove_org(org),
+        }
     }
 
     /// A store whose every write fails (its writer is gone), for the tests of what the
@@ -288,7 +554,7 @@ impl Store {
     #[cfg(test)]
     pub(crate) fn failing() -> Self {
         Self {
-            file: file::FileStore::stopped(),
+            backend: Records::File(file::FileStore::stopped()),
             sealer: Sealer::new(&[StoreKey::generate()]),
             observer: Arc::new(Unobserved),
         }

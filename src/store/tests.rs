@@ -5,7 +5,9 @@ use super::*;
 
 fn settings(dir: &std::path::Path, keys: &[&StoreKey]) -> StoreSettings {
     StoreSettings {
-        path: dir.join("state/tokens.redb"),
+        backend: Backend::File {
+            path: dir.join("state/tokens.redb"),
+        },
         keys: keys.iter().map(|k| (*k).clone()).collect(),
         key_setting: "store.encryption_key_env",
     }
@@ -23,8 +25,8 @@ fn token(generation: u64, access: &AccessToken) -> NewToken<'_> {
     }
 }
 
-fn open(settings: &StoreSettings) -> Result<(Store, Vec<Loaded>), StoreError> {
-    Store::open(settings, Arc::new(Unobserved))
+async fn open(settings: &StoreSettings) -> Result<(Store, Vec<Loaded>), StoreError> {
+    Store::open(settings, Arc::new(Unobserved)).await
 }
 
 #[tokio::test]
@@ -33,20 +35,23 @@ async fn tokens_survive_a_reopen_and_a_refresh_token_is_taken_once_at_its_genera
     let key = StoreKey::generate();
     let settings = settings(dir.path(), &[&key]);
     {
-        let (store, loaded) = open(&settings).unwrap();
+        let (store, loaded) = open(&settings).await.unwrap();
         assert!(loaded.is_empty());
         let (access, refresh) = (AccessToken::new("at-1"), RefreshToken::new("rt-1"));
         let new = NewToken {
             refresh_token: Some(&refresh),
             ..token(3, &access)
         };
-        store.put("acme", Some("EMP-1"), new).await.unwrap();
+        store.install("acme", Some("EMP-1"), new).await.unwrap();
         store
-            .put("acme", None, token(1, &AccessToken::new("org-at")))
+            .install("acme", None, token(1, &AccessToken::new("org-at")))
             .await
             .unwrap();
         // A second process is refused while this one holds the file.
-        assert!(matches!(open(&settings), Err(StoreError::Locked { .. })));
+        assert!(matches!(
+            open(&settings).await,
+            Err(StoreError::Locked { .. })
+        ));
         // Not at that generation: nothing.
         assert!(
             store
@@ -56,12 +61,14 @@ async fn tokens_survive_a_reopen_and_a_refresh_token_is_taken_once_at_its_genera
                 .is_none()
         );
     }
-    let mode = std::fs::metadata(&settings.path).unwrap().permissions();
+    let mode = std::fs::metadata(dir.path().join("state/tokens.redb"))
+        .unwrap()
+        .permissions();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
         0o600
     );
-    let (store, mut loaded) = open(&settings).unwrap();
+    let (store, mut loaded) = open(&settings).await.unwrap();
     loaded.sort_by(|a, b| a.user.cmp(&b.user));
     assert_eq!(loaded.len(), 2);
     assert_eq!(loaded[1].user.as_deref(), Some("EMP-1"));
@@ -79,7 +86,7 @@ async fn tokens_survive_a_reopen_and_a_refresh_token_is_taken_once_at_its_genera
     );
     drop(store);
     // Taken for good: a reopened store has none either.
-    let (store, _) = open(&settings).unwrap();
+    let (store, _) = open(&settings).await.unwrap();
     assert!(
         store
             .take_refresh("acme", Some("EMP-1"), 3)
@@ -90,16 +97,16 @@ async fn tokens_survive_a_reopen_and_a_refresh_token_is_taken_once_at_its_genera
     // Removals: a user, then a whole org.
     store.remove("acme", Some("EMP-1"));
     store
-        .put("other", None, token(1, &AccessToken::new("x")))
+        .install("other", None, token(1, &AccessToken::new("x")))
         .await
         .unwrap();
-    store.remove_org("acme");
+    store.remove_org("acme", false);
     store
-        .put("other", Some("u"), token(1, &AccessToken::new("y")))
+        .install("other", Some("u"), token(1, &AccessToken::new("y")))
         .await
         .unwrap();
     drop(store);
-    let (_, loaded) = open(&settings).unwrap();
+    let (_, loaded) = open(&settings).await.unwrap();
     let orgs: Vec<&str> = loaded.iter().map(|l| l.org.as_str()).collect();
     assert_eq!(orgs, ["other", "other"]);
 }
@@ -109,30 +116,30 @@ async fn a_wrong_key_refuses_to_open_and_an_unreadable_record_is_dropped_alone()
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (StoreKey::generate(), StoreKey::generate());
     {
-        let (store, _) = open(&settings(dir.path(), &[&a])).unwrap();
+        let (store, _) = open(&settings(dir.path(), &[&a])).await.unwrap();
         for user in ["u1", "u2"] {
             store
-                .put("acme", Some(user), token(1, &AccessToken::new(user)))
+                .install("acme", Some(user), token(1, &AccessToken::new(user)))
                 .await
                 .unwrap();
         }
     }
-    let e = open(&settings(dir.path(), &[&b])).unwrap_err();
+    let e = open(&settings(dir.path(), &[&b])).await.unwrap_err();
     assert!(matches!(e, StoreError::WrongKey { records: 2, .. }), "{e}");
     assert!(e.to_string().contains("store.encryption_key_env"), "{e}");
     // Nothing was lost to the wrong key: [b, a] opens both, and seals anew with b.
-    let (store, loaded) = open(&settings(dir.path(), &[&b, &a])).unwrap();
+    let (store, loaded) = open(&settings(dir.path(), &[&b, &a])).await.unwrap();
     assert_eq!(loaded.len(), 2);
     store
-        .put("acme", Some("u1"), token(2, &AccessToken::new("u1-b")))
+        .install("acme", Some("u1"), token(2, &AccessToken::new("u1-b")))
         .await
         .unwrap();
     drop(store);
     // With b alone: u1 (sealed with b) loads; u2 (a's) is dropped and will be issued anew.
-    let (store, loaded) = open(&settings(dir.path(), &[&b])).unwrap();
+    let (store, loaded) = open(&settings(dir.path(), &[&b])).await.unwrap();
     assert_eq!(loaded.len(), 1);
     assert_eq!(loaded[0].token.access_token.expose(), "u1-b");
     drop(store);
-    let (_, loaded) = open(&settings(dir.path(), &[&b, &a])).unwrap();
+    let (_, loaded) = open(&settings(dir.path(), &[&b, &a])).await.unwrap();
     assert_eq!(loaded.len(), 1, "the unreadable record was removed");
 }

@@ -20,6 +20,9 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 use tracing_subscriber::fmt::MakeWriter;
 
+/// Real Redis (server, replica, sentinels) and a relay to cut a client off it.
+pub mod redis;
+
 pub const SECRET_ENV: &str = "ACME_SECRET";
 
 /// The sandbox the tests run against: org `acme` with 60 users, one-hour tokens.
@@ -160,7 +163,7 @@ impl Harness {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokenbroker::Server::new(config).unwrap();
+        let server = tokenbroker::Server::new(config).await.unwrap();
         let broker = server.broker().clone();
         let reloader = server.reloader();
         let registry = Arc::new(server.registry());

@@ -1,0 +1,340 @@
+//! What makes several replicas one broker when they share a store (Redis): before a flight,
+//! the claim that elects one replica per key (the others wait for its rotation, or take
+//! the newer token it left); holds one replica saw, honoured by all; and the listener that
+//! puts every rotation another replica made into this replica's slots (waking their
+//! watchers), re-reading every key held after a reconnect and on a periodic pass, and
+//! writing back what this replica holds when the store lost it. None of it decides whether
+//! a refresh token may be presented: only the store's take does (`grant.rs`).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, Weak},
+    time::{Duration, SystemTime},
+};
+
+use tokio::{sync::Notify, time::Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{
+    BrokerError, SharedToken, TokenKey,
+    flight::SingleFlight,
+    orgs::Orgs,
+    restore::restore,
+    slot::{Flight, Slot, Turn},
+};
+use crate::{
+    store::{Claim, Event, Hold, HoldKind, Lease, NewToken, Store, StoreError, Stored},
+    sync::LockUnpoisoned,
+};
+
+/// How often every key held is compared with the store, whatever messages arrived: bounds
+/// how long a lost rotation message leaves a replica behind.
+const RESYNC_EVERY: Duration = Duration::from_secs(30);
+
+/// The most keys asked about in one round trip of a resync.
+const RESYNC_BATCH: usize = 1_000;
+
+/// What the claim before a flight decided.
+pub(super) enum Claimed {
+    /// Fly, with the key's lease if the store has leases.
+    Fly(Option<Lease>),
+    /// The slot changed (a newer token, or another replica's flight ended): decide again.
+    Again,
+    /// Another replica's failure holds the key for `hold`.
+    Held { error: BrokerError, hold: Duration },
+    /// The store did not answer.
+    Down(StoreError),
+}
+
+/// The flights of this replica that wait for another replica's, by key: woken by the
+/// rotation (or release) message for their key.
+#[derive(Debug, Default)]
+pub(super) struct Waiters {
+    by_key: Mutex<HashMap<TokenKey, Arc<Notify>>>,
+}
+
+/// A flight's place among the waiters; leaves when dropped.
+struct Waiting<'a> {
+    waiters: &'a Waiters,
+    key: &'a TokenKey,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.waiters.by_key.lock_unpoisoned().remove(self.key);
+    }
+}
+
+impl Waiters {
+    /// Registers before the claim, so that a message arriving between the claim and the
+    /// wait is not lost (`Notify` keeps one wake-up).
+    fn enter<'a>(&'a self, key: &'a TokenKey) -> Waiting<'a> {
+        let notify = Arc::clone(
+            self.by_key
+                .lock_unpoisoned()
+                .entry(key.clone())
+                .or_default(),
+        );
+        Waiting {
+            waiters: self,
+            key,
+            notify,
+        }
+    }
+
+    fn wake(&self, key: &TokenKey) {
+        if let Some(notify) = self.by_key.lock_unpoisoned().get(key) {
+            notify.notify_one();
+        }
+    }
+}
+
+/// The error every replica answers while `hold` holds `key`.
+pub(super) fn held_error(key: &TokenKey, hold: &Hold) -> BrokerError {
+    BrokerError::Held {
+        key: key.to_string(),
+        kind: hold.kind,
+        message: hold.message.clone(),
+        left: hold.left,
+    }
+}
+
+/// The hold a failure `e` leaves for every replica, for `left`.
+pub(super) fn hold_for(e: &BrokerError, left: Duration) -> Option<Hold> {
+    let kind = match e {
+        BrokerError::CredentialsRejected { .. } => HoldKind::Credentials,
+        BrokerError::UnknownUser { .. } => HoldKind::UnknownUser,
+        BrokerError::Unavailable { .. } => HoldKind::Unavailable,
+        // Not the platform's answer: nothing to share.
+        _ => return None,
+    };
+    Some(Hold {
+        left,
+        kind,
+        message: e.to_string(),
+    })
+}
+
+impl SingleFlight {
+    /// Before flying for the flight's key: with a shared store, takes the key's lease, or
+    /// the newer token another replica made, or that replica's hold, or waits (at most a
+    /// lease period, less if its rotation arrives) for the replica flying now.
+    pub(super) async fn claim(&self, flight: &Flight) -> Claimed {
+        let Some(store) = self.store.as_ref().filter(|s| s.is_shared()) else {
+            return Claimed::Fly(None);
+        };
+        let slot = flight.slot();
+        let key = &slot.key;
+        let waiting = self.waiters.enter(key);
+        let known = flight.state().generation;
+        match store.claim(&key.org, key.user.as_deref(), known).await {
+            Ok(Claim::Fly(lease)) => Claimed::Fly(lease),
+            Ok(Claim::Newer(stored)) => {
+                self.adopt(flight, stored);
+                Claimed::Again
+            }
+            Ok(Claim::Held(hold)) => Claimed::Held {
+                error: held_error(key, &hold),
+                hold: hold.left,
+            },
+            Ok(Claim::Flying { within }) => {
+                debug!(key = %key, "another replica is fetching this key; waiting for its token");
+                let wait = within + Duration::from_millis(50);
+                let _ = tokio::time::timeout(wait, waiting.notify.notified()).await;
+                Claimed::Again
+            }
+            Err(e) => Claimed::Down(e),
+        }
+    }
+
+    /// Installs `stored` (newer than what the slot holds) in the flight's slot: the token
+    /// if it is still usable, its generation in any case.
+    pub(super) fn adopt(&self, flight: &Flight, stored: Stored) -> Option<SharedToken> {
+        let now = (Instant::now(), SystemTime::now());
+        let token = stored
+            .token
+            .and_then(|t| restore(t, &self.renewal, now, rand::random()).token);
+        if flight.adopt(token.clone(), stored.generation) {
+            debug!(key = %flight.slot().key, generation = stored.generation, "took the token another replica made");
+            self.stats.adopted();
+            self.planner.plan(flight.slot());
+        }
+        token
+    }
+
+    /// Shares a failure's hold with every replica (with a shared store).
+    pub(super) async fn share_hold(&self, key: &TokenKey, e: &BrokerError, left: Duration) {
+        let (Some(store), Some(hold)) = (
+            self.store.as_ref().filter(|s| s.is_shared()),
+            hold_for(e, left),
+        ) else {
+            return;
+        };
+        if let Err(e) = store.hold(&key.org, key.user.as_deref(), &hold).await {
+            warn!(key = %key, error = %e, "could not share the hold with the other replicas");
+        }
+    }
+}
+
+/// The listener's task: every rotation another replica makes reaches this replica's slots
+/// (and their watchers); after each (re)subscription, and every [`RESYNC_EVERY`], every
+/// key held is compared with the store. Ends with `stop`, the broker, or the store's
+/// messages.
+pub(super) async fn listen(
+    engine: Weak<SingleFlight>,
+    orgs: Weak<Orgs>,
+    mut events: tokio::sync::mpsc::Receiver<Event>,
+    stop: CancellationToken,
+) {
+    let mut pass = tokio::time::interval(RESYNC_EVERY);
+    pass.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    pass.tick().await;
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => return,
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => return,
+            },
+            _ = pass.tick() => Event::Resync,
+        };
+        let (Some(engine), Some(orgs)) = (engine.upgrade(), orgs.upgrade()) else {
+            return;
+        };
+        match event {
+            Event::Rotated {
+                org,
+                user,
+                generation,
+            } => {
+                let key = TokenKey {
+                    org: org.into(),
+                    user: user.map(Into::into),
+                };
+                engine.waiters.wake(&key);
+                if let Some(slot) = find(&orgs, &key)
+                    && slot.state().generation < generation
+                {
+                    tokio::spawn(catch_up(engine, slot, generation));
+                }
+            }
+            Event::Released { org, user } => {
+                let key = TokenKey {
+                    org: org.into(),
+                    user: user.map(Into::into),
+                };
+                engine.waiters.wake(&key);
+            }
+            Event::Resync => {
+                tokio::spawn(async move { resync(&engine, &orgs).await });
+            }
+        }
+    }
+}
+
+/// The slot held for `key`, if this replica holds one.
+fn find(orgs: &Orgs, key: &TokenKey) -> Option<Arc<Slot>> {
+    let org = orgs.get(&key.org)?;
+    match &key.user {
+        None => Some(Arc::clone(&org.slot)),
+        Some(user) => org.users.get(user),
+    }
+}
+
+/// Brings `slot` up to `generation` from the store, under its lock (after any flight of
+/// this replica, which may have brought it there already).
+async fn catch_up(engine: Arc<SingleFlight>, slot: Arc<Slot>, generation: u64) {
+    let Some(store) = engine.store.clone() else {
+        return;
+    };
+    let Turn::Mine(flight) = slot.turn().await else {
+        return;
+    };
+    if flight.state().generation >= generation {
+        return;
+    }
+    let key = &slot.key;
+    match store.read(&key.org, key.user.as_deref()).await {
+        Ok(Some(stored)) if stored.generation > flight.state().generation => {
+            engine.adopt(&flight, stored);
+        }
+        Ok(_) => {}
+        Err(e) => debug!(key = %key, error = %e, "could not read another replica's token"),
+    }
+}
+
+/// Compares every key held with the store: takes what is newer there, and writes back
+/// (without a refresh token, which this replica does not hold) a valid token the store
+/// lost or holds an older generation of, as after a Redis that restarted empty.
+async fn resync(engine: &Arc<SingleFlight>, orgs: &Orgs) {
+    let Some(store) = engine.store.clone().filter(|s| s.is_shared()) else {
+        return;
+    };
+    let mut slots = Vec::new();
+    for org in orgs.all() {
+        if !org.is_static() {
+            slots.push(Arc::clone(&org.slot));
+        }
+        slots.extend(org.users.all());
+    }
+    let (mut newer, mut written) = (0, 0);
+    for batch in slots.chunks(RESYNC_BATCH) {
+        let keys: Vec<_> = batch
+            .iter()
+            .map(|s| (&*s.key.org, s.key.user.as_deref()))
+            .collect();
+        let generations = match store.generations(&keys).await {
+            Ok(generations) => generations,
+            Err(e) => {
+                debug!(error = %e, "could not compare the tokens held with the store");
+                return;
+            }
+        };
+        for (slot, stored) in batch.iter().zip(generations) {
+            let ours = slot.state().generation;
+            if stored > ours {
+                newer += 1;
+                tokio::spawn(catch_up(Arc::clone(engine), Arc::clone(slot), stored));
+            } else if stored < ours && write_back(&store, slot).await {
+                written += 1;
+            }
+        }
+    }
+    if newer + written > 0 {
+        info!(
+            newer,
+            written, "compared the tokens held with the shared store"
+        );
+    }
+}
+
+/// Writes the valid token `slot` holds to the store, which holds an older generation of
+/// the key or none. Whether it was written.
+async fn write_back(store: &Store, slot: &Slot) -> bool {
+    let Some(token) = slot.current() else {
+        return false;
+    };
+    let Some(lifetime) = token.lifetime.filter(|_| token.is_valid(Instant::now())) else {
+        return false;
+    };
+    let key = &slot.key;
+    let new = NewToken {
+        generation: token.generation,
+        access_token: &token.access_token,
+        token_type: token.token_type(),
+        issued: token.issued_at().into(),
+        lifetime,
+        reason: token.reason.name(),
+        refresh_token: None,
+    };
+    match store.install(&key.org, key.user.as_deref(), new).await {
+        Ok(crate::store::Installed::Done) => true,
+        Ok(crate::store::Installed::Newer(_)) => false,
+        Err(e) => {
+            debug!(key = %key, error = %e, "could not write a held token back to the store");
+            false
+        }
+    }
+}
