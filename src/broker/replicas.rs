@@ -32,6 +32,9 @@ use crate::{
 /// how long a lost rotation message leaves a replica behind.
 const RESYNC_EVERY: Duration = Duration::from_secs(30);
 
+/// How many times a resync is tried while the store does not answer (about 15 s).
+const RESYNC_TRIES: u32 = 10;
+
 /// The most keys asked about in one round trip of a resync.
 const RESYNC_BATCH: usize = 1_000;
 
@@ -228,7 +231,7 @@ pub(super) async fn listen(
                 engine.waiters.wake(&key);
             }
             Event::Resync => {
-                tokio::spawn(async move { resync(&engine, &orgs).await });
+                tokio::spawn(async move { resync_until_answered(&engine, &orgs).await });
             }
         }
     }
@@ -265,12 +268,26 @@ async fn catch_up(engine: Arc<SingleFlight>, slot: Arc<Slot>, generation: u64) {
     }
 }
 
+/// [`resync`], again after a backoff while the store does not answer (a connection that
+/// just came back may fail its first commands while it reconnects), a few times.
+async fn resync_until_answered(engine: &Arc<SingleFlight>, orgs: &Orgs) {
+    let mut backoff = Duration::from_millis(100);
+    for _ in 0..RESYNC_TRIES {
+        if resync(engine, orgs).await {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
 /// Compares every key held with the store: takes what is newer there, and writes back
 /// (without a refresh token, which this replica does not hold) a valid token the store
-/// lost or holds an older generation of, as after a Redis that restarted empty.
-async fn resync(engine: &Arc<SingleFlight>, orgs: &Orgs) {
+/// lost or holds an older generation of, as after a Redis that restarted empty. Whether
+/// the store answered.
+async fn resync(engine: &Arc<SingleFlight>, orgs: &Orgs) -> bool {
     let Some(store) = engine.store.clone().filter(|s| s.is_shared()) else {
-        return;
+        return true;
     };
     let mut slots = Vec::new();
     for org in orgs.all() {
@@ -289,7 +306,7 @@ async fn resync(engine: &Arc<SingleFlight>, orgs: &Orgs) {
             Ok(generations) => generations,
             Err(e) => {
                 debug!(error = %e, "could not compare the tokens held with the store");
-                return;
+                return false;
             }
         };
         for (slot, stored) in batch.iter().zip(generations) {
@@ -308,6 +325,7 @@ async fn resync(engine: &Arc<SingleFlight>, orgs: &Orgs) {
             written, "compared the tokens held with the shared store"
         );
     }
+    true
 }
 
 /// Writes the valid token `slot` holds to the store, which holds an older generation of
