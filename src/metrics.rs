@@ -195,7 +195,7 @@ pub fn registry(broker: &Broker, metrics: &Metrics) -> Registry {
     );
     registry.register(
         "store_operations",
-        "Token store operations (put: a new token written; take: a refresh token taken out before it is sent), by outcome",
+        "Token store operations (put: a new token written; take: a refresh token taken out before it is sent; claim: a shared store asked before a flight), by outcome",
         metrics.store_operations.clone(),
     );
     registry.register(

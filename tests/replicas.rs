@@ -184,6 +184,9 @@ fn assert_no_reuse(sandbox: &Sandbox) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_make_one_upstream_request_chain_for_3000_cold_callers() {
+    if !common::redis::available() {
+        return;
+    }
     let redis = Redis::start().await;
     let cluster = Cluster::new().await;
     let replicas = cluster.replicas(&redis.url(), 3).await;
@@ -237,6 +240,9 @@ async fn three_replicas_make_one_upstream_request_chain_for_3000_cold_callers() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_on_one_replica_reaches_the_watchers_of_every_replica() {
+    if !common::redis::available() {
+        return;
+    }
     let redis = Redis::start().await;
     let cluster = Cluster::new().await;
     let replicas = cluster.replicas(&redis.url(), 3).await;
@@ -276,6 +282,9 @@ async fn a_rotation_on_one_replica_reaches_the_watchers_of_every_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_refreshes_of_one_stale_token_over_three_replicas_cost_one_rotation() {
+    if !common::redis::available() {
+        return;
+    }
     let redis = Redis::start().await;
     let cluster = Cluster::new().await;
     let replicas = cluster.replicas(&redis.url(), 3).await;
@@ -298,7 +307,40 @@ async fn a_thousand_refreshes_of_one_stale_token_over_three_replicas_cost_one_ro
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_seen_by_one_replica_holds_every_replica() {
+    if !common::redis::available() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let cluster = Cluster::new().await;
+    let replicas = cluster.replicas(&redis.url(), 2).await;
+    cluster.sandbox.inject(FaultRule::times(
+        Fault::RateLimit {
+            retry_after_secs: 30,
+        },
+        Target::ClientCredentials,
+        1,
+    ));
+    let throttled = replicas[0].org_token().await.unwrap_err();
+    assert_eq!(throttled.code(), tonic::Code::Unavailable, "{throttled:?}");
+    let requests = cluster.sandbox.stats().upstream_requests();
+    // The other replica honours the platform's Retry-After without asking it again.
+    let held = replicas[1].org_token().await.unwrap_err();
+    assert_eq!(held.code(), tonic::Code::Unavailable, "{held:?}");
+    assert!(
+        held.message().contains("every replica holds off"),
+        "{}",
+        held.message()
+    );
+    assert_eq!(cluster.sandbox.stats().upstream_requests(), requests);
+    assert_no_reuse(&cluster.sandbox);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_mid_refresh_leaves_no_refresh_token_behind() {
+    if !common::redis::available() {
+        return;
+    }
     let redis = Redis::start().await;
     let cluster = Cluster::new().await;
     let mut doomed = cluster.child(&redis.url()).await;
@@ -336,6 +378,9 @@ async fn a_replica_killed_mid_refresh_leaves_no_refresh_token_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_paused_past_a_lease_costs_no_caller_an_error_and_replicas_converge() {
+    if !common::redis::available() {
+        return;
+    }
     let redis = Redis::start().await;
     let cluster = Cluster::new().await;
     let replicas = cluster.replicas(&redis.url(), 3).await;
@@ -366,6 +411,9 @@ async fn redis_paused_past_a_lease_costs_no_caller_an_error_and_replicas_converg
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_empty_gets_back_what_the_replicas_hold() {
+    if !common::redis::available() {
+        return;
+    }
     let mut redis = Redis::start().await;
     let cluster = Cluster::new().await;
     let replicas = cluster.replicas(&redis.url(), 3).await;
@@ -394,6 +442,9 @@ async fn redis_restarted_empty_gets_back_what_the_replicas_hold() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_cut_off_from_redis_serves_on_and_catches_up_when_it_returns() {
+    if !common::redis::available() {
+        return;
+    }
     let redis = Redis::start().await;
     let relay = Relay::start(redis.addr()).await;
     let cluster = Cluster::new().await;
@@ -426,6 +477,9 @@ async fn a_replica_cut_off_from_redis_serves_on_and_catches_up_when_it_returns()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_sentinel_failover_no_refresh_token_of_the_old_primary_is_used() {
+    if !common::redis::available() {
+        return;
+    }
     let mut primary = Redis::start().await;
     let replica = Redis::start_replica_of(primary.port()).await;
     let sentinels = Sentinels::start("mymaster", primary.port()).await;

@@ -24,6 +24,21 @@ const CLI: &str = "/usr/bin/redis-cli";
 /// How long a server or sentinel may take to answer PING (or sentinels to meet) once started.
 const STARTUP: Duration = Duration::from_secs(10);
 
+/// Whether the replica tests can run here: `redis-server` is installed (Debian's package
+/// `redis-server`; `.ci/run` installs it). Without it they are skipped, saying so, unless
+/// `TOKENBROKER_REDIS_TESTS=required` (as CI sets), which makes its absence a failure.
+pub fn available() -> bool {
+    if Path::new(SERVER).exists() {
+        return true;
+    }
+    assert!(
+        std::env::var("TOKENBROKER_REDIS_TESTS").as_deref() != Ok("required"),
+        "{SERVER} is missing: install Debian's redis-server package"
+    );
+    eprintln!("skipped: {SERVER} is missing (apt-get install redis-server runs these tests)");
+    false
+}
+
 /// A `redis-server` the test started itself, on 127.0.0.1 and an ephemeral port, persisting
 /// every write (`appendfsync always`) in its own folder, removed with it. Tests point the
 /// broker at [`Redis::url`], then pause, kill or restart it to see how the broker copes.
