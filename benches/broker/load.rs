@@ -188,6 +188,37 @@ pub(crate) async fn versus_health(
     })
 }
 
+/// Calls per second of a phase.
+pub(crate) fn per_s(p: &Phase) -> f64 {
+    p.calls as f64 / p.elapsed.as_secs_f64()
+}
+
+/// `call` with 64 callers on `a` and on `b` in interleaved phases of the same run (after a
+/// warm-up of each), their order alternating each round: both totals.
+pub(crate) async fn interleaved(
+    size: &Size,
+    a: &[Channel],
+    b: &[Channel],
+    call: Call,
+) -> (Phase, Phase) {
+    let (mut on_a, mut on_b) = (Phase::default(), Phase::default());
+    phase(a, 64, size.phase / 2, call).await;
+    phase(b, 64, size.phase / 2, call).await;
+    for round in 0..size.rounds {
+        for first in [round % 2 == 0, round % 2 != 0] {
+            let (chans, into) = if first {
+                (a, &mut on_a)
+            } else {
+                (b, &mut on_b)
+            };
+            let p = phase(chans, 64, size.phase, call).await;
+            into.calls += p.calls;
+            into.elapsed += p.elapsed;
+        }
+    }
+    (on_a, on_b)
+}
+
 /// GetUserToken for every id, 256 callers at a time.
 pub(crate) async fn fill(chans: &[Channel], ids: &'static [String]) {
     let next = Arc::new(AtomicU64::new(0));

@@ -8,7 +8,8 @@
 //!     cargo bench --bench broker -- --quick         # smoke run (seconds; CI runs it)
 //!     cargo bench --bench broker -- --soak 120      # a shorter soak
 //!     cargo bench --bench broker -- --only users    # some scenario groups: org, users,
-//!                                                   # cold, watch, store, soak (comma-separated)
+//!                                                   # cold, watch, store, replicas, soak
+//!                                                   # (comma-separated)
 //!     cargo bench --bench broker -- --users 20000   # fewer user tokens held
 //!     cargo bench --bench broker -- --rounds 20 --phase-ms 500   # speed phases (default 10 x 2 s)
 //!     cargo bench --bench broker -- --broker-toml '[audit]\nevery_call = true'
@@ -104,6 +105,11 @@ async fn main() {
     // 9. The token store: with it against without, a restart, rotations.
     if size.runs("store") {
         scenarios::store::run(&size, &platform, &mut table, &mut figures).await;
+    }
+    // 10. Replicas on one Redis: the read path, cold keys, fan-out, a rolling restart, a
+    // paused Redis.
+    if size.runs("replicas") {
+        scenarios::replicas::run(&size, &platform, &mut table, &mut figures).await;
     }
     drop(platform);
 

@@ -1,7 +1,8 @@
-//! One module per scenario group (`--only org,users,cold,watch,store,soak`), run in this order.
+//! One module per scenario group (`--only org,users,cold,watch,store,replicas,soak`), run in this order.
 
 pub(crate) mod cold;
 pub(crate) mod org;
+pub(crate) mod replicas;
 pub(crate) mod soak;
 pub(crate) mod store;
 pub(crate) mod users;

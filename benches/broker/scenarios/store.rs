@@ -32,27 +32,7 @@ pub(crate) async fn run(
     }
 
     // 1. Cached GetOrgToken: the store is never on the read path.
-    let (mut with, mut without) = (Phase::default(), Phase::default());
-    phase(&store_chans, 64, size.phase / 2, Call::OrgToken).await;
-    phase(&plain_chans, 64, size.phase / 2, Call::OrgToken).await;
-    for round in 0..size.rounds {
-        let order = if round % 2 == 0 {
-            [&plain_chans, &store_chans]
-        } else {
-            [&store_chans, &plain_chans]
-        };
-        for chans in order {
-            let p = phase(chans, 64, size.phase, Call::OrgToken).await;
-            let into = if std::ptr::eq(chans, &store_chans) {
-                &mut with
-            } else {
-                &mut without
-            };
-            into.calls += p.calls;
-            into.elapsed += p.elapsed;
-        }
-    }
-    let per_s = |p: &Phase| p.calls as f64 / p.elapsed.as_secs_f64();
+    let (with, without) = interleaved(size, &store_chans, &plain_chans, Call::OrgToken).await;
     let org_ratio = per_s(&with) / per_s(&without);
     table.row(
         "store: cached GetOrgToken throughput, with vs without",
