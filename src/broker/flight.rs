@@ -25,24 +25,14 @@ use super::{
     replicas::{Claimed, Waiters},
     slot::{Flight, Landing, Slot, Turn},
     stats::Counters,
+    want::Want,
+    want::{Decision, decide},
 };
 use crate::{
     secret::RefreshToken,
     store::{Installed, Lease, NewToken, Store, Stored},
     upstream::Upstream,
 };
-
-/// What a caller wants from a slot.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Want<'a> {
-    /// A token that may be handed out now.
-    Usable,
-    /// A new token, because a caller asked (Refresh); with the token the caller saw
-    /// rejected, none if the broker already holds another.
-    Rotation { stale: Option<&'a str> },
-    /// A new token ahead of expiry, unless `of` was replaced already.
-    Renewal { of: &'a SharedToken },
-}
 
 /// Flies for every key of a broker.
 #[derive(Debug)]
@@ -58,33 +48,6 @@ pub(super) struct SingleFlight {
     max_places: usize,
     /// Flights waiting for another replica's (with a shared store).
     pub waiters: Waiters,
-}
-
-/// What a caller's want, and the slot's token, call for.
-enum Decision {
-    /// This token answers it.
-    Done(SharedToken),
-    /// A flight, for this reason.
-    Fly(Reason),
-}
-
-/// Decides under the slot's lock whether `want` needs a flight, given the slot's `current`
-/// token at `now`.
-fn decide(want: Want<'_>, current: Option<SharedToken>, now: Instant, key: &TokenKey) -> Decision {
-    let reason = match (want, current) {
-        (Want::Usable, Some(t)) if t.is_usable(now) => return Decision::Done(t),
-        (Want::Usable, Some(_)) => Reason::Renewed,
-        (Want::Usable, None) => Reason::Issued,
-        (Want::Rotation { stale: Some(stale) }, Some(t)) if t.access_token.expose() != stale => {
-            debug!(key = %key, fingerprint = %t.fingerprint, "refresh names an already replaced token; returning the current one");
-            return Decision::Done(t);
-        }
-        (Want::Rotation { .. }, Some(_)) => Reason::Forced,
-        (Want::Renewal { of }, Some(t)) if !Arc::ptr_eq(of, &t) => return Decision::Done(t),
-        (Want::Renewal { .. }, Some(_)) => Reason::Renewed,
-        (Want::Rotation { .. } | Want::Renewal { .. }, None) => Reason::Issued,
-    };
-    Decision::Fly(reason)
 }
 
 impl SingleFlight {

@@ -59,6 +59,7 @@ mod stats;
 mod timer;
 mod token;
 mod users;
+mod want;
 mod watch_events;
 
 use std::{sync::Arc, time::Duration};
@@ -81,10 +82,11 @@ pub use token::{
 };
 pub use watch_events::{TokenEvents, WatchEvent};
 
-use flight::{SingleFlight, Want};
+use flight::SingleFlight;
 use org::Org;
 use served::served;
 use slot::Slot;
+use want::Want;
 
 use crate::{
     store::{Loaded, Store},

@@ -12,11 +12,12 @@ use tracing::{debug, warn};
 
 use super::{
     BrokerError, Gone, GoneReason, Held, SharedToken,
-    flight::{SingleFlight, Want},
+    flight::SingleFlight,
     org::Org,
     orgs::Orgs,
     plan::{Action, action},
     slot::Slot,
+    want::Want,
 };
 
 /// The renewal timer's task: looks at each slot of `orgs` when it is due, until `stop` or

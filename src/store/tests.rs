@@ -2,6 +2,7 @@
 //! on the file, and what wrong or rotated keys do.
 
 use super::*;
+use crate::secret::StoreKey;
 
 fn settings(dir: &std::path::Path, keys: &[&StoreKey]) -> StoreSettings {
     StoreSettings {

@@ -11,23 +11,33 @@
 //! with Sentinel), `P:lease:…` and `P:hold:…` plain keys with a time to live, and the
 //! channel `P:rotations`.
 
+mod lease;
+mod messages;
+mod primary;
+mod scripts;
+
+pub use lease::Lease;
+pub use messages::Event;
+
 use std::{
     sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
-use futures::StreamExt;
 use redis::{
     AsyncCommands, Client, IntoConnectionInfo, RedisError, Script, Value,
     aio::{ConnectionManager, ConnectionManagerConfig},
     io::tcp::TcpSettings,
     sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType},
 };
-use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
 
 use super::{RedisSettings, RedisTarget, StoreError, file::Key};
 use crate::sync::{LockUnpoisoned, RwLockUnpoisoned};
+use messages::{message, subscribe};
+use primary::{Primary, Target, timed_out, unreachable};
+use scripts::{CLAIM, INSTALL, RELEASE, RENEW, REPLID, TAKE, bytes, millis, number, text};
 
 /// How long a record lives after its last install: a key nobody asked for in this long
 /// is fetched anew. (A shared record is never removed because one replica dropped it.)
@@ -35,89 +45,6 @@ const RECORD_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The messages waiting for the broker; past it they are dropped and a resync is asked.
 const EVENTS_QUEUED: usize = 4096;
-
-/// The primary's replication id, as the scripts compare it (Sentinel only).
-const REPLID: &str = "local function replid()
-  return string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
-end
-";
-
-/// KEYS: record, hold, lease. ARGV: the generation known, lease id, lease ms.
-const CLAIM: &str = "local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
-if gen > tonumber(ARGV[1]) then
-  return {'newer', gen, redis.call('HGET', KEYS[1], 'rec')}
-end
-local hold = redis.call('GET', KEYS[2])
-if hold then return {'held', hold, redis.call('PTTL', KEYS[2])} end
-if redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then return {'fly'} end
-return {'flying', redis.call('PTTL', KEYS[3])}
-";
-
-/// KEYS: record. ARGV: generation, record, refresh token ('' none), '1' to stamp the
-/// epoch, channel, message, ttl ms. Writes only over an older generation (or none).
-const INSTALL: &str = "local cur = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
-if cur >= tonumber(ARGV[1]) then
-  return {cur, redis.call('HGET', KEYS[1], 'rec')}
-end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'gen', ARGV[1], 'rec', ARGV[2])
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'rt', ARGV[3]) end
-if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'epoch', replid()) end
-redis.call('PEXPIRE', KEYS[1], ARGV[7])
-redis.call('PUBLISH', ARGV[5], ARGV[6])
-return {0}
-";
-
-/// KEYS: record. ARGV: generation, '1' to check the epoch. The refresh token leaves the
-/// record here, or nowhere; one written under another primary is removed, not returned.
-const TAKE: &str =
-    "if tonumber(redis.call('HGET', KEYS[1], 'gen') or '-1') ~= tonumber(ARGV[1]) then
-  return false
-end
-local rt = redis.call('HGET', KEYS[1], 'rt')
-if not rt then return false end
-redis.call('HDEL', KEYS[1], 'rt')
-if ARGV[2] == '1' and redis.call('HGET', KEYS[1], 'epoch') ~= replid() then return false end
-return rt
-";
-
-/// KEYS: lease. ARGV: lease id, lease ms.
-const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-";
-
-/// KEYS: lease. ARGV: lease id, channel, message.
-const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-  return 1
-end
-return 0
-";
-
-/// What another replica did, or a moment to compare every key held with the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// A new token was installed for the key, at `generation`.
-    Rotated {
-        org: String,
-        user: Option<String>,
-        generation: u64,
-    },
-    /// A replica's flight for the key ended (its outcome, if any, is in the store).
-    Released { org: String, user: Option<String> },
-    /// Messages may have been missed (a new subscription): re-read every key held.
-    Resync,
-}
-
-/// One replica's right to fly for a key, renewed every third of its period while held and
-/// released (waking the replicas that wait) when dropped.
-#[derive(Debug)]
-pub struct Lease {
-    _release: oneshot::Sender<()>,
-}
 
 /// What the claim script answered.
 pub(super) enum Claimed {
@@ -161,101 +88,6 @@ struct Scripts {
     take: Script,
     renew: Script,
     release: Script,
-}
-
-/// The way to the primary: one URL, or whichever the sentinels name.
-struct Primary {
-    target: Target,
-    /// The connection in use; `None` until the first command, or after a Sentinel primary
-    /// stopped answering as one (found again on the next command).
-    current: RwLock<Option<ConnectionManager>>,
-    config: ConnectionManagerConfig,
-}
-
-enum Target {
-    Url(Client),
-    Sentinel(tokio::sync::Mutex<SentinelClient>),
-}
-
-impl std::fmt::Debug for Primary {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match self.target {
-            Target::Url(_) => "url",
-            Target::Sentinel(_) => "sentinel",
-        };
-        f.debug_struct("Primary").field("target", &kind).finish()
-    }
-}
-
-fn unreachable(e: &RedisError) -> StoreError {
-    StoreError::Unreachable(e.to_string())
-}
-
-fn timed_out(timeout: Duration) -> StoreError {
-    StoreError::Unreachable(format!("no answer within {}ms", timeout.as_millis()))
-}
-
-impl Primary {
-    fn is_sentinel(&self) -> bool {
-        matches!(self.target, Target::Sentinel(_))
-    }
-
-    /// A connection to the primary, made (or, with Sentinel, found) if there is none.
-    async fn connection(&self, timeout: Duration) -> Result<ConnectionManager, StoreError> {
-        if let Some(connection) = self.current.read_unpoisoned().clone() {
-            return Ok(connection);
-        }
-        let client = self.client(timeout).await?;
-        let connection = tokio::time::timeout(
-            timeout,
-            client.get_connection_manager_with_config(self.config.clone()),
-        )
-        .await
-        .map_err(|_| timed_out(timeout))?
-        .map_err(|e| open_error(&e))?;
-        *self.current.write_unpoisoned() = Some(connection.clone());
-        Ok(connection)
-    }
-
-    /// A client for the primary (with Sentinel, the one the sentinels name now).
-    async fn client(&self, timeout: Duration) -> Result<Client, StoreError> {
-        match &self.target {
-            Target::Url(client) => Ok(client.clone()),
-            Target::Sentinel(sentinel) => {
-                let mut sentinel = sentinel.lock().await;
-                tokio::time::timeout(timeout, sentinel.async_get_client())
-                    .await
-                    .map_err(|_| timed_out(timeout))?
-                    .map_err(|e| unreachable(&e))
-            }
-        }
-    }
-
-    /// After a failed command: with Sentinel, a server that stopped answering, or that
-    /// answers as a replica now, is looked up again on the next command. (A standalone
-    /// connection reconnects by itself.)
-    fn failed(&self, e: &RedisError) {
-        let moved = e.is_io_error()
-            || e.is_timeout()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || e.code() == Some("READONLY");
-        if self.is_sentinel() && moved {
-            *self.current.write_unpoisoned() = None;
-        }
-    }
-}
-
-/// A connection problem at start: a refused password is a setting to change.
-fn open_error(e: &RedisError) -> StoreError {
-    if e.kind() == redis::ErrorKind::AuthenticationFailed {
-        StoreError::Open {
-            path: "the Redis store".into(),
-            detail: format!("{e}; check the user and password in store.redis_url"),
-        }
-    } else {
-        unreachable(e)
-    }
 }
 
 impl RedisStore {
@@ -372,48 +204,13 @@ impl RedisStore {
                     Duration::from_millis(left),
                 ))
             }
-            "fly" => Ok(Claimed::Fly(self.lease(org, user, id))),
+            "fly" => Ok(Claimed::Fly(Lease::held(&self.shared, org, user, id))),
             "flying" => {
                 let left = answer.get(1).and_then(number).unwrap_or_default();
                 Ok(Claimed::Flying(Duration::from_millis(left)))
             }
             other => Err(StoreError::Protocol(format!("claim answered {other:?}"))),
         }
-    }
-
-    /// The lease `id` now held on the key: renewed until dropped, then released.
-    fn lease(&self, org: &str, user: Option<&str>, id: String) -> Lease {
-        let (release, released) = oneshot::channel();
-        let shared = Arc::clone(&self.shared);
-        let key = shared.key("lease", org, user);
-        let message = message("released", 0, org, user);
-        tokio::spawn(async move {
-            let mut released = released;
-            let every = shared.lease / 3;
-            loop {
-                tokio::select! {
-                    _ = &mut released => break,
-                    () = tokio::time::sleep(every) => {
-                        let mut script = shared.scripts.renew.prepare_invoke();
-                        script.key(&key).arg(&id).arg(millis(shared.lease));
-                        let renewed: Result<i64, _> =
-                            shared.run(|mut c| async move { script.invoke_async(&mut c).await }).await;
-                        if let Err(e) = renewed {
-                            debug!(error = %e, "could not renew a lease");
-                        }
-                    }
-                }
-            }
-            let mut script = shared.scripts.release.prepare_invoke();
-            script.key(&key).arg(&id).arg(shared.channel()).arg(message);
-            let released: Result<i64, _> = shared
-                .run(|mut c| async move { script.invoke_async(&mut c).await })
-                .await;
-            if let Err(e) = released {
-                debug!(error = %e, "could not release a lease; it lapses by itself");
-            }
-        });
-        Lease { _release: release }
     }
 
     /// Installs the record at `generation` unless the store holds that generation or a
@@ -619,133 +416,5 @@ impl Shared {
         }
         info!(records = records.len(), "read the Redis store");
         Ok(records)
-    }
-}
-
-/// The subscriber's task: subscribes, asks for a resync (messages may have been missed
-/// before), forwards every message; when the connection ends, subscribes again after a
-/// backoff. Ends when the broker stops listening.
-async fn subscribe(shared: Arc<Shared>, events: mpsc::Sender<Event>) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match listen(&shared, &events).await {
-            Ok(()) => return,
-            Err(e) => {
-                debug!(error = %e, "the subscription to the Redis store ended; subscribing again");
-            }
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-        if events.is_closed() {
-            return;
-        }
-    }
-}
-
-/// One subscription, until its connection ends (`Err`) or the broker stops (`Ok`).
-async fn listen(shared: &Shared, events: &mpsc::Sender<Event>) -> Result<(), StoreError> {
-    let client = shared.primary.client(shared.timeout).await?;
-    let mut pubsub = tokio::time::timeout(shared.timeout, client.get_async_pubsub())
-        .await
-        .map_err(|_| timed_out(shared.timeout))?
-        .map_err(|e| unreachable(&e))?;
-    tokio::time::timeout(shared.timeout, pubsub.subscribe(shared.channel()))
-        .await
-        .map_err(|_| timed_out(shared.timeout))?
-        .map_err(|e| unreachable(&e))?;
-    if events.send(Event::Resync).await.is_err() {
-        return Ok(());
-    }
-    let mut messages = pubsub.into_on_message();
-    let mut lost = false;
-    while let Some(message) = messages.next().await {
-        let Some(event) = parse(message.get_payload_bytes()) else {
-            continue;
-        };
-        if lost && events.try_send(Event::Resync).is_ok() {
-            lost = false;
-        }
-        match events.try_send(event) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => lost = true,
-            Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
-        }
-    }
-    Err(StoreError::Unreachable(
-        "the subscription's connection ended".into(),
-    ))
-}
-
-/// `KIND\nGENERATION\nORG[\nUSER]` (ids hold no control characters).
-fn message(kind: &str, generation: u64, org: &str, user: Option<&str>) -> String {
-    match user {
-        None => format!("{kind}\n{generation}\n{org}"),
-        Some(user) => format!("{kind}\n{generation}\n{org}\n{user}"),
-    }
-}
-
-fn parse(payload: &[u8]) -> Option<Event> {
-    let text = std::str::from_utf8(payload).ok()?;
-    let mut parts = text.splitn(4, '\n');
-    let (kind, generation, org) = (parts.next()?, parts.next()?, parts.next()?);
-    let (org, user) = (org.to_owned(), parts.next().map(str::to_owned));
-    match kind {
-        "rotated" => Some(Event::Rotated {
-            org,
-            user,
-            generation: generation.parse().ok()?,
-        }),
-        "released" => Some(Event::Released { org, user }),
-        _ => None,
-    }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn text(v: &Value) -> Option<String> {
-    bytes(v).and_then(|b| String::from_utf8(b).ok())
-}
-
-fn bytes(v: &Value) -> Option<Vec<u8>> {
-    match v {
-        Value::BulkString(b) => Some(b.clone()),
-        Value::SimpleString(s) => Some(s.clone().into_bytes()),
-        _ => None,
-    }
-}
-
-fn number(v: &Value) -> Option<u64> {
-    match v {
-        Value::Int(n) => u64::try_from(*n).ok(),
-        other => text(other).and_then(|t| t.parse().ok()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn messages_read_back_as_they_were_written() {
-        let rotated = message("rotated", 7, "acme", Some("EMP 1:x"));
-        assert_eq!(
-            parse(rotated.as_bytes()),
-            Some(Event::Rotated {
-                org: "acme".into(),
-                user: Some("EMP 1:x".into()),
-                generation: 7
-            })
-        );
-        let released = message("released", 0, "acme", None);
-        assert_eq!(
-            parse(released.as_bytes()),
-            Some(Event::Released {
-                org: "acme".into(),
-                user: None
-            })
-        );
-        assert_eq!(parse(b"nonsense"), None);
     }
 }

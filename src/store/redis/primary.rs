@@ -1,0 +1,111 @@
+//! The way to the Redis primary: one URL, or the one the sentinels name now (looked up
+//! again after it stops answering as one), with the errors a connection can end in.
+
+use std::{sync::RwLock, time::Duration};
+
+use redis::{
+    Client, RedisError,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+    sentinel::SentinelClient,
+};
+
+use super::super::StoreError;
+use crate::sync::RwLockUnpoisoned;
+
+/// The way to the primary: one URL, or whichever the sentinels name.
+pub(super) struct Primary {
+    pub(super) target: Target,
+    /// The connection in use; `None` until the first command, or after a Sentinel primary
+    /// stopped answering as one (found again on the next command).
+    pub(super) current: RwLock<Option<ConnectionManager>>,
+    pub(super) config: ConnectionManagerConfig,
+}
+
+pub(super) enum Target {
+    Url(Client),
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
+impl std::fmt::Debug for Primary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.target {
+            Target::Url(_) => "url",
+            Target::Sentinel(_) => "sentinel",
+        };
+        f.debug_struct("Primary").field("target", &kind).finish()
+    }
+}
+
+pub(super) fn unreachable(e: &RedisError) -> StoreError {
+    StoreError::Unreachable(e.to_string())
+}
+
+pub(super) fn timed_out(timeout: Duration) -> StoreError {
+    StoreError::Unreachable(format!("no answer within {}ms", timeout.as_millis()))
+}
+
+impl Primary {
+    pub(super) fn is_sentinel(&self) -> bool {
+        matches!(self.target, Target::Sentinel(_))
+    }
+
+    /// A connection to the primary, made (or, with Sentinel, found) if there is none.
+    pub(super) async fn connection(
+        &self,
+        timeout: Duration,
+    ) -> Result<ConnectionManager, StoreError> {
+        if let Some(connection) = self.current.read_unpoisoned().clone() {
+            return Ok(connection);
+        }
+        let client = self.client(timeout).await?;
+        let connection = tokio::time::timeout(
+            timeout,
+            client.get_connection_manager_with_config(self.config.clone()),
+        )
+        .await
+        .map_err(|_| timed_out(timeout))?
+        .map_err(|e| open_error(&e))?;
+        *self.current.write_unpoisoned() = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// A client for the primary (with Sentinel, the one the sentinels name now).
+    pub(super) async fn client(&self, timeout: Duration) -> Result<Client, StoreError> {
+        match &self.target {
+            Target::Url(client) => Ok(client.clone()),
+            Target::Sentinel(sentinel) => {
+                let mut sentinel = sentinel.lock().await;
+                tokio::time::timeout(timeout, sentinel.async_get_client())
+                    .await
+                    .map_err(|_| timed_out(timeout))?
+                    .map_err(|e| unreachable(&e))
+            }
+        }
+    }
+
+    /// After a failed command: with Sentinel, a server that stopped answering, or that
+    /// answers as a replica now, is looked up again on the next command. (A standalone
+    /// connection reconnects by itself.)
+    pub(super) fn failed(&self, e: &RedisError) {
+        let moved = e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.code() == Some("READONLY");
+        if self.is_sentinel() && moved {
+            *self.current.write_unpoisoned() = None;
+        }
+    }
+}
+
+/// A connection problem at start: a refused password is a setting to change.
+pub(super) fn open_error(e: &RedisError) -> StoreError {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed {
+        StoreError::Open {
+            path: "the Redis store".into(),
+            detail: format!("{e}; check the user and password in store.redis_url"),
+        }
+    } else {
+        unreachable(e)
+    }
+}

@@ -1,0 +1,91 @@
+//! The Lua scripts that make each shared-store operation atomic on the Redis primary (each
+//! says its KEYS and ARGV; `REPLID` is prepended to the two that compare epochs), and how
+//! their answers are read.
+
+use std::time::Duration;
+
+use redis::Value;
+
+/// The primary's replication id, as the scripts compare it (Sentinel only).
+pub(super) const REPLID: &str = "local function replid()
+  return string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+end
+";
+
+/// KEYS: record, hold, lease. ARGV: the generation known, lease id, lease ms.
+pub(super) const CLAIM: &str = "local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
+if gen > tonumber(ARGV[1]) then
+  return {'newer', gen, redis.call('HGET', KEYS[1], 'rec')}
+end
+local hold = redis.call('GET', KEYS[2])
+if hold then return {'held', hold, redis.call('PTTL', KEYS[2])} end
+if redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then return {'fly'} end
+return {'flying', redis.call('PTTL', KEYS[3])}
+";
+
+/// KEYS: record. ARGV: generation, record, refresh token ('' none), '1' to stamp the
+/// epoch, channel, message, ttl ms. Writes only over an older generation (or none).
+pub(super) const INSTALL: &str = "local cur = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
+if cur >= tonumber(ARGV[1]) then
+  return {cur, redis.call('HGET', KEYS[1], 'rec')}
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'gen', ARGV[1], 'rec', ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'rt', ARGV[3]) end
+if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'epoch', replid()) end
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return {0}
+";
+
+/// KEYS: record. ARGV: generation, '1' to check the epoch. The refresh token leaves the
+/// record here, or nowhere; one written under another primary is removed, not returned.
+pub(super) const TAKE: &str =
+    "if tonumber(redis.call('HGET', KEYS[1], 'gen') or '-1') ~= tonumber(ARGV[1]) then
+  return false
+end
+local rt = redis.call('HGET', KEYS[1], 'rt')
+if not rt then return false end
+redis.call('HDEL', KEYS[1], 'rt')
+if ARGV[2] == '1' and redis.call('HGET', KEYS[1], 'epoch') ~= replid() then return false end
+return rt
+";
+
+/// KEYS: lease. ARGV: lease id, lease ms.
+pub(super) const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+/// KEYS: lease. ARGV: lease id, channel, message.
+pub(super) const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+";
+
+pub(super) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+pub(super) fn text(v: &Value) -> Option<String> {
+    bytes(v).and_then(|b| String::from_utf8(b).ok())
+}
+
+pub(super) fn bytes(v: &Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b.clone()),
+        Value::SimpleString(s) => Some(s.clone().into_bytes()),
+        _ => None,
+    }
+}
+
+pub(super) fn number(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        other => text(other).and_then(|t| t.parse().ok()),
+    }
+}
