@@ -7,6 +7,7 @@
 mod common;
 
 use std::{
+    path::Path,
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -79,24 +80,40 @@ impl Cluster {
         replicas
     }
 
-    /// A replica as a child process (the broker binary), once it listens.
-    async fn child(&self, url: &str) -> ChildReplica {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("broker.toml");
+    /// The broker binary with the config for a replica on the Redis at `url`, sealing with
+    /// `key`; its config in `dir`.
+    fn command(&self, dir: &Path, url: &str, key: &str) -> Command {
+        let path = dir.join("broker.toml");
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"1s\"\n[cache]\nprefetch_org_tokens = false\n{}",
             self.toml(&format!("redis_url = {url:?}"))
         );
         std::fs::write(&path, text).unwrap();
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .args(["--config", path.to_str().unwrap()])
             .env("RUST_LOG", "info")
             .env(SECRET_ENV, &self.sandbox.config().orgs[0].client_secret)
-            .env("STORE_KEY", &self.key)
+            .env("STORE_KEY", key)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// A replica that must refuse to start: its exit code and what it wrote.
+    fn refused(&self, url: &str, key: &str) -> (Option<i32>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let out = self.command(dir.path(), url, key).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+
+    /// A replica as a child process (the broker binary), once it listens.
+    async fn child(&self, url: &str) -> ChildReplica {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = self.command(dir.path(), url, &self.key).spawn().unwrap();
         let log = common::stderr_lines(&mut child);
         let lines = common::read_until(&log, "tokenbroker listening");
         let addr = lines
@@ -395,6 +412,7 @@ async fn redis_paused_past_a_lease_costs_no_caller_an_error_and_replicas_converg
                 .await
                 .expect("no caller error while Redis is paused");
             assert_eq!(token.access_token, before.access_token);
+            assert!(r.broker.is_ready(), "readiness stays SERVING");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -524,4 +542,134 @@ async fn after_a_sentinel_failover_no_refresh_token_of_the_old_primary_is_used()
     assert_eq!(fourth.generation, third.generation + 1);
     assert_eq!(cluster.sandbox.stats().refresh_token, 2);
     assert_no_reuse(&cluster.sandbox);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_credentials_seen_by_one_replica_hold_every_replica() {
+    if !common::redis::available() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let cluster = Cluster::new().await;
+    let replicas = cluster.replicas(&redis.url(), 2).await;
+    assert!(cluster.sandbox.revoke_client("acme-client"));
+    let rejected = replicas[0].org_token().await.unwrap_err();
+    assert_eq!(rejected.code(), tonic::Code::FailedPrecondition);
+    let requests = cluster.sandbox.stats().upstream_requests();
+    let held = replicas[1].org_token().await.unwrap_err();
+    assert_eq!(held.code(), tonic::Code::FailedPrecondition, "{held:?}");
+    assert!(
+        held.message().contains("check the org's credentials"),
+        "{}",
+        held.message()
+    );
+    assert_eq!(cluster.sandbox.stats().upstream_requests(), requests);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_lapses_never_leads_to_a_second_presentation() {
+    if !common::redis::available() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let cluster = Cluster::new().await;
+    let store = format!("redis_url = {:?}\nlease = \"300ms\"", redis.url());
+    let a = cluster.replica_with(&store).await;
+    let b = cluster.replica_with(&store).await;
+    let first = a.org_token().await.unwrap();
+    // A's refresh token is taken and at the platform, which is slow; meanwhile Redis
+    // pauses past A's lease, so A cannot renew it.
+    cluster.sandbox.inject(FaultRule::times(
+        Fault::Latency { millis: 2_000 },
+        Target::RefreshToken,
+        1,
+    ));
+    let mut client = a.client.clone();
+    let stale = first.access_token.clone();
+    let slow = tokio::spawn(async move { client.refresh(refresh_request("", &stale)).await });
+    wait_for("A's refresh at the platform", async || {
+        cluster.sandbox.faults_left() == 0
+    })
+    .await;
+    redis.pause();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    redis.resume();
+    // B finds no lease, flies, and finds the refresh token taken: client credentials.
+    let from_b = b.refresh("", &first.access_token).await.unwrap();
+    let from_a = slow.await.unwrap().unwrap().into_inner().token.unwrap();
+    let stats = cluster.sandbox.stats();
+    assert_eq!(
+        (stats.refresh_token, stats.client_credentials),
+        (1, 2),
+        "{stats:?}"
+    );
+    assert_no_reuse(&cluster.sandbox);
+    // Of the two new tokens, the first installed is the key's; both replicas serve it.
+    let replicas = [a, b];
+    let now = converged(&replicas).await;
+    assert!(
+        [&from_a.access_token, &from_b.access_token].contains(&&now.access_token),
+        "one of the two new tokens"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_is_used_and_a_wrong_one_or_key_refuses_to_start() {
+    if !common::redis::available() {
+        return;
+    }
+    let redis = Redis::start().await;
+    assert_eq!(
+        redis.command(&["CONFIG", "SET", "requirepass", "s3cret-pw"]),
+        "OK"
+    );
+    let cluster = Cluster::new().await;
+    let good = format!("redis://:s3cret-pw@127.0.0.1:{}/0", redis.port());
+    let replica = cluster.replica(&good).await;
+    let token = replica.org_token().await.unwrap();
+    // The token is in Redis: a second replica takes it, no upstream request.
+    let second = cluster.replica(&good).await;
+    assert_eq!(
+        second.org_token().await.unwrap().access_token,
+        token.access_token
+    );
+    assert_eq!(cluster.sandbox.stats().client_credentials, 1);
+
+    let wrong = format!("redis://:nope@127.0.0.1:{}/0", redis.port());
+    let (code, said) = cluster.refused(&wrong, &cluster.key);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("store.redis_url"), "{said}");
+    assert!(
+        !said.contains("nope"),
+        "the password is never shown: {said}"
+    );
+    // Another replica with another key cannot open the tokens: it says which setting.
+    let other = StoreKey::generate().to_hex();
+    let (code, said) = cluster.refused(&good, &other);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("store.encryption_key_env"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_while_redis_is_down_serves_and_writes_back_once_it_is_up() {
+    if !common::redis::available() {
+        return;
+    }
+    let mut redis = Redis::start().await;
+    redis.kill();
+    let cluster = Cluster::new().await;
+    let replica = cluster.replica(&redis.url()).await;
+    let token = replica.org_token().await.expect("served without the store");
+    redis.restart_empty().await;
+    wait_for("the token written back", async || {
+        redis.command(&["HGET", "tokenbroker:token:acme", "gen"]) == token.generation.to_string()
+    })
+    .await;
+    // A second replica now takes it from Redis.
+    let second = cluster.replica(&redis.url()).await;
+    assert_eq!(
+        second.org_token().await.unwrap().access_token,
+        token.access_token
+    );
+    assert_eq!(cluster.sandbox.stats().client_credentials, 1);
 }

@@ -66,6 +66,10 @@ pub enum StoreError {
     /// The writer thread is gone.
     #[error("the token store has stopped")]
     Stopped,
+    /// The Redis cannot be used as configured: a URL it cannot parse, or a refused user or
+    /// password. A setting to change, not a moment to wait out.
+    #[error("the Redis token store cannot be used: {0}")]
+    Redis(String),
     /// The Redis could not be reached or did not answer in time (`store.timeout`).
     #[error("the Redis token store is unreachable: {0}")]
     Unreachable(String),

@@ -95,10 +95,7 @@ impl RedisStore {
     /// record. A Redis that does not answer does not stop the broker: it starts with no
     /// stored tokens and uses the store once it answers. A refused password does.
     pub async fn open(settings: &RedisSettings) -> Result<(Self, Vec<(Key, Vec<u8>)>), StoreError> {
-        let invalid = |e: RedisError| StoreError::Open {
-            path: "the Redis store".into(),
-            detail: e.to_string(),
-        };
+        let invalid = |e: RedisError| StoreError::Redis(e.to_string());
         // Small messages, one at a time: no Nagle delay on any of them.
         let tcp = || TcpSettings::default().set_nodelay(true);
         let target = match &settings.target {
@@ -147,7 +144,7 @@ impl RedisStore {
         });
         let records = match shared.load().await {
             Ok(records) => records,
-            Err(e @ StoreError::Open { .. }) => return Err(e),
+            Err(e @ StoreError::Redis(_)) => return Err(e),
             Err(e) => {
                 warn!(error = %e, "the Redis store does not answer; starting without stored tokens, and using it once it answers");
                 Vec::new()

@@ -98,13 +98,12 @@ impl Primary {
     }
 }
 
-/// A connection problem at start: a refused password is a setting to change.
+/// A connection problem: a refused user or password is a setting to change.
 pub(super) fn open_error(e: &RedisError) -> StoreError {
     if e.kind() == redis::ErrorKind::AuthenticationFailed {
-        StoreError::Open {
-            path: "the Redis store".into(),
-            detail: format!("{e}; check the user and password in store.redis_url"),
-        }
+        StoreError::Redis(format!(
+            "{e}; check the user and password in store.redis_url"
+        ))
     } else {
         unreachable(e)
     }
