@@ -18,6 +18,7 @@ use common::{
     refresh_request, sandbox_config, user_request, wait_for,
 };
 use futures::future::join_all;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
 use tokenbroker::{
     proto::{
         Token, TokenEventReason, WatchTokensRequest, WatchTokensResponse,
@@ -112,8 +113,15 @@ impl Cluster {
 
     /// A replica as a child process (the broker binary), once it listens.
     async fn child(&self, url: &str) -> ChildReplica {
+        self.child_with(url, &[]).await
+    }
+
+    /// [`Cluster::child`] with more environment variables.
+    async fn child_with(&self, url: &str, env: &[(&str, &str)]) -> ChildReplica {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = self.command(dir.path(), url, &self.key).spawn().unwrap();
+        let mut command = self.command(dir.path(), url, &self.key);
+        command.envs(env.iter().copied());
+        let mut child = command.spawn().unwrap();
         let log = common::stderr_lines(&mut child);
         let lines = common::read_until(&log, "tokenbroker listening");
         let addr = lines
@@ -672,4 +680,68 @@ async fn a_replica_started_while_redis_is_down_serves_and_writes_back_once_it_is
         token.access_token
     );
     assert_eq!(cluster.sandbox.stats().client_credentials, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_over_tls_is_trusted_through_the_system_roots() {
+    if !common::redis::available() {
+        return;
+    }
+    // A private CA, trusted as an operator would: SSL_CERT_FILE (read by the system roots).
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let pki = tempfile::tempdir().unwrap();
+    let write = |name: &str, pem: String| {
+        let path = pki.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    };
+    let (ca_file, cert_file, key_file) = (
+        write("ca.pem", ca.pem()),
+        write("cert.pem", cert.pem()),
+        write("key.pem", key.serialize_pem()),
+    );
+    let tls_port = common::redis::free_port();
+    let redis = Redis::start_with(
+        [
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            &cert_file,
+            "--tls-key-file",
+            &key_file,
+            "--tls-ca-cert-file",
+            &ca_file,
+            "--tls-auth-clients",
+            "no",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    let cluster = Cluster::new().await;
+    let url = format!("rediss://127.0.0.1:{tls_port}/0");
+    let replica = cluster
+        .child_with(&url, &[("SSL_CERT_FILE", &ca_file)])
+        .await;
+    let token = replica
+        .client
+        .clone()
+        .get_org_token(org_request("acme"))
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    // Written over TLS: the record is there, at the token's generation.
+    wait_for("the record over TLS", async || {
+        redis.command(&["HGET", "tokenbroker:token:acme", "gen"]) == token.generation.to_string()
+    })
+    .await;
+    assert_no_reuse(&cluster.sandbox);
 }

@@ -67,6 +67,11 @@ impl Redis {
         .await
     }
 
+    /// A primary started with the options `extra` after the common ones (TLS, say).
+    pub async fn start_with(extra: Vec<String>) -> Self {
+        Self::with(extra).await
+    }
+
     async fn with(extra: Vec<String>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("tokenbroker-redis-")
@@ -444,6 +449,12 @@ async fn forward(
 }
 
 /// `N` distinct free loopback ports: each bound at once on 127.0.0.1:0, read, released.
+/// A loopback port free now, for a test's own listener (a Redis TLS port, say).
+pub fn free_port() -> u16 {
+    let [port] = free_ports::<1>();
+    port
+}
+
 fn free_ports<const N: usize>() -> [u16; N] {
     let listeners: Vec<StdListener> = (0..N)
         .map(|_| StdListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a free loopback port"))
