@@ -581,7 +581,10 @@ async fn a_lease_that_lapses_never_leads_to_a_second_presentation() {
     }
     let redis = Redis::start().await;
     let cluster = Cluster::new().await;
-    let store = format!("redis_url = {:?}\nlease = \"300ms\"", redis.url());
+    let store = format!(
+        "redis_url = {:?}\nlease = \"300ms\"\ntimeout = \"100ms\"",
+        redis.url()
+    );
     let a = cluster.replica_with(&store).await;
     let b = cluster.replica_with(&store).await;
     let first = a.org_token().await.unwrap();

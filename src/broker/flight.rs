@@ -124,9 +124,15 @@ impl SingleFlight {
             Turn::Joined(Err(e)) => return Err(e),
             Turn::Mine(flight) => flight,
         };
+        // A user-token flight waits for its place among the flights in progress; an org
+        // token's never does (a user flight in progress may be what needs it). With a
+        // shared store, before the claim: a lease is not held while the flight queues.
+        let needs_place = slot.key.user.is_some();
+        let shared = self.store.as_ref().is_some_and(|s| s.is_shared());
+        let mut place = None;
         // Under the lock, look again: the decision to fly is made by one caller at a time;
         // with a shared store, after the claim that makes it one replica at a time.
-        let (reason, lease) = loop {
+        let (reason, lease, offline) = loop {
             let now = Instant::now();
             let reason = match decide(want, slot.current(), now, &slot.key) {
                 Decision::Done(token) => return Ok(token),
@@ -141,9 +147,13 @@ impl SingleFlight {
                     return Err(BrokerError::clone(e));
                 }
             }
+            if needs_place && shared && place.is_none() {
+                // Never closed: acquiring fails only if it were.
+                place = Arc::clone(&self.places).acquire_owned().await.ok();
+            }
             // Boxed: the miss path only, and it keeps the callers' futures small.
             match Box::pin(self.claim(&flight)).await {
-                Claimed::Fly(lease) => break (reason, lease),
+                Claimed::Fly(lease) => break (reason, lease, false),
                 Claimed::Again => {}
                 Claimed::Held { error, hold } => {
                     flight.land(&Err(error.clone()), Some(Landing::Blocked { hold }));
@@ -158,7 +168,7 @@ impl SingleFlight {
                     let valid = slot.current().is_some_and(|t| t.is_valid(now));
                     if !valid || matches!(want, Want::Rotation { .. }) {
                         warn!(key = %slot.key, error = %e, "the shared store is unreachable; fetching this key without it");
-                        break (reason, None);
+                        break (reason, None, true);
                     }
                     let error = BrokerError::StoreUnavailable {
                         key: slot.key.to_string(),
@@ -174,17 +184,15 @@ impl SingleFlight {
         };
         let engine = Arc::clone(self);
         let org = Arc::clone(org);
-        // A user-token flight waits for its place among the flights in progress; an org
-        // token's never does (a user flight in progress may be what needs it).
-        let places = slot.key.user.is_some().then(|| Arc::clone(&self.places));
+        let places = (needs_place && place.is_none()).then(|| Arc::clone(&self.places));
         // The flight owns the lock and runs to the end even if every caller goes away.
         tokio::spawn(async move {
             let _place = match places {
                 // Never closed: acquiring fails only if it were.
                 Some(places) => places.acquire_owned().await.ok(),
-                None => None,
+                None => place,
             };
-            engine.fly(&org, flight, reason, lease).await
+            engine.fly(&org, flight, reason, lease, offline).await
         })
         .await
         .unwrap_or_else(|e| {
@@ -198,19 +206,22 @@ impl SingleFlight {
 
     /// One upstream request chain for a slot, holding its lock (and, with a shared store,
     /// the key's `lease`, released once the outcome is in the store); lands the outcome.
+    /// `offline`: the shared store did not answer the claim, so this flight does without
+    /// it (no take, no install, no shared hold) rather than wait for each to time out.
     async fn fly(
         self: &Arc<Self>,
         org: &Arc<Org>,
         flight: Flight,
         reason: Reason,
         lease: Option<Lease>,
+        offline: bool,
     ) -> Result<SharedToken, BrokerError> {
         let slot = Arc::clone(flight.slot());
         self.stats.flight();
         let requested = (Instant::now(), SystemTime::now());
         let obtained = self
             .grants
-            .obtain(org, &slot.key, &flight, reason, self)
+            .obtain(org, &slot.key, &flight, reason, self, offline)
             .await;
         let (outcome, hold) = match obtained {
             Ok((grant, reason)) => {
@@ -229,30 +240,35 @@ impl SingleFlight {
                 token.reason = reason;
                 // Kept before it is handed out; the refresh token stays in memory only if
                 // the store could not keep it.
-                let kept = self
-                    .keep(&slot.key, &token, requested.1, grant.refresh_token)
-                    .await;
+                let kept = if offline {
+                    // Never in the store: this process alone holds its refresh token.
+                    Kept::InMemory(grant.refresh_token)
+                } else {
+                    self.keep(&slot.key, &token, requested.1, grant.refresh_token)
+                        .await
+                };
                 let unstored = match kept {
                     Kept::Newer(stored) => {
                         // Another replica rotated the key meanwhile (its lease lapsed): its
                         // token stays, and this one's refresh token was never stored.
                         warn!(key = %slot.key, "another replica installed a newer token first; using it");
-                        let adopted = self.adopt(&flight, stored);
-                        drop(lease);
-                        let outcome = adopted.ok_or_else(|| BrokerError::Internal {
-                            key: slot.key.to_string(),
-                            detail: "another replica's newer token cannot be read",
-                        });
-                        flight.land(&outcome, None);
-                        self.planner.plan(&slot);
-                        return outcome;
+                        if let Some(adopted) = self.adopt(&flight, stored) {
+                            let outcome = Ok(adopted);
+                            flight.land(&outcome, None);
+                            self.planner.plan(&slot);
+                            return outcome;
+                        }
+                        // Its token cannot be read here: this one is served from memory,
+                        // without its refresh token, at the store's generation.
+                        None
                     }
                     Kept::Stored => None,
                     Kept::InMemory(refresh) => refresh,
                 };
                 {
                     let mut state = flight.state();
-                    state.generation = generation;
+                    state.generation = state.generation.max(generation);
+                    token.generation = state.generation;
                     state.refresh_token = unstored;
                 }
                 self.stats.rotation(reason);
@@ -271,7 +287,9 @@ impl SingleFlight {
                 let failures = flight.state().failures().saturating_add(1);
                 warn!(key = %slot.key, failures, error = %e, "could not obtain a token");
                 let hold = self.hold_after(&e, failures);
-                self.share_hold(&slot.key, &e, hold).await;
+                if !offline {
+                    self.share_hold(&slot.key, &e, hold).await;
+                }
                 (Err(e), Some(Landing::Failed { hold }))
             }
             Err(Miss::Blocked(e)) => {

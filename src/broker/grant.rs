@@ -52,13 +52,19 @@ impl Grants {
     /// The refresh token to present for the flight's key, taken so that it can never be
     /// taken again: from the slot (no store, or the store could not take the last one),
     /// else out of the store at the slot's generation, committed before it is returned.
-    async fn take_refresh_token(&self, key: &TokenKey, flight: &Flight) -> Option<RefreshToken> {
+    /// `offline`: the shared store did not answer the claim; it is not asked again.
+    async fn take_refresh_token(
+        &self,
+        key: &TokenKey,
+        flight: &Flight,
+        offline: bool,
+    ) -> Option<RefreshToken> {
         let (held, generation) = {
             let mut state = flight.state();
             (state.refresh_token.take(), state.generation)
         };
         // Generation 0: the key never had a token, so the store has nothing for it.
-        if held.is_some() || generation == 0 {
+        if held.is_some() || generation == 0 || offline {
             return held;
         }
         let store = self.store.as_ref()?;
@@ -77,6 +83,7 @@ impl Grants {
 
     /// Gets a grant for the flight's key: through the refresh token when one is held, else
     /// (or when it fails) through the primary grant. Returns the reason to record.
+    /// `offline`: the store did not answer, so no refresh token is taken from it.
     pub async fn obtain(
         &self,
         org: &Arc<Org>,
@@ -84,6 +91,7 @@ impl Grants {
         flight: &Flight,
         reason: Reason,
         bearer: &dyn OrgBearer,
+        offline: bool,
     ) -> Result<(Grant, Reason), Miss> {
         // INVARIANT: a refresh token is presented at most once, ever. It is moved out of
         // the slot, or out of the store in a committed transaction, before it is sent, so
@@ -91,7 +99,7 @@ impl Grants {
         // connection, a 5xx after the platform spent it, a crash of the broker) it can
         // never be sent again: on any failure the token is re-issued through the primary
         // grant.
-        let taken = self.take_refresh_token(key, flight).await;
+        let taken = self.take_refresh_token(key, flight, offline).await;
         let Some(refresh_token) = taken else {
             return Ok((self.primary_grant(org, key, bearer).await?, reason));
         };

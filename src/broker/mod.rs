@@ -216,7 +216,7 @@ impl Broker {
                 if !store.is_shared() {
                     info!(org = %org, "removing the stored tokens of an org no longer configured");
                 }
-                store.remove_org(org, true);
+                store.remove_org(org);
             }
         }
         broker
@@ -249,7 +249,7 @@ impl Broker {
             |settings| self.add_org(settings),
             |org| {
                 if let Some(store) = store {
-                    store.remove_org(org, false);
+                    store.remove_org(org);
                 }
             },
         )

@@ -10,6 +10,8 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::store::HoldKind;
+
 use super::{
     BrokerError, Gone, GoneReason, Held, SharedToken,
     flight::SingleFlight,
@@ -106,7 +108,11 @@ fn announce_gone(slot: &Slot, expired: &SharedToken, error: &BrokerError) {
     let reason = match error {
         BrokerError::UnknownUser { .. }
         | BrokerError::CredentialsRejected { .. }
-        | BrokerError::NotRotatable { .. } => GoneReason::Revoked,
+        | BrokerError::NotRotatable { .. }
+        | BrokerError::Held {
+            kind: HoldKind::Credentials | HoldKind::UnknownUser,
+            ..
+        } => GoneReason::Revoked,
         _ => GoneReason::Unavailable,
     };
     let gone = Gone {

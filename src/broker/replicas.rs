@@ -32,7 +32,8 @@ use crate::{
 /// how long a lost rotation message leaves a replica behind.
 const RESYNC_EVERY: Duration = Duration::from_secs(30);
 
-/// How many times a resync is tried while the store does not answer (about 15 s).
+/// How many times a resync is tried while the store does not answer (about 13 s of
+/// backoff, plus the commands' own time).
 const RESYNC_TRIES: u32 = 10;
 
 /// The most keys asked about in one round trip of a resync.
@@ -66,7 +67,15 @@ struct Waiting<'a> {
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.waiters.by_key.lock_unpoisoned().remove(self.key);
+        // Only its own entry: another slot of the same key (a user dropped and asked for
+        // again) may wait too.
+        let mut by_key = self.waiters.by_key.lock_unpoisoned();
+        if by_key
+            .get(self.key)
+            .is_some_and(|n| Arc::ptr_eq(n, &self.notify))
+        {
+            by_key.remove(self.key);
+        }
     }
 }
 
@@ -135,6 +144,14 @@ impl SingleFlight {
         match store.claim(&key.org, key.user.as_deref(), known).await {
             Ok(Claim::Fly(lease)) => Claimed::Fly(lease),
             Ok(Claim::Newer(stored)) => {
+                let generation = stored.generation;
+                if flight.state().generation >= generation {
+                    // Not newer after all (a record this broker cannot read as a number):
+                    // asking again would loop.
+                    return Claimed::Down(StoreError::Protocol(format!(
+                        "the store's generation {generation} is not newer than {known}"
+                    )));
+                }
                 self.adopt(flight, stored);
                 Claimed::Again
             }
@@ -247,13 +264,17 @@ fn find(orgs: &Orgs, key: &TokenKey) -> Option<Arc<Slot>> {
 }
 
 /// Brings `slot` up to `generation` from the store, under its lock (after any flight of
-/// this replica, which may have brought it there already).
+/// this replica, which may have brought it there already, or failed: then it looks again).
 async fn catch_up(engine: Arc<SingleFlight>, slot: Arc<Slot>, generation: u64) {
     let Some(store) = engine.store.clone() else {
         return;
     };
-    let Turn::Mine(flight) = slot.turn().await else {
-        return;
+    let flight = loop {
+        match slot.turn().await {
+            Turn::Mine(flight) => break flight,
+            Turn::Joined(_) if slot.state().generation >= generation => return,
+            Turn::Joined(_) => {}
+        }
     };
     if flight.state().generation >= generation {
         return;

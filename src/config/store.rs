@@ -4,7 +4,7 @@
 use super::*;
 use crate::{
     secret::{RedisUrl, StoreKey},
-    store::{Backend, RedisSettings, RedisTarget, StoreSettings},
+    store::{Backend, RedisSettings, RedisTarget, SentinelPrimary, StoreSettings},
 };
 
 /// The key prefix in Redis when `store.prefix` is not set.
@@ -45,8 +45,16 @@ pub(super) struct RawStore {
 pub(super) struct RawSentinel {
     /// The name the sentinels monitor the primary under.
     pub(super) master: String,
-    /// The sentinels, `redis://host:port` each.
+    /// The sentinels, `redis://host:port` each (a sentinel's own password in its URL).
     pub(super) urls: Vec<String>,
+    /// The primary's database number (default 0).
+    pub(super) db: Option<i64>,
+    /// Connect to the primary over TLS (default false).
+    pub(super) tls: Option<bool>,
+    /// The primary's ACL user.
+    pub(super) username: Option<String>,
+    /// The environment variable holding the primary's password.
+    pub(super) password_env: Option<String>,
 }
 
 /// Where one key is read from: an environment variable or a file.
@@ -58,7 +66,7 @@ pub(super) fn store_settings(
     env: &dyn Fn(&str) -> Option<String>,
     base: &Path,
 ) -> Result<StoreSettings, ConfigError> {
-    let backend = backend(&raw, base)?;
+    let backend = backend(&raw, env, base)?;
     let (key_setting, sources): (&'static str, Vec<KeySource>) = match (
         &raw.encryption_key_env,
         &raw.encryption_key_file,
@@ -111,7 +119,11 @@ pub(super) fn store_settings(
 }
 
 /// Where `raw` keeps the tokens: a file or a Redis, exactly one.
-fn backend(raw: &RawStore, base: &Path) -> Result<Backend, ConfigError> {
+fn backend(
+    raw: &RawStore,
+    env: &dyn Fn(&str) -> Option<String>,
+    base: &Path,
+) -> Result<Backend, ConfigError> {
     let redis_only = [
         ("store.prefix", raw.prefix.is_some()),
         ("store.lease", raw.lease.is_some()),
@@ -122,7 +134,7 @@ fn backend(raw: &RawStore, base: &Path) -> Result<Backend, ConfigError> {
             if let Some((key, _)) = redis_only.iter().find(|(_, set)| *set) {
                 return Err(error(
                     *key,
-                    "applies to a Redis store only (store.redis_url)",
+                    "applies to a Redis store only (store.redis_url or store.redis_sentinel)",
                 ));
             }
             return Ok(Backend::File {
@@ -142,15 +154,35 @@ fn backend(raw: &RawStore, base: &Path) -> Result<Backend, ConfigError> {
                 .iter()
                 .map(|u| redis_url("store.redis_sentinel.urls", u))
                 .collect::<Result<_, _>>()?;
+            let password = sentinel
+                .password_env
+                .as_deref()
+                .map(|var| {
+                    read_secret(
+                        "store.redis_sentinel.password_env",
+                        Some(var),
+                        None,
+                        env,
+                        base,
+                    )
+                    .map(RedisUrl::new)
+                })
+                .transpose()?;
             RedisTarget::Sentinel {
                 master: sentinel.master.clone(),
                 urls,
+                primary: SentinelPrimary {
+                    db: sentinel.db.unwrap_or(0),
+                    tls: sentinel.tls.unwrap_or(false),
+                    username: sentinel.username.clone(),
+                    password,
+                },
             }
         }
         (None, None, None) => {
             return Err(error(
                 "store",
-                "needs path (a file, for one broker process: e.g. \"/var/lib/tokenbroker/tokens.redb\") or redis_url (a Redis that several replicas share); delete [store] to keep tokens in memory only",
+                "needs path (a file, for one broker process: e.g. \"/var/lib/tokenbroker/tokens.redb\"), or redis_url or redis_sentinel (a Redis that several replicas share); delete [store] to keep tokens in memory only",
             ));
         }
         _ => {
@@ -161,10 +193,14 @@ fn backend(raw: &RawStore, base: &Path) -> Result<Backend, ConfigError> {
         }
     };
     let prefix = raw.prefix.clone().unwrap_or_else(|| DEFAULT_PREFIX.into());
-    if prefix.is_empty() || prefix.chars().any(|c| c.is_control() || c == ' ') {
+    if prefix.is_empty()
+        || prefix
+            .chars()
+            .any(|c| c.is_control() || " *?[]\\".contains(c))
+    {
         return Err(error(
             "store.prefix",
-            "must be non-empty, without spaces or control characters",
+            "must be non-empty, without spaces, control characters or the pattern characters * ? [ ] \\",
         ));
     }
     let duration = |key: &str, text: &Option<String>, default: Duration| {
@@ -182,6 +218,15 @@ fn backend(raw: &RawStore, base: &Path) -> Result<Backend, ConfigError> {
         return Err(error(
             "store.lease",
             "must be at least 300ms: a lease is renewed every third of it",
+        ));
+    }
+    if lease < timeout * 3 {
+        return Err(error(
+            "store.lease",
+            format!(
+                "must be at least three times store.timeout ({}ms): a lease is renewed every third of it, and a renewal may take that long",
+                timeout.as_millis()
+            ),
         ));
     }
     Ok(Backend::Redis(RedisSettings {
@@ -206,18 +251,36 @@ fn redis_url(key: &str, url: &str) -> Result<RedisUrl, ConfigError> {
     Ok(RedisUrl::new(url))
 }
 
-/// A URL as `describe` shows it: any password replaced by `***`.
-fn without_password(url: &str) -> String {
+/// A URL as `describe` shows it: any password (before the host, or a `pass` or
+/// `password` query parameter, as unix:// URLs carry it) replaced by `***`.
+pub(super) fn without_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+        return "***".to_owned();
     };
-    match rest.split_once('@') {
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, Some(query)),
+        None => (rest, None),
+    };
+    // The host follows the last '@' (a raw '@' in a password stays in the user info).
+    let mut out = match rest.rsplit_once('@') {
         Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
             format!("{scheme}://{user}:***@{host}")
         }
-        None => url.to_owned(),
+        None => format!("{scheme}://{rest}"),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k == "pass" || k == "password" => format!("{k}=***"),
+                _ => p.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
 }
 
 /// `[store]` as TOML, its keys named by where they come from (never the keys).
@@ -235,11 +298,23 @@ pub(super) fn describe(raw: &RawStore) -> String {
     }
     if let Some(sentinel) = &raw.redis_sentinel {
         let urls = sentinel.urls.iter().map(|u| without_password(u)).collect();
-        out.push_str(&format!(
-            "redis_sentinel = {{ master = {:?}, urls = {} }}\n",
-            sentinel.master,
-            list(urls)
-        ));
+        let mut fields = vec![
+            format!("master = {:?}", sentinel.master),
+            format!("urls = {}", list(urls)),
+        ];
+        if let Some(db) = sentinel.db {
+            fields.push(format!("db = {db}"));
+        }
+        if let Some(tls) = sentinel.tls {
+            fields.push(format!("tls = {tls}"));
+        }
+        if let Some(user) = &sentinel.username {
+            fields.push(format!("username = {user:?}"));
+        }
+        if let Some(var) = &sentinel.password_env {
+            fields.push(format!("password_env = {var:?}"));
+        }
+        out.push_str(&format!("redis_sentinel = {{ {} }}\n", fields.join(", ")));
     }
     for (key, value) in [
         ("prefix", &raw.prefix),

@@ -340,6 +340,16 @@ fn a_redis_store_takes_its_url_prefix_and_lease_and_never_shows_its_password() {
         !format!("{c:?}").contains("pa55word"),
         "Debug shows no password"
     );
+    for (url, shown) in [
+        ("redis://:p@ss@h:1/0", "redis://:***@h:1/0"),
+        (
+            "unix:///run/redis.sock?db=1&pass=pw",
+            "unix:///run/redis.sock?db=1&pass=***",
+        ),
+        ("redis://h:1/0", "redis://h:1/0"),
+    ] {
+        assert_eq!(super::store::without_password(url), shown);
+    }
 
     let sentinel = format!(
         "{GOOD}\n[store]\nredis_sentinel = {{ master = \"mymaster\", urls = [\"redis://s1:26379\", \"redis://s2:26379\"] }}\nencryption_key_env = \"K\""
@@ -350,10 +360,38 @@ fn a_redis_store_takes_its_url_prefix_and_lease_and_never_shows_its_password() {
     };
     assert_eq!(redis.prefix, "tokenbroker");
     assert!(
-        matches!(&redis.target, RedisTarget::Sentinel { master, urls } if master == "mymaster" && urls.len() == 2)
+        matches!(&redis.target, RedisTarget::Sentinel { master, urls, .. } if master == "mymaster" && urls.len() == 2)
     );
     let again = Config::parse(&c.describe(), &env, Path::new(".")).unwrap();
     assert!(matches!(again.store.unwrap().backend, Backend::Redis(_)));
+
+    // The primary's own credentials, its password from the environment.
+    let env = |name: &str| match name {
+        "RPW" => Some("primary-pw".into()),
+        other => env(other),
+    };
+    let text = format!(
+        "{GOOD}\n[store]\nredis_sentinel = {{ master = \"m\", urls = [\"redis://s1:26379\"], db = 3, tls = true, username = \"app\", password_env = \"RPW\" }}\nencryption_key_env = \"K\""
+    );
+    let c = Config::parse(&text, &env, Path::new(".")).unwrap();
+    let Backend::Redis(redis) = &c.store.as_ref().unwrap().backend else {
+        panic!("a Redis store");
+    };
+    let RedisTarget::Sentinel { primary, .. } = &redis.target else {
+        panic!("Sentinel");
+    };
+    assert_eq!((primary.db, primary.tls), (3, true));
+    assert_eq!(primary.username.as_deref(), Some("app"));
+    assert_eq!(
+        primary.password.as_ref().map(|p| p.expose()),
+        Some("primary-pw")
+    );
+    let described = c.describe();
+    assert!(described.contains("password_env = \"RPW\""), "{described}");
+    assert!(!described.contains("primary-pw"), "{described}");
+    let missing = text.replace("RPW", "NOT_SET");
+    let e = Config::parse(&missing, &env, Path::new(".")).unwrap_err();
+    assert_eq!(e.key, "store.redis_sentinel.password_env", "{e}");
 }
 
 #[test]
@@ -425,6 +463,16 @@ fn the_store_needs_its_key_reads_hex_or_base64_and_describes_itself_without_it()
             "redis_url = \"redis://r\"\nlease = \"100ms\"\nencryption_key_env = \"NEW\"",
             "store.lease",
             "at least 300ms",
+        ),
+        (
+            "redis_url = \"redis://r\"\nlease = \"2s\"\nencryption_key_env = \"NEW\"",
+            "store.lease",
+            "three times store.timeout",
+        ),
+        (
+            "redis_url = \"redis://r\"\nprefix = \"tb*\"\nencryption_key_env = \"NEW\"",
+            "store.prefix",
+            "pattern characters",
         ),
         (
             "path = \"t.redb\"\nencryption_key_env = \"MISSING\"",

@@ -35,7 +35,7 @@ use record::Record;
 use seal::{Binding, OpenError, Sealer};
 
 pub use redis::{Event, Lease};
-pub use settings::{Backend, RedisSettings, RedisTarget, StoreSettings};
+pub use settings::{Backend, RedisSettings, RedisTarget, SentinelPrimary, StoreSettings};
 pub use shared::{Claim, Hold, HoldKind, Installed, Stored};
 
 /// Why the store could not be opened or used.
@@ -80,7 +80,8 @@ pub enum StoreError {
 
 /// Counts the store's operations (the metrics at the top of the crate implement it).
 pub trait Observer: Send + Sync + std::fmt::Debug {
-    /// One `operation` (`put`, `take`) ended in `outcome` (`ok`, `error`) after `elapsed`.
+    /// One `operation` (`put`, `take`, `claim`) ended in `outcome` (`ok`, `error`) after
+    /// `elapsed`.
     fn operation(&self, operation: &'static str, outcome: &'static str, elapsed: Duration);
 }
 
@@ -377,10 +378,10 @@ impl Store {
                     refresh.as_deref(),
                 )
                 .await
-                .map(|newer| match newer {
-                    None => Installed::Done,
-                    Some((generation, record)) => {
-                        Installed::Newer(self.stored(org, user, generation, Some(&record)))
+                .map(|installed| match installed {
+                    redis::Installed::Done => Installed::Done,
+                    redis::Installed::Newer(generation, record) => {
+                        Installed::Newer(self.stored(org, user, generation, record.as_deref()))
                     }
                 }),
         };
@@ -400,7 +401,10 @@ impl Store {
         let started = Instant::now();
         let outcome = match &self.backend {
             Records::File(file) => file.take(key(org, user), generation).await,
-            Records::Redis(redis) => redis.take(org, user, generation).await,
+            Records::Redis(redis) => {
+                let ids = self.sealer.key_ids();
+                redis.take(org, user, generation, &ids).await
+            }
         };
         self.observe("take", outcome.is_ok(), started);
         let Some(sealed) = outcome? else {
@@ -432,14 +436,12 @@ impl Store {
         }
     }
 
-    /// Removes every record of `org` (it left the configuration). `at_start`: found at
-    /// start under an org this process is not configured with, which in a shared store may
-    /// be another replica's newer configuration, so it stays there.
-    pub fn remove_org(&self, org: &str, at_start: bool) {
-        match &self.backend {
-            Records::File(file) => file.remove_org(org.to_owned()),
-            Records::Redis(_) if at_start => {}
-            Records::Redis(redis) => redis.remove_org(org),
+    /// Removes every record of `org` (it left this process's configuration). A shared
+    /// store keeps them: other replicas may not have reloaded (or may run a newer
+    /// configuration that has the org); its records expire on their own.
+    pub fn remove_org(&self, org: &str) {
+        if let Records::File(file) = &self.backend {
+            file.remove_org(org.to_owned());
         }
     }
 

@@ -82,6 +82,13 @@ impl Sealer {
         Self { keys }
     }
 
+    /// The ids of the configured keys, as envelopes carry them after their version byte:
+    /// what a shared store checks before it hands out a sealed refresh token, so that a
+    /// replica without the key never takes (and so destroys) one it cannot open.
+    pub fn key_ids(&self) -> Vec<[u8; KEY_ID_LEN]> {
+        self.keys.iter().map(|(id, _)| *id).collect()
+    }
+
     /// `plaintext` sealed for `binding` with the first key.
     pub fn seal(&self, binding: Binding<'_>, plaintext: &[u8]) -> Vec<u8> {
         let Some((id, key)) = self.keys.first() else {

@@ -44,6 +44,23 @@ pub enum RedisTarget {
     /// At one URL (`store.redis_url`).
     Url(RedisUrl),
     /// Through Sentinel (`store.redis_sentinel`): the primary of `master`, as the sentinels
-    /// at `urls` name it.
-    Sentinel { master: String, urls: Vec<RedisUrl> },
+    /// at `urls` name it, reached as `primary` says.
+    Sentinel {
+        master: String,
+        urls: Vec<RedisUrl>,
+        primary: SentinelPrimary,
+    },
+}
+
+/// How the primary a sentinel names is reached (`store.redis_sentinel.*`).
+#[derive(Debug, Clone, Default)]
+pub struct SentinelPrimary {
+    /// The database number.
+    pub db: i64,
+    /// Over TLS (the system's roots).
+    pub tls: bool,
+    /// An ACL user.
+    pub username: Option<String>,
+    /// Its password (`password_env`), never shown.
+    pub password: Option<RedisUrl>,
 }

@@ -39,8 +39,7 @@ pub enum Installed {
     Newer(Stored),
 }
 
-/// A failure one replica saw that holds every replica off a key (or every key of an org)
-/// for a while: a backoff, a 429's `Retry-After`, rejected credentials.
+/// A failure one replica saw that holds every replica off a key for a while: a backoff, a 429's `Retry-After`, rejected credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hold {
     /// How long from now.

@@ -101,7 +101,7 @@ async fn tokens_survive_a_reopen_and_a_refresh_token_is_taken_once_at_its_genera
         .install("other", None, token(1, &AccessToken::new("x")))
         .await
         .unwrap();
-    store.remove_org("acme", false);
+    store.remove_org("acme");
     store
         .install("other", Some("u"), token(1, &AccessToken::new("y")))
         .await

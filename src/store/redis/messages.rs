@@ -63,9 +63,31 @@ async fn listen(shared: &Shared, events: &mpsc::Sender<Event>) -> Result<(), Sto
     if events.send(Event::Resync).await.is_err() {
         return Ok(());
     }
-    let mut messages = pubsub.into_on_message();
+    let (mut sink, mut messages) = pubsub.split();
+    // A connection that died without a word (a network cut) is noticed by a ping, and
+    // subscribed again; messages dropped on a full queue ask for a resync on the next tick.
+    let mut tick = tokio::time::interval(PING_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lost = false;
-    while let Some(message) = messages.next().await {
+    loop {
+        let message = tokio::select! {
+            message = messages.next() => message,
+            _ = tick.tick() => {
+                if lost && events.try_send(Event::Resync).is_ok() {
+                    lost = false;
+                }
+                let pong = tokio::time::timeout(shared.timeout, sink.ping::<redis::Value>()).await;
+                if !matches!(pong, Ok(Ok(_))) {
+                    return Err(StoreError::Unreachable("the subscription's connection does not answer".into()));
+                }
+                continue;
+            }
+        };
+        let Some(message) = message else {
+            return Err(StoreError::Unreachable(
+                "the subscription's connection ended".into(),
+            ));
+        };
         let Some(event) = parse(message.get_payload_bytes()) else {
             continue;
         };
@@ -78,10 +100,10 @@ async fn listen(shared: &Shared, events: &mpsc::Sender<Event>) -> Result<(), Sto
             Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
         }
     }
-    Err(StoreError::Unreachable(
-        "the subscription's connection ended".into(),
-    ))
 }
+
+/// How often the subscription's connection is pinged.
+const PING_EVERY: Duration = Duration::from_secs(5);
 
 /// `KIND\nGENERATION\nORG[\nUSER]` (ids hold no control characters).
 pub(super) fn message(kind: &str, generation: u64, org: &str, user: Option<&str>) -> String {

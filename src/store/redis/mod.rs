@@ -25,7 +25,8 @@ use std::{
 };
 
 use redis::{
-    AsyncCommands, Client, IntoConnectionInfo, RedisError, Script, Value,
+    AsyncCommands, Client, IntoConnectionInfo, RedisConnectionInfo, RedisError, Script, TlsMode,
+    Value,
     aio::{ConnectionManager, ConnectionManagerConfig},
     io::tcp::TcpSettings,
     sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType},
@@ -45,6 +46,20 @@ const RECORD_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The messages waiting for the broker; past it they are dropped and a resync is asked.
 const EVENTS_QUEUED: usize = 4096;
+
+/// How one try of a command failed: on a broken connection (worth one more try on a new
+/// one), or otherwise.
+enum Attempt {
+    Broken(StoreError),
+    Failed(StoreError),
+}
+
+/// What the install script answered.
+pub(super) enum Installed {
+    Done,
+    /// The generation the store holds (that one or newer) and its sealed record.
+    Newer(u64, Option<Vec<u8>>),
+}
 
 /// What the claim script answered.
 pub(super) enum Claimed {
@@ -107,9 +122,25 @@ impl RedisStore {
                     .set_tcp_settings(tcp());
                 Target::Url(Client::open(info).map_err(invalid)?)
             }
-            RedisTarget::Sentinel { master, urls } => {
+            RedisTarget::Sentinel {
+                master,
+                urls,
+                primary,
+            } => {
                 let urls: Vec<&str> = urls.iter().map(|u| u.expose()).collect();
-                let node = SentinelNodeConnectionInfo::default().set_tcp_settings(tcp());
+                let mut info = RedisConnectionInfo::default().set_db(primary.db);
+                if let Some(user) = &primary.username {
+                    info = info.set_username(user);
+                }
+                if let Some(password) = &primary.password {
+                    info = info.set_password(password.expose());
+                }
+                let mut node = SentinelNodeConnectionInfo::default()
+                    .set_tcp_settings(tcp())
+                    .set_redis_connection_info(info);
+                if primary.tls {
+                    node = node.set_tls_mode(TlsMode::Secure);
+                }
                 let client = SentinelClient::build(
                     urls,
                     master.as_str(),
@@ -129,6 +160,7 @@ impl RedisStore {
             primary: Primary {
                 target,
                 current: RwLock::new(None),
+                connecting: tokio::sync::Mutex::new(None),
                 config,
             },
             prefix: settings.prefix.clone(),
@@ -183,7 +215,10 @@ impl RedisStore {
             .arg(&id)
             .arg(millis(s.lease));
         let answer: Vec<Value> = s
-            .run(|mut c| async move { script.invoke_async(&mut c).await })
+            .run(|mut c| {
+                let script = &script;
+                async move { script.invoke_async(&mut c).await }
+            })
             .await?;
         let kind = answer.first().and_then(text).unwrap_or_default();
         match kind.as_str() {
@@ -219,7 +254,7 @@ impl RedisStore {
         generation: u64,
         record: &[u8],
         refresh: Option<&[u8]>,
-    ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+    ) -> Result<Installed, StoreError> {
         let s = &self.shared;
         let mut script = s.scripts.install.prepare_invoke();
         script
@@ -232,23 +267,29 @@ impl RedisStore {
             .arg(message("rotated", generation, org, user))
             .arg(millis(RECORD_TTL));
         let answer: Vec<Value> = s
-            .run(|mut c| async move { script.invoke_async(&mut c).await })
+            .run(|mut c| {
+                let script = &script;
+                async move { script.invoke_async(&mut c).await }
+            })
             .await?;
-        match answer.first().and_then(number) {
-            Some(0) => Ok(None),
-            Some(generation) => Ok(Some((
-                generation,
-                answer.get(1).and_then(bytes).unwrap_or_default(),
-            ))),
-            None => Err(StoreError::Protocol("install answered nothing".into())),
+        match answer.first().and_then(text).as_deref() {
+            Some("ok") => Ok(Installed::Done),
+            Some("newer") => Ok(Installed::Newer(
+                answer.get(1).and_then(number).unwrap_or_default(),
+                answer.get(2).and_then(bytes),
+            )),
+            other => Err(StoreError::Protocol(format!("install answered {other:?}"))),
         }
     }
 
+    /// Takes the key's sealed refresh token at `generation`, if it is sealed with one of
+    /// `key_ids` (the keys this replica can open).
     pub async fn take(
         &self,
         org: &str,
         user: Option<&str>,
         generation: u64,
+        key_ids: &[[u8; 4]],
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let s = &self.shared;
         let mut script = s.scripts.take.prepare_invoke();
@@ -256,10 +297,24 @@ impl RedisStore {
             .key(s.key("token", org, user))
             .arg(generation)
             .arg(if s.primary.is_sentinel() { "1" } else { "0" });
-        let answer: Value = s
-            .run(|mut c| async move { script.invoke_async(&mut c).await })
+        for id in key_ids {
+            script.arg(&id[..]);
+        }
+        let answer: Vec<Value> = s
+            .run(|mut c| {
+                let script = &script;
+                async move { script.invoke_async(&mut c).await }
+            })
             .await?;
-        Ok(bytes(&answer))
+        match answer.first().and_then(text).as_deref() {
+            Some("taken") => Ok(answer.get(1).and_then(bytes)),
+            Some("none") => Ok(None),
+            Some("foreign") => {
+                warn!(org = %org, user = ?user, "the stored refresh token is sealed with a key this replica does not have; it is left for a replica that has it (give every replica the same store.encryption_key_env)");
+                Ok(None)
+            }
+            other => Err(StoreError::Protocol(format!("take answered {other:?}"))),
+        }
     }
 
     pub async fn read(
@@ -270,7 +325,10 @@ impl RedisStore {
         let s = &self.shared;
         let key = s.key("token", org, user);
         let (generation, record): (Option<u64>, Option<Vec<u8>>) = s
-            .run(|mut c| async move { c.hmget(&key, &["gen", "rec"]).await })
+            .run(|mut c| {
+                let key = &key;
+                async move { c.hmget(key, &["gen", "rec"]).await }
+            })
             .await?;
         Ok(generation.zip(record))
     }
@@ -282,7 +340,10 @@ impl RedisStore {
             pipe.hget(s.key("token", org, *user), "gen");
         }
         let found: Vec<Option<u64>> = s
-            .run(|mut c| async move { pipe.query_async(&mut c).await })
+            .run(|mut c| {
+                let pipe = &pipe;
+                async move { pipe.query_async(&mut c).await }
+            })
             .await?;
         Ok(found.into_iter().map(Option::unwrap_or_default).collect())
     }
@@ -299,34 +360,11 @@ impl RedisStore {
         let key = s.key("hold", org, user);
         let value = format!("{code}\n{message}");
         let ms = millis(left).max(1);
-        s.run(|mut c| async move { c.pset_ex::<_, _, ()>(&key, value, ms).await })
-            .await
-    }
-
-    /// Removes every record of `org`, in the background.
-    pub fn remove_org(&self, org: &str) {
-        let shared = Arc::clone(&self.shared);
-        let org = org.to_owned();
-        tokio::spawn(async move {
-            let pattern = format!("{}:token:{org}:*", shared.prefix);
-            let mut keys = match shared.scan(&pattern).await {
-                Ok(keys) => keys,
-                Err(e) => {
-                    warn!(org = %org, error = %e, "could not remove the org's tokens from the Redis store");
-                    return;
-                }
-            };
-            keys.push(shared.key("token", &org, None));
-            for batch in keys.chunks(1000) {
-                let batch = batch.to_vec();
-                let removed: Result<(), _> =
-                    shared.run(|mut c| async move { c.del(batch).await }).await;
-                if let Err(e) = removed {
-                    warn!(org = %org, error = %e, "could not remove the org's tokens from the Redis store");
-                    return;
-                }
-            }
-        });
+        s.run(|mut c| {
+            let (key, value) = (&key, &value);
+            async move { c.pset_ex::<_, _, ()>(key, value, ms).await }
+        })
+        .await
     }
 }
 
@@ -343,30 +381,55 @@ impl Shared {
         format!("{}:rotations", self.prefix)
     }
 
-    /// Runs one command (or script, or pipeline) on the primary, within the timeout.
+    /// Runs one command (or script, or pipeline) on the primary, within the timeout. A
+    /// connection found broken (a restarted Redis, a primary that moved) is made again and
+    /// the command tried once more: each command here may run twice without harm (a take
+    /// that ran and lost its answer leaves no refresh token to take a second time).
     async fn run<T, F, Fut>(&self, command: F) -> Result<T, StoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        let connection = self.primary.connection(self.timeout).await?;
+        match self.run_once(&command).await {
+            Err(Attempt::Broken(_)) => match self.run_once(&command).await {
+                Err(Attempt::Broken(e) | Attempt::Failed(e)) => Err(e),
+                Ok(value) => Ok(value),
+            },
+            Err(Attempt::Failed(e)) => Err(e),
+            Ok(value) => Ok(value),
+        }
+    }
+
+    async fn run_once<T, F, Fut>(&self, command: &F) -> Result<T, Attempt>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let connection = self
+            .primary
+            .connection(self.timeout)
+            .await
+            .map_err(Attempt::Failed)?;
         match tokio::time::timeout(self.timeout, command(connection)).await {
             Err(_) => {
                 // A primary that stopped answering: with Sentinel, look it up again.
                 if self.primary.is_sentinel() {
                     *self.primary.current.write_unpoisoned() = None;
                 }
-                Err(timed_out(self.timeout))
+                Err(Attempt::Failed(timed_out(self.timeout)))
             }
             Ok(Err(e)) => {
                 self.primary.failed(&e);
-                Err(
-                    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
-                        unreachable(&e)
-                    } else {
-                        StoreError::Protocol(e.to_string())
-                    },
-                )
+                if e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.code() == Some("READONLY")
+                {
+                    Err(Attempt::Broken(unreachable(&e)))
+                } else if e.is_io_error() || e.is_timeout() {
+                    Err(Attempt::Failed(unreachable(&e)))
+                } else {
+                    Err(Attempt::Failed(StoreError::Protocol(e.to_string())))
+                }
             }
             Ok(Ok(value)) => Ok(value),
         }
@@ -399,7 +462,10 @@ impl Shared {
                 pipe.hget(key, "rec");
             }
             let found: Vec<Option<Vec<u8>>> = self
-                .run(|mut c| async move { pipe.query_async(&mut c).await })
+                .run(|mut c| {
+                    let pipe = &pipe;
+                    async move { pipe.query_async(&mut c).await }
+                })
                 .await?;
             for (key, record) in batch.iter().zip(found) {
                 let Some(rest) = key.strip_prefix(&start) else {

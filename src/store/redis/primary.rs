@@ -1,7 +1,10 @@
 //! The way to the Redis primary: one URL, or the one the sentinels name now (looked up
 //! again after it stops answering as one), with the errors a connection can end in.
 
-use std::{sync::RwLock, time::Duration};
+use std::{
+    sync::RwLock,
+    time::{Duration, Instant},
+};
 
 use redis::{
     Client, RedisError,
@@ -19,7 +22,12 @@ pub(super) struct Primary {
     /// stopped answering as one (found again on the next command).
     pub(super) current: RwLock<Option<ConnectionManager>>,
     pub(super) config: ConnectionManagerConfig,
+    /// Held while a connection is made; when the last attempt failed.
+    pub(super) connecting: tokio::sync::Mutex<Option<Instant>>,
 }
+
+/// After a failed attempt to connect, how long commands fail at once before the next.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 
 pub(super) enum Target {
     Url(Client),
@@ -49,7 +57,9 @@ impl Primary {
         matches!(self.target, Target::Sentinel(_))
     }
 
-    /// A connection to the primary, made (or, with Sentinel, found) if there is none.
+    /// A connection to the primary, made (or, with Sentinel, found) if there is none: by
+    /// one caller at a time, the others taking its connection; for a moment after a
+    /// failed attempt, callers fail at once rather than queue up to try again.
     pub(super) async fn connection(
         &self,
         timeout: Duration,
@@ -57,16 +67,40 @@ impl Primary {
         if let Some(connection) = self.current.read_unpoisoned().clone() {
             return Ok(connection);
         }
-        let client = self.client(timeout).await?;
-        let connection = tokio::time::timeout(
-            timeout,
-            client.get_connection_manager_with_config(self.config.clone()),
-        )
-        .await
-        .map_err(|_| timed_out(timeout))?
-        .map_err(|e| open_error(&e))?;
-        *self.current.write_unpoisoned() = Some(connection.clone());
-        Ok(connection)
+        let mut last_failure = tokio::time::timeout(timeout, self.connecting.lock())
+            .await
+            .map_err(|_| timed_out(timeout))?;
+        if let Some(connection) = self.current.read_unpoisoned().clone() {
+            return Ok(connection);
+        }
+        if let Some(at) = *last_failure
+            && at.elapsed() < RECONNECT_PAUSE
+        {
+            return Err(StoreError::Unreachable(
+                "not answering; trying again shortly".into(),
+            ));
+        }
+        let made = async {
+            let client = self.client(timeout).await?;
+            tokio::time::timeout(
+                timeout,
+                client.get_connection_manager_with_config(self.config.clone()),
+            )
+            .await
+            .map_err(|_| timed_out(timeout))?
+            .map_err(|e| open_error(&e))
+        };
+        match made.await {
+            Ok(connection) => {
+                *last_failure = None;
+                *self.current.write_unpoisoned() = Some(connection.clone());
+                Ok(connection)
+            }
+            Err(e) => {
+                *last_failure = Some(Instant::now());
+                Err(e)
+            }
+        }
     }
 
     /// A client for the primary (with Sentinel, the one the sentinels name now).
@@ -102,7 +136,7 @@ impl Primary {
 pub(super) fn open_error(e: &RedisError) -> StoreError {
     if e.kind() == redis::ErrorKind::AuthenticationFailed {
         StoreError::Redis(format!(
-            "{e}; check the user and password in store.redis_url"
+            "{e}; check the user and password (in store.redis_url, or store.redis_sentinel's username and password_env)"
         ))
     } else {
         unreachable(e)

@@ -1,6 +1,6 @@
 //! The Lua scripts that make each shared-store operation atomic on the Redis primary (each
-//! says its KEYS and ARGV; `REPLID` is prepended to the two that compare epochs), and how
-//! their answers are read.
+//! says its KEYS and ARGV; `REPLID` is prepended to INSTALL, which stamps the primary's
+//! epoch, and TAKE, which compares it), and how their answers are read.
 
 use std::time::Duration;
 
@@ -13,21 +13,30 @@ end
 ";
 
 /// KEYS: record, hold, lease. ARGV: the generation known, lease id, lease ms.
-pub(super) const CLAIM: &str = "local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
+pub(super) const CLAIM: &str =
+    "local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0') or 0
 if gen > tonumber(ARGV[1]) then
   return {'newer', gen, redis.call('HGET', KEYS[1], 'rec')}
 end
 local hold = redis.call('GET', KEYS[2])
 if hold then return {'held', hold, redis.call('PTTL', KEYS[2])} end
 if redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then return {'fly'} end
-return {'flying', redis.call('PTTL', KEYS[3])}
+local ttl = redis.call('PTTL', KEYS[3])
+if ttl < 0 then
+  -- A lease with no time to live (not ours): give it one, so it cannot block for ever.
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+  ttl = tonumber(ARGV[3])
+end
+return {'flying', ttl}
 ";
 
 /// KEYS: record. ARGV: generation, record, refresh token ('' none), '1' to stamp the
-/// epoch, channel, message, ttl ms. Writes only over an older generation (or none).
-pub(super) const INSTALL: &str = "local cur = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
+/// epoch, channel, message, ttl ms. Writes only over an older generation (or none):
+/// answers `{'ok'}`, or `{'newer', generation, record}` with what the store holds.
+pub(super) const INSTALL: &str =
+    "local cur = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0') or 0
 if cur >= tonumber(ARGV[1]) then
-  return {cur, redis.call('HGET', KEYS[1], 'rec')}
+  return {'newer', cur, redis.call('HGET', KEYS[1], 'rec')}
 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'gen', ARGV[1], 'rec', ARGV[2])
@@ -35,20 +44,29 @@ if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'rt', ARGV[3]) end
 if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'epoch', replid()) end
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
 redis.call('PUBLISH', ARGV[5], ARGV[6])
-return {0}
+return {'ok'}
 ";
 
-/// KEYS: record. ARGV: generation, '1' to check the epoch. The refresh token leaves the
-/// record here, or nowhere; one written under another primary is removed, not returned.
+/// KEYS: record. ARGV: generation, '1' to check the epoch, then the ids (4 bytes each) of
+/// the keys this replica can open. The refresh token leaves the record here, or nowhere:
+/// `{'taken', token}`; `{'none'}` when there is none at that generation; `{'foreign'}` when
+/// it is sealed with a key this replica does not have (it stays, for a replica that has
+/// it); one written under another primary is removed, not returned (`{'none'}`).
 pub(super) const TAKE: &str =
     "if tonumber(redis.call('HGET', KEYS[1], 'gen') or '-1') ~= tonumber(ARGV[1]) then
-  return false
+  return {'none'}
 end
 local rt = redis.call('HGET', KEYS[1], 'rt')
-if not rt then return false end
+if not rt then return {'none'} end
+local id = string.sub(rt, 2, 5)
+local known = false
+for i = 3, #ARGV do
+  if ARGV[i] == id then known = true end
+end
+if not known then return {'foreign'} end
 redis.call('HDEL', KEYS[1], 'rt')
-if ARGV[2] == '1' and redis.call('HGET', KEYS[1], 'epoch') ~= replid() then return false end
-return rt
+if ARGV[2] == '1' and redis.call('HGET', KEYS[1], 'epoch') ~= replid() then return {'none'} end
+return {'taken', rt}
 ";
 
 /// KEYS: lease. ARGV: lease id, lease ms.
