@@ -182,6 +182,44 @@ pub(crate) async fn run(
         requests == 2 && answered == cold && one_token,
     );
     out.insert("prefetch_upstream_requests".into(), json!(org_requests));
+    drop(chans);
+    drop(replicas);
+
+    // The same cold callers on the org key itself, which only a non-default setting
+    // leaves cold for callers: `[cache] prefetch_org_tokens = false`.
+    let store = format!(
+        "[cache]\nprefetch_org_tokens = false\n{}",
+        redis.store("bench-cold-org")
+    );
+    let replicas = start_replicas(platform, &store).await;
+    let chans = replica_channels(&replicas, 4).await;
+    let before = upstream(platform).await;
+    let calls = (0..cold).map(|i| {
+        let mut c = TokenServiceClient::new(chans[i % chans.len()].clone());
+        async move {
+            c.get_org_token(GetOrgTokenRequest::default())
+                .await
+                .ok()
+                .and_then(|a| a.into_inner().token)
+                .map(|t| t.access_token)
+        }
+    });
+    let tokens: Vec<Option<String>> = join_all(calls).await;
+    let answered = tokens.iter().filter(|t| t.is_some()).count();
+    let one_token = tokens.windows(2).all(|w| w[0] == w[1]);
+    let org_cold = upstream(platform).await - before;
+    table.row(
+        &format!(
+            "replicas: 3 replicas x {cold} cold callers on the org key (prefetch_org_tokens = false)"
+        ),
+        format!(
+            "{org_cold} upstream requests, {answered} answered, {}",
+            if one_token { "one token" } else { "SEVERAL tokens" }
+        ),
+        "exactly 1",
+        org_cold == 1 && answered == cold && one_token,
+    );
+    out.insert("cold_org_upstream_requests".into(), json!(org_cold));
     out.insert("cold_callers".into(), json!(cold));
     out.insert("cold_upstream_requests".into(), json!(requests));
 
