@@ -530,7 +530,8 @@ async fn after_a_sentinel_failover_no_refresh_token_of_the_old_primary_is_used()
         .await;
     assert_eq!(new_port, replica.port());
     // A rotation under the new primary: the refresh token written under the old one is
-    // never used; the key is re-issued through client credentials.
+    // never used; the key is re-issued through client credentials. (If it comes while the
+    // sentinels still elect, it is made without the store, and written back after.)
     let third = common::retry("a rotation after the failover", async || {
         b.refresh("", &second.access_token).await
     })
@@ -676,13 +677,29 @@ async fn a_replica_started_while_redis_is_down_serves_and_writes_back_once_it_is
         redis.command(&["HGET", "tokenbroker:token:acme", "gen"]) == token.generation.to_string()
     })
     .await;
-    // A second replica now takes it from Redis.
+    // A second replica now takes it from Redis, and rotates it through the refresh token
+    // that came with it: held in the first replica's memory until Redis returned, then
+    // moved there.
     let second = cluster.replica(&redis.url()).await;
     assert_eq!(
         second.org_token().await.unwrap().access_token,
         token.access_token
     );
-    assert_eq!(cluster.sandbox.stats().client_credentials, 1);
+    let rotated = second.refresh("", &token.access_token).await.unwrap();
+    assert_eq!(rotated.generation, token.generation + 1);
+    let stats = cluster.sandbox.stats();
+    assert_eq!(
+        (stats.client_credentials, stats.refresh_token),
+        (1, 1),
+        "{stats:?}"
+    );
+    // The first replica takes the new token, and never presents the moved one itself.
+    let replicas = [replica, second];
+    assert_eq!(
+        converged(&replicas).await.access_token,
+        rotated.access_token
+    );
+    assert_no_reuse(&cluster.sandbox);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

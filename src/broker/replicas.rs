@@ -350,13 +350,26 @@ async fn resync(engine: &Arc<SingleFlight>, orgs: &Orgs) -> bool {
 }
 
 /// Writes the valid token `slot` holds to the store, which holds an older generation of
-/// the key or none. Whether it was written.
-async fn write_back(store: &Store, slot: &Slot) -> bool {
+/// the key or none, under the slot's lock. A refresh token this replica holds in memory
+/// (one that came while the store did not answer, so never stored) moves into the store
+/// with it: taken out of the slot first, so that it is in one place or, if the write
+/// fails, none. Whether it was written.
+async fn write_back(store: &Store, slot: &Arc<Slot>) -> bool {
+    let Turn::Mine(flight) = slot.turn().await else {
+        return false;
+    };
     let Some(token) = slot.current() else {
         return false;
     };
     let Some(lifetime) = token.lifetime.filter(|_| token.is_valid(Instant::now())) else {
         return false;
+    };
+    let refresh_token = {
+        let mut state = flight.state();
+        if state.generation != token.generation {
+            return false;
+        }
+        state.refresh_token.take()
     };
     let key = &slot.key;
     let new = NewToken {
@@ -366,7 +379,7 @@ async fn write_back(store: &Store, slot: &Slot) -> bool {
         issued: token.issued_at().into(),
         lifetime,
         reason: token.reason.name(),
-        refresh_token: None,
+        refresh_token: refresh_token.as_ref(),
     };
     match store.install(&key.org, key.user.as_deref(), new).await {
         Ok(crate::store::Installed::Done) => true,

@@ -27,7 +27,7 @@ use std::{
 use redis::{
     AsyncCommands, Client, IntoConnectionInfo, RedisConnectionInfo, RedisError, Script, TlsMode,
     Value,
-    aio::{ConnectionManager, ConnectionManagerConfig},
+    aio::ConnectionManagerConfig,
     io::tcp::TcpSettings,
     sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType},
 };
@@ -35,9 +35,9 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{RedisSettings, RedisTarget, StoreError, file::Key};
-use crate::sync::{LockUnpoisoned, RwLockUnpoisoned};
+use crate::sync::LockUnpoisoned;
 use messages::{message, subscribe};
-use primary::{Primary, Target, timed_out, unreachable};
+use primary::{Primary, Target, unreachable};
 use scripts::{CLAIM, INSTALL, RELEASE, RENEW, REPLID, TAKE, bytes, millis, number, text};
 
 /// How long a record lives after its last install: a key nobody asked for in this long
@@ -46,13 +46,6 @@ const RECORD_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The messages waiting for the broker; past it they are dropped and a resync is asked.
 const EVENTS_QUEUED: usize = 4096;
-
-/// How one try of a command failed: on a broken connection (worth one more try on a new
-/// one), or otherwise.
-enum Attempt {
-    Broken(StoreError),
-    Failed(StoreError),
-}
 
 /// What the install script answered.
 pub(super) enum Installed {
@@ -379,60 +372,6 @@ impl Shared {
 
     fn channel(&self) -> String {
         format!("{}:rotations", self.prefix)
-    }
-
-    /// Runs one command (or script, or pipeline) on the primary, within the timeout. A
-    /// connection found broken (a restarted Redis, a primary that moved) is made again and
-    /// the command tried once more: each command here may run twice without harm (a take
-    /// that ran and lost its answer leaves no refresh token to take a second time).
-    async fn run<T, F, Fut>(&self, command: F) -> Result<T, StoreError>
-    where
-        F: Fn(ConnectionManager) -> Fut,
-        Fut: Future<Output = Result<T, RedisError>>,
-    {
-        match self.run_once(&command).await {
-            Err(Attempt::Broken(_)) => match self.run_once(&command).await {
-                Err(Attempt::Broken(e) | Attempt::Failed(e)) => Err(e),
-                Ok(value) => Ok(value),
-            },
-            Err(Attempt::Failed(e)) => Err(e),
-            Ok(value) => Ok(value),
-        }
-    }
-
-    async fn run_once<T, F, Fut>(&self, command: &F) -> Result<T, Attempt>
-    where
-        F: Fn(ConnectionManager) -> Fut,
-        Fut: Future<Output = Result<T, RedisError>>,
-    {
-        let connection = self
-            .primary
-            .connection(self.timeout)
-            .await
-            .map_err(Attempt::Failed)?;
-        match tokio::time::timeout(self.timeout, command(connection)).await {
-            Err(_) => {
-                // A primary that stopped answering: with Sentinel, look it up again.
-                if self.primary.is_sentinel() {
-                    *self.primary.current.write_unpoisoned() = None;
-                }
-                Err(Attempt::Failed(timed_out(self.timeout)))
-            }
-            Ok(Err(e)) => {
-                self.primary.failed(&e);
-                if e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.code() == Some("READONLY")
-                {
-                    Err(Attempt::Broken(unreachable(&e)))
-                } else if e.is_io_error() || e.is_timeout() {
-                    Err(Attempt::Failed(unreachable(&e)))
-                } else {
-                    Err(Attempt::Failed(StoreError::Protocol(e.to_string())))
-                }
-            }
-            Ok(Ok(value)) => Ok(value),
-        }
     }
 
     async fn scan(&self, pattern: &str) -> Result<Vec<String>, StoreError> {

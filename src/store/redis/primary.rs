@@ -1,5 +1,6 @@
 //! The way to the Redis primary: one URL, or the one the sentinels name now (looked up
-//! again after it stops answering as one), with the errors a connection can end in.
+//! again after it stops answering as one); every command run on it within the timeout,
+//! once more on a new connection when the first was found broken; the errors it can end in.
 
 use std::{
     sync::RwLock,
@@ -12,7 +13,7 @@ use redis::{
     sentinel::SentinelClient,
 };
 
-use super::super::StoreError;
+use super::{super::StoreError, Shared};
 use crate::sync::RwLockUnpoisoned;
 
 /// The way to the primary: one URL, or whichever the sentinels name.
@@ -140,5 +141,68 @@ pub(super) fn open_error(e: &RedisError) -> StoreError {
         ))
     } else {
         unreachable(e)
+    }
+}
+
+/// How one try of a command failed: on a broken connection (worth one more try on a new
+/// one), or otherwise.
+enum Attempt {
+    Broken(StoreError),
+    Failed(StoreError),
+}
+
+impl Shared {
+    /// Runs one command (or script, or pipeline) on the primary, within the timeout. A
+    /// connection found broken (a restarted Redis, a primary that moved) is made again and
+    /// the command tried once more: each command here may run twice without harm (a take
+    /// that ran and lost its answer leaves no refresh token to take a second time).
+    pub(super) async fn run<T, F, Fut>(&self, command: F) -> Result<T, StoreError>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        match self.run_once(&command).await {
+            Err(Attempt::Broken(_)) => match self.run_once(&command).await {
+                Err(Attempt::Broken(e) | Attempt::Failed(e)) => Err(e),
+                Ok(value) => Ok(value),
+            },
+            Err(Attempt::Failed(e)) => Err(e),
+            Ok(value) => Ok(value),
+        }
+    }
+
+    async fn run_once<T, F, Fut>(&self, command: &F) -> Result<T, Attempt>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let connection = self
+            .primary
+            .connection(self.timeout)
+            .await
+            .map_err(Attempt::Failed)?;
+        match tokio::time::timeout(self.timeout, command(connection)).await {
+            Err(_) if self.primary.is_sentinel() => {
+                // A primary that stopped answering (its connection still trying the old
+                // address after a failover, say): look it up again, and try there.
+                *self.primary.current.write_unpoisoned() = None;
+                Err(Attempt::Broken(timed_out(self.timeout)))
+            }
+            Err(_) => Err(Attempt::Failed(timed_out(self.timeout))),
+            Ok(Err(e)) => {
+                self.primary.failed(&e);
+                if e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.code() == Some("READONLY")
+                {
+                    Err(Attempt::Broken(unreachable(&e)))
+                } else if e.is_io_error() || e.is_timeout() {
+                    Err(Attempt::Failed(unreachable(&e)))
+                } else {
+                    Err(Attempt::Failed(StoreError::Protocol(e.to_string())))
+                }
+            }
+            Ok(Ok(value)) => Ok(value),
+        }
     }
 }
