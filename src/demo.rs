@@ -30,8 +30,9 @@ pub async fn start(listen: Listen) -> io::Result<(Config, Sandbox)> {
     let settings = OrgSettings {
         name: org.name.clone(),
         client: upstream::Client {
+            auth: upstream::ClientAuth::default(),
             token_url: url(sandbox.token_url())?,
-            authorization_grant_url: url(sandbox.authorization_grant_url())?,
+            authorization_grant_url: Some(url(sandbox.authorization_grant_url())?),
             client_id: Some(org.client_id.clone()),
         },
         credentials: Credentials::Client {

@@ -31,6 +31,11 @@ pub enum BrokerError {
         #[source]
         cause: UpstreamError,
     },
+    /// The org has no authorization grant endpoint, so it hands out no user tokens.
+    #[error(
+        "org {org} hands out no user tokens: it has no authorization_grant_url; set orgs.{org}.authorization_grant_url (or environment) for user tokens"
+    )]
+    NoUserTokens { org: String },
     /// The key holds a long-lived token or API key, which the platform cannot rotate.
     #[error(
         "org {org} uses a long-lived token, which cannot be rotated; replace it in the broker's configuration"

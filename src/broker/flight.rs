@@ -396,7 +396,18 @@ impl OrgBearer for Arc<SingleFlight> {
             match stale {
                 None => self.usable(org, &org.slot).await,
                 Some(stale) => {
-                    let want = Want::Rotation { stale: Some(stale) };
+                    let seen = org.slot.current().map_or(0, |t| {
+                        if t.access_token.expose() == stale {
+                            t.generation
+                        } else {
+                            // Replaced already: whatever is current answers.
+                            0
+                        }
+                    });
+                    let want = Want::Rotation {
+                        stale: Some(stale),
+                        seen,
+                    };
                     self.token(org, &org.slot, want).await
                 }
             }

@@ -105,17 +105,20 @@ impl Grants {
         };
         match self
             .upstream
-            .refresh(&org.config().client, refresh_token)
+            .refresh(&org.config().client, refresh_token, org.secret().as_ref())
             .await
         {
             Ok(grant) => return Ok((grant, reason)),
-            // Rejected credentials fail the primary grant too; a 429 holds every request
-            // to the platform, the primary grant's included, until its `Retry-After` (the
-            // refresh token stays spent: the next flight uses the primary grant).
-            Err(
-                e @ (UpstreamError::CredentialsRejected { .. } | UpstreamError::RateLimited { .. }),
-            ) => {
+            // A 429 holds every request to the platform, the primary grant's included,
+            // until its `Retry-After` (the refresh token stays spent: the next flight uses
+            // the primary grant).
+            Err(e @ UpstreamError::RateLimited { .. }) => {
                 return Err(Miss::Failed(BrokerError::upstream(key, &e)));
+            }
+            // Some servers refuse the refresh (invalid_client) where the primary grant
+            // works: it is tried once before the org is held.
+            Err(e @ UpstreamError::CredentialsRejected { .. }) => {
+                warn!(key = %key, error = %e, "the server refused the refresh with these credentials; trying the primary grant once");
             }
             Err(e) => {
                 warn!(key = %key, error = %e, "refresh token spent without a usable answer; re-issuing through the primary grant");
@@ -175,7 +178,7 @@ impl Grants {
             (Some(user), _) => {
                 let code = self.authorization_grant(org, key, user, bearer).await?;
                 self.upstream
-                    .exchange_code(&config.client, code)
+                    .exchange_code(&config.client, code, org.secret().as_ref())
                     .await
                     .map_err(fail)
             }

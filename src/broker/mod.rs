@@ -390,6 +390,7 @@ impl Broker {
     ) -> Result<Served, BrokerError> {
         let org = &org.0;
         check_id("user_id", user)?;
+        user_tokens_configured(org)?;
         let slot = self.user_slot(org, user);
         let token = self.wait_for_token(org, &slot, min_valid_for).await?;
         Ok(served(slot, token))
@@ -416,12 +417,14 @@ impl Broker {
             }
             Some(user) => {
                 check_id("user_id", user)?;
+                user_tokens_configured(org)?;
                 self.user_slot(org, user)
             }
         };
         slot.touch(Instant::now());
         let _waiting = self.inner.waiting.enter()?;
-        let want = Want::Rotation { stale };
+        let seen = slot.state().generation;
+        let want = Want::Rotation { stale, seen };
         let token = self.inner.engine.token(org, &slot, want).await?;
         Ok(served(slot, token))
     }
@@ -436,6 +439,7 @@ impl Broker {
             for user in users {
                 check_id("user_ids", user)?;
             }
+            user_tokens_configured(org)?;
             let mut slots: Vec<Arc<Slot>> = Vec::with_capacity(users.len());
             for user in users {
                 let slot = self.user_slot(org, user);
@@ -519,6 +523,17 @@ impl Broker {
         self.inner.stats.hit();
         Some(token)
     }
+}
+
+/// Refuses user tokens for an org that has no authorization grant endpoint, before any
+/// slot is made for them.
+fn user_tokens_configured(org: &Org) -> Result<(), BrokerError> {
+    if org.config().client.authorization_grant_url.is_none() {
+        return Err(BrokerError::NoUserTokens {
+            org: org.name.to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// Whether `token` satisfies a caller's `min_valid_for` at `now`.

@@ -161,6 +161,18 @@ impl Org {
     }
 
     /// The client secret that worked last.
+    /// The client secret in use (the one that worked last), if the org has secrets: what
+    /// refresh and code exchange authenticate with.
+    pub fn secret(&self) -> Option<ClientSecret> {
+        match &self.config().credentials {
+            Credentials::Client { secrets, .. } => secrets
+                .get(self.secret_in_use())
+                .or(secrets.first())
+                .cloned(),
+            Credentials::Static(_) => None,
+        }
+    }
+
     pub fn secret_in_use(&self) -> usize {
         self.secret_in_use.load(Ordering::Relaxed)
     }

@@ -14,8 +14,10 @@ pub(super) enum Want<'a> {
     /// A token that may be handed out now.
     Usable,
     /// A new token, because a caller asked (Refresh); with the token the caller saw
-    /// rejected, none if the broker already holds another.
-    Rotation { stale: Option<&'a str> },
+    /// rejected, none if the broker already holds another. `seen`: the slot's generation
+    /// when the caller asked: a token of a later generation answers it, even one with the
+    /// same bytes (some servers mint byte-identical tokens within a second).
+    Rotation { stale: Option<&'a str>, seen: u64 },
     /// A new token ahead of expiry, unless `of` was replaced already.
     Renewal { of: &'a SharedToken },
 }
@@ -40,7 +42,16 @@ pub(super) fn decide(
         (Want::Usable, Some(t)) if t.is_usable(now) => return Decision::Done(t),
         (Want::Usable, Some(_)) => Reason::Renewed,
         (Want::Usable, None) => Reason::Issued,
-        (Want::Rotation { stale: Some(stale) }, Some(t)) if t.access_token.expose() != stale => {
+        (Want::Rotation { seen, .. }, Some(t)) if t.generation > seen => {
+            debug!(key = %key, generation = t.generation, "rotated since the refresh was asked for; returning the current token");
+            return Decision::Done(t);
+        }
+        (
+            Want::Rotation {
+                stale: Some(stale), ..
+            },
+            Some(t),
+        ) if t.access_token.expose() != stale => {
             debug!(key = %key, fingerprint = %t.fingerprint, "refresh names an already replaced token; returning the current one");
             return Decision::Done(t);
         }
@@ -50,4 +61,53 @@ pub(super) fn decide(
         (Want::Rotation { .. } | Want::Renewal { .. }, None) => Reason::Issued,
     };
     Decision::Fly(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::{broker::Token, secret::AccessToken};
+
+    fn token(bytes: &str, generation: u64) -> SharedToken {
+        let now = (Instant::now(), SystemTime::now());
+        let hour = Duration::from_secs(3600);
+        let mut token = Token::issued(AccessToken::new(bytes), "Bearer".into(), now, hour, hour);
+        token.generation = generation;
+        Arc::new(token)
+    }
+
+    /// Some servers mint byte-identical tokens within a second: a refresh that names the
+    /// current bytes is answered by any token of a generation after the one it saw.
+    #[tokio::test(start_paused = true)]
+    async fn a_rotation_is_answered_by_a_later_generation_even_with_the_same_bytes() {
+        let key = TokenKey {
+            org: "acme".into(),
+            user: None,
+        };
+        let now = Instant::now();
+        let current = token("same-bytes", 5);
+        let asked = |seen| Want::Rotation {
+            stale: Some("same-bytes"),
+            seen,
+        };
+        assert!(matches!(
+            decide(asked(4), Some(Arc::clone(&current)), now, &key),
+            Decision::Done(t) if t.generation == 5
+        ));
+        assert!(matches!(
+            decide(asked(5), Some(Arc::clone(&current)), now, &key),
+            Decision::Fly(Reason::Forced)
+        ));
+        // Other bytes than the stale ones: replaced already, whatever the generation.
+        let other = Want::Rotation {
+            stale: Some("older"),
+            seen: 5,
+        };
+        assert!(matches!(
+            decide(other, Some(current), now, &key),
+            Decision::Done(_)
+        ));
+    }
 }

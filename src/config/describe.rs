@@ -129,11 +129,14 @@ impl Config {
         for org in &self.orgs {
             let _ = writeln!(
                 out,
-                "\n[orgs.{}]\ntoken_url = {:?}\nauthorization_grant_url = {:?}",
+                "\n[orgs.{}]\ntoken_url = {:?}\nclient_auth = {:?}",
                 org.name,
                 org.client.token_url.as_str(),
-                org.client.authorization_grant_url.as_str()
+                org.client.auth.name()
             );
+            if let Some(url) = &org.client.authorization_grant_url {
+                let _ = writeln!(out, "authorization_grant_url = {:?}", url.as_str());
+            }
             if let Some(id) = &org.client.client_id {
                 let _ = writeln!(out, "client_id = {id:?}");
             }

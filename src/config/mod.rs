@@ -324,7 +324,8 @@ impl Config {
                 ),
             ));
         }
-        let max_request_bytes = raw.server.max_request_bytes.unwrap_or(64 * 1024);
+        // Room for a Refresh that names a 64 KiB access token.
+        let max_request_bytes = raw.server.max_request_bytes.unwrap_or(128 * 1024);
         if !(1024..=16 * 1024 * 1024).contains(&max_request_bytes) {
             return Err(error(
                 "server.max_request_bytes",

@@ -35,16 +35,48 @@ pub(super) fn org_settings(
         }
     }
     let defaults = org.environment.map(Environment::urls);
+    // `environment` fills in both of the platform's URLs. Beside one URL set by hand, it
+    // would point the other at the platform's host: a token from another server sent there.
+    if org.environment.is_some()
+        && (org.token_url.is_some() != org.authorization_grant_url.is_some())
+    {
+        let (set, other) = if org.token_url.is_some() {
+            ("token_url", "authorization_grant_url")
+        } else {
+            ("authorization_grant_url", "token_url")
+        };
+        return Err(error(
+            key("environment"),
+            format!(
+                "is set beside {set}, so it would fill {other} with the platform's own URL; give {other} too, or drop environment (another OAuth server: set token_url, and authorization_grant_url only if user tokens come from the platform's grant endpoint)"
+            ),
+        ));
+    }
     let token_url = endpoint(
         &key("token_url"),
         org.token_url.as_deref().or(defaults.map(|d| d.0)),
     )?;
-    let authorization_grant_url = endpoint(
-        &key("authorization_grant_url"),
-        org.authorization_grant_url
-            .as_deref()
-            .or(defaults.map(|d| d.1)),
-    )?;
+    // Optional: an org without it hands out org tokens only.
+    let authorization_grant_url = org
+        .authorization_grant_url
+        .as_deref()
+        .or(defaults.map(|d| d.1))
+        .map(|url| endpoint(&key("authorization_grant_url"), Some(url)))
+        .transpose()?;
+    let auth = match org.client_auth.as_deref() {
+        None | Some("client_secret_post") => upstream::ClientAuth::SecretPost,
+        Some("client_secret_basic") => upstream::ClientAuth::SecretBasic,
+        Some("none") => upstream::ClientAuth::None,
+        Some("findity") => upstream::ClientAuth::Findity,
+        Some(other) => {
+            return Err(error(
+                key("client_auth"),
+                format!(
+                    "{other:?} is not a client authentication method; use client_secret_post (the default), client_secret_basic, none or findity"
+                ),
+            ));
+        }
+    };
 
     let sources = [
         ("client_secret_env", org.client_secret_env.is_some()),
@@ -132,6 +164,7 @@ pub(super) fn org_settings(
             token_url,
             authorization_grant_url,
             client_id,
+            auth,
         },
         credentials,
     })

@@ -190,6 +190,9 @@ pub(super) struct RawOrg {
     pub(super) authorization_grant_url: Option<String>,
     /// The OAuth client id.
     pub(super) client_id: Option<String>,
+    /// How the broker authenticates at the token endpoint: `client_secret_post` (default),
+    /// `client_secret_basic`, `none`, or `findity` (the platform's page to the letter).
+    pub(super) client_auth: Option<String>,
     /// Name of the environment variable holding the client secret, or a list of names:
     /// several secrets are tried in order (for rotating a secret without downtime).
     pub(super) client_secret_env: Option<OneOrMany<String>>,

@@ -496,3 +496,44 @@ fn the_store_needs_its_key_reads_hex_or_base64_and_describes_itself_without_it()
         assert!(e.to_string().contains(says), "{store}: {e}");
     }
 }
+
+#[test]
+fn client_auth_is_one_of_four_and_environment_never_fills_a_mixed_pair() {
+    let org = |extra: &str| {
+        parse(&format!(
+            "[orgs.acme]\nclient_id = \"acme-id\"\nclient_secret_env = \"ACME_SECRET\"\n{extra}"
+        ))
+    };
+    for (name, method) in [
+        ("client_secret_basic", upstream::ClientAuth::SecretBasic),
+        ("none", upstream::ClientAuth::None),
+        ("findity", upstream::ClientAuth::Findity),
+    ] {
+        let c = org(&format!(
+            "environment = \"sandbox\"\nclient_auth = \"{name}\""
+        ))
+        .unwrap();
+        assert_eq!(c.orgs[0].client.auth, method);
+        assert!(c.describe().contains(&format!("client_auth = \"{name}\"")));
+    }
+    let c = org("environment = \"sandbox\"").unwrap();
+    assert_eq!(c.orgs[0].client.auth, upstream::ClientAuth::SecretPost);
+    let e = org("environment = \"sandbox\"\nclient_auth = \"tls\"").unwrap_err();
+    assert_eq!(e.key, "orgs.acme.client_auth");
+    assert!(e.message.contains("client_secret_basic"), "{}", e.message);
+
+    // A token URL of another server beside `environment`: the grant URL would be the
+    // platform's. Refused, naming both.
+    let e =
+        org("environment = \"production\"\ntoken_url = \"https://idp.example/token\"").unwrap_err();
+    assert_eq!(e.key, "orgs.acme.environment");
+    assert!(
+        e.message.contains("authorization_grant_url"),
+        "{}",
+        e.message
+    );
+    // Without `environment`, the grant URL is optional: org tokens only.
+    let c = org("token_url = \"https://idp.example/token\"").unwrap();
+    assert!(c.orgs[0].client.authorization_grant_url.is_none());
+    assert!(!c.describe().contains("authorization_grant_url"));
+}

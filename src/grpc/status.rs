@@ -9,9 +9,9 @@ impl From<BrokerError> for Status {
         let code = match &e {
             BrokerError::InvalidArgument { .. } => Code::InvalidArgument,
             BrokerError::UnknownOrg { .. } | BrokerError::UnknownUser { .. } => Code::NotFound,
-            BrokerError::CredentialsRejected { .. } | BrokerError::NotRotatable { .. } => {
-                Code::FailedPrecondition
-            }
+            BrokerError::CredentialsRejected { .. }
+            | BrokerError::NotRotatable { .. }
+            | BrokerError::NoUserTokens { .. } => Code::FailedPrecondition,
             BrokerError::Unavailable { .. }
             | BrokerError::Internal { .. }
             | BrokerError::StoreUnavailable { .. } => Code::Unavailable,

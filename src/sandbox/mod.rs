@@ -71,6 +71,10 @@ pub struct SandboxConfig {
     pub token_lifetime: Duration,
     /// How long an authorization code may be exchanged.
     pub code_lifetime: Duration,
+    /// Demand client authentication (the secret, in the body or by HTTP Basic) on refresh
+    /// and code exchange too, as standard servers do (RFC 6749 §6, §4.1.3). The platform
+    /// asks only the client id there; a secret sent anyway is checked either way.
+    pub strict_client_auth: bool,
 }
 
 impl SandboxConfig {
@@ -86,6 +90,7 @@ impl SandboxConfig {
             }],
             token_lifetime: Duration::from_secs(3600),
             code_lifetime: Duration::from_secs(60),
+            strict_client_auth: false,
         }
     }
 }

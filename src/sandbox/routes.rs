@@ -69,6 +69,28 @@ async fn form(request: Request) -> Result<HashMap<String, String>, OauthError> {
         })
 }
 
+/// `Authorization: Basic` credentials: the client id and secret, each form-urlencoded
+/// (RFC 6749 §2.3.1).
+fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
+    use base64::Engine;
+    let encoded = headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    let unescape = |s: &str| {
+        url::form_urlencoded::parse(format!("v={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+    };
+    Some((unescape(id)?, unescape(secret)?))
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)?
@@ -149,11 +171,30 @@ fn after(fault: &Option<Fault>, response: Result<Value, OauthError>, app: &App) 
 }
 
 async fn token(Shared(app): Shared<App>, request: Request) -> Response {
+    let basic = basic_auth(request.headers());
     let f = match form(request).await {
         Ok(f) => f,
         Err(e) => return answer(&app, Err(e)),
     };
     let field = |name: &str| f.get(name).map(String::as_str);
+    // The client authenticates in the body (client_secret_post) or by HTTP Basic
+    // (client_secret_basic), not both (RFC 6749 §2.3).
+    let (client_id, secret) = match (basic, field("client_secret")) {
+        (Some(_), Some(_)) => {
+            let e = OauthError {
+                status: 400,
+                error: "invalid_request",
+                description: "more than one client authentication method".into(),
+            };
+            return answer(&app, Err(e));
+        }
+        (Some((id, secret)), None) => (Some(id), Some(secret)),
+        (None, secret) => (
+            field("client_id").map(str::to_owned),
+            secret.map(str::to_owned),
+        ),
+    };
+    let (client_id, secret) = (client_id.as_deref(), secret.as_deref());
     let kind = match field("grant_type") {
         Some("client_credentials") => RequestKind::ClientCredentials,
         Some("refresh_token") => RequestKind::RefreshToken,
@@ -167,11 +208,9 @@ async fn token(Shared(app): Shared<App>, request: Request) -> Response {
     let result = {
         let mut s = app.lock();
         let pair = match kind {
-            RequestKind::ClientCredentials => {
-                s.client_credentials(field("client_id"), field("client_secret"))
-            }
-            RequestKind::RefreshToken => s.refresh(field("client_id"), field("refresh_token")),
-            RequestKind::AuthorizationCode => s.exchange_code(field("client_id"), field("code")),
+            RequestKind::ClientCredentials => s.client_credentials(client_id, secret),
+            RequestKind::RefreshToken => s.refresh(client_id, secret, field("refresh_token")),
+            RequestKind::AuthorizationCode => s.exchange_code(client_id, secret, field("code")),
             _ => Err(OauthError {
                 status: 400,
                 error: "unsupported_grant_type",

@@ -125,6 +125,8 @@ fn oauth_error(status: u16, error: &'static str, description: impl Into<String>)
 /// Everything the sandbox platform knows.
 pub struct State {
     token_lifetime: Duration,
+    /// Client authentication demanded on refresh and code exchange too.
+    strict_client_auth: bool,
     code_lifetime: Duration,
     clients: HashMap<String, Client>,
     users: HashMap<(Arc<str>, String), Arc<SandboxUser>>,
@@ -162,6 +164,7 @@ impl State {
             }
         }
         Self {
+            strict_client_auth: config.strict_client_auth,
             token_lifetime: config.token_lifetime,
             code_lifetime: config.code_lifetime,
             clients,
@@ -198,11 +201,36 @@ impl State {
         Ok(self.issue(Subject::Org { org }, family))
     }
 
+    /// Checks a client's authentication on a refresh or code exchange: a secret sent must
+    /// be the client's; none sent is refused only when strict (a standard server).
+    fn authenticated(
+        &self,
+        client_id: Option<&str>,
+        secret: Option<&str>,
+    ) -> Result<(), OauthError> {
+        let client = client_id.and_then(|id| self.clients.get(id));
+        match (client, secret) {
+            (Some(client), Some(secret)) if client.secret == secret => Ok(()),
+            (Some(_), None) if !self.strict_client_auth => Ok(()),
+            (_, None) => Err(oauth_error(
+                401,
+                "invalid_client",
+                "client authentication is required",
+            )),
+            _ => Err(oauth_error(
+                401,
+                "invalid_client",
+                "unknown client or wrong client secret",
+            )),
+        }
+    }
+
     /// `grant_type=refresh_token`: each refresh token works once; a second use revokes the
     /// whole token family (RFC 9700 §4.14.2) and is counted.
     pub fn refresh(
         &mut self,
         client_id: Option<&str>,
+        secret: Option<&str>,
         refresh_token: Option<&str>,
     ) -> Result<TokenPair, OauthError> {
         self.stats.refresh_token += 1;
@@ -214,6 +242,7 @@ impl State {
             ));
         };
         let client_org = Arc::clone(&client.org);
+        self.authenticated(client_id, secret)?;
         let Some(record) = refresh_token.and_then(|t| self.refresh.get_mut(t)) else {
             return Err(oauth_error(400, "invalid_grant", "unknown refresh token"));
         };
@@ -251,6 +280,7 @@ impl State {
     pub fn exchange_code(
         &mut self,
         client_id: Option<&str>,
+        secret: Option<&str>,
         code: Option<&str>,
     ) -> Result<TokenPair, OauthError> {
         self.stats.authorization_code += 1;
@@ -262,6 +292,9 @@ impl State {
                 None => return Err(oauth_error(401, "invalid_client", "unknown client_id")),
             },
         };
+        if client_id.is_some() || self.strict_client_auth {
+            self.authenticated(client_id, secret)?;
+        }
         let Some(record) = code.and_then(|c| self.codes.get_mut(c)) else {
             return Err(oauth_error(
                 400,

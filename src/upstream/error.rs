@@ -10,10 +10,12 @@ pub enum UpstreamError {
     /// The platform rejected the broker's client credentials (`invalid_client`,
     /// `unauthorized_client`, or a 401 from the token endpoint). Permanent until the
     /// configuration changes.
-    #[error("the platform rejected the client credentials ({code}{})", describe(.description))]
+    #[error("the platform rejected the client credentials ({code}{}){}", describe(.description), match .method { Some(m) => format!(", sent as client_auth = {m}"), None => String::new() })]
     CredentialsRejected {
         code: String,
         description: Option<String>,
+        /// How they were sent (`orgs.NAME.client_auth`), when a token request was refused.
+        method: Option<&'static str>,
     },
     /// The refresh token or authorization code is not, or no longer, valid (`invalid_grant`).
     #[error("the platform answered invalid_grant{}", describe(.description))]

@@ -31,8 +31,9 @@ impl Observer for Unobserved {
     fn request(&self, _: &'static str, _: &'static str, _: Duration) {}
 }
 
-/// The largest answer body read; the platform's JSON answers are a few hundred bytes.
-const MAX_BODY: usize = 64 * 1024;
+/// The largest answer body read: the platform's JSON answers are a few hundred bytes, but
+/// another server's may carry a 64 KiB access token beside a refresh token and an ID token.
+const MAX_BODY: usize = 256 * 1024;
 /// Idle connections kept per platform host.
 const MAX_IDLE_CONNECTIONS: usize = 8;
 
@@ -41,10 +42,63 @@ const MAX_IDLE_CONNECTIONS: usize = 8;
 pub struct Client {
     /// The token endpoint (all grant types).
     pub token_url: Url,
-    /// The authorization grant endpoint (codes that act as a user).
-    pub authorization_grant_url: Url,
+    /// The authorization grant endpoint (codes that act as a user); `None` for an org that
+    /// never needs user tokens.
+    pub authorization_grant_url: Option<Url>,
     /// The OAuth client id; `None` for an org that holds only a long-lived token.
     pub client_id: Option<String>,
+    /// How the broker authenticates at the token endpoint.
+    pub auth: ClientAuth,
+}
+
+/// How the broker authenticates to the token endpoint (`orgs.NAME.client_auth`), on every
+/// token request: client credentials, refresh and code exchange (RFC 6749 §2.3, §6,
+/// §4.1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` in the form body (`client_secret_post`).
+    #[default]
+    SecretPost,
+    /// HTTP Basic with the form-urlencoded id and secret (`client_secret_basic`).
+    SecretBasic,
+    /// `client_id` alone: a public client (`none`).
+    None,
+    /// The platform's page to the letter (`findity`): the secret in the body for client
+    /// credentials, `client_id` alone on refresh and code exchange.
+    Findity,
+}
+
+impl ClientAuth {
+    /// The name the config and messages use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SecretPost => "client_secret_post",
+            Self::SecretBasic => "client_secret_basic",
+            Self::None => "none",
+            Self::Findity => "findity",
+        }
+    }
+}
+
+/// Who a token request authenticates as.
+struct Who<'a> {
+    client_id: Option<&'a str>,
+    secret: Option<&'a ClientSecret>,
+    /// The org's primary grant (client credentials), where even the platform's page asks
+    /// for the secret.
+    primary: bool,
+}
+
+/// `Basic base64(urlencode(id) ":" urlencode(secret))`, as RFC 6749 §2.3.1 asks (so a
+/// secret with ':' or non-ASCII travels intact).
+fn basic_credentials(id: &str, secret: &str) -> String {
+    use base64::Engine;
+    let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let pair = format!("{}:{}", encode(id), encode(secret));
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
 }
 
 /// An HTTP client for the platform. Cheap to clone; shares one connection pool.
@@ -82,30 +136,35 @@ impl Upstream {
         client_id: &str,
         secret: &ClientSecret,
     ) -> Result<Grant, UpstreamError> {
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("client_id", client_id),
-            ("client_secret", secret.expose()),
-        ];
-        self.token_request("client_credentials", client, &form)
+        let form = vec![("grant_type", "client_credentials")];
+        let who = Who {
+            client_id: Some(client_id),
+            secret: Some(secret),
+            primary: true,
+        };
+        self.token_request("client_credentials", client, form, who)
             .await
     }
 
-    /// Refresh grant. Takes the refresh token by value: once sent it is spent, whatever
-    /// becomes of the answer.
+    /// Refresh grant, authenticated with `secret` (the org's client secret in use, if it
+    /// has one). Takes the refresh token by value: once sent it is spent, whatever becomes
+    /// of the answer.
     pub async fn refresh(
         &self,
         client: &Client,
         refresh_token: RefreshToken,
+        secret: Option<&ClientSecret>,
     ) -> Result<Grant, UpstreamError> {
-        let mut form = vec![
+        let form = vec![
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token.expose()),
         ];
-        if let Some(id) = &client.client_id {
-            form.push(("client_id", id));
-        }
-        self.token_request("refresh_token", client, &form).await
+        let who = Who {
+            client_id: client.client_id.as_deref(),
+            secret,
+            primary: false,
+        };
+        self.token_request("refresh_token", client, form, who).await
     }
 
     /// Authorization grant: a single-use code that acts as `user_id` (a person id or an
@@ -116,9 +175,16 @@ impl Upstream {
         bearer: &AccessToken,
         user_id: &str,
     ) -> Result<AuthCode, UpstreamError> {
+        let Some(url) = &client.authorization_grant_url else {
+            // The broker refuses user tokens for such an org before it gets here.
+            return Err(UpstreamError::Rejected {
+                status: 0,
+                code: Some("no authorization grant endpoint configured".into()),
+            });
+        };
         let request = self
             .http
-            .post(client.authorization_grant_url.clone())
+            .post(url.clone())
             .bearer_auth(bearer.expose())
             .form(&[("user_id", user_id)]);
         let started = std::time::Instant::now();
@@ -136,20 +202,24 @@ impl Upstream {
         answer
     }
 
-    /// Code exchange: the user's token for a code from `authorization_grant`.
+    /// Code exchange: the user's token for a code from `authorization_grant`,
+    /// authenticated with `secret` as [`Upstream::refresh`] is.
     pub async fn exchange_code(
         &self,
         client: &Client,
         code: AuthCode,
+        secret: Option<&ClientSecret>,
     ) -> Result<Grant, UpstreamError> {
-        let mut form = vec![
+        let form = vec![
             ("grant_type", "authorization_code"),
             ("code", code.expose()),
         ];
-        if let Some(id) = &client.client_id {
-            form.push(("client_id", id));
-        }
-        self.token_request("authorization_code", client, &form)
+        let who = Who {
+            client_id: client.client_id.as_deref(),
+            secret,
+            primary: false,
+        };
+        self.token_request("authorization_code", client, form, who)
             .await
     }
 
@@ -167,11 +237,33 @@ impl Upstream {
         &self,
         grant: &'static str,
         client: &Client,
-        form: &[(&str, &str)],
+        mut form: Vec<(&str, &str)>,
+        who: Who<'_>,
     ) -> Result<Grant, UpstreamError> {
+        let secret = who.secret.map(ClientSecret::expose);
+        let in_body = match client.auth {
+            ClientAuth::SecretPost => true,
+            ClientAuth::Findity => who.primary,
+            ClientAuth::SecretBasic | ClientAuth::None => false,
+        };
+        let mut basic = None;
+        match (who.client_id, secret) {
+            (Some(id), Some(secret)) if client.auth == ClientAuth::SecretBasic => {
+                basic = Some((id, secret));
+            }
+            (Some(id), Some(secret)) if in_body => {
+                form.push(("client_id", id));
+                form.push(("client_secret", secret));
+            }
+            (Some(id), _) => form.push(("client_id", id)),
+            (None, _) => {}
+        }
         // `form` percent-encodes every value: refresh tokens hold `+`, which sent raw would
         // arrive as a space.
-        let request = self.http.post(client.token_url.clone()).form(form);
+        let mut request = self.http.post(client.token_url.clone()).form(&form);
+        if let Some((id, secret)) = basic {
+            request = request.header(header::AUTHORIZATION, basic_credentials(id, secret));
+        }
         let started = std::time::Instant::now();
         let answer = self
             .send(request)
@@ -182,6 +274,16 @@ impl Upstream {
                     retry_after: retry_after.as_deref(),
                     body: &body,
                 })
+            })
+            .map_err(|e| match e {
+                UpstreamError::CredentialsRejected {
+                    code, description, ..
+                } => UpstreamError::CredentialsRejected {
+                    code,
+                    description,
+                    method: Some(client.auth.name()),
+                },
+                other => other,
             });
         self.observe(grant, &answer, started);
         answer

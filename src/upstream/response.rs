@@ -12,8 +12,8 @@ use crate::secret::{AccessToken, AuthCode, RefreshToken};
 
 /// The longest token lifetime taken at face value; a larger `expires_in` is garbage.
 pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(366 * 24 * 3600);
-/// The longest token or code accepted, in bytes.
-const MAX_TOKEN_LEN: usize = 8192;
+/// The longest token or code accepted, in bytes (JWTs with many claims run to tens of KiB).
+pub const MAX_TOKEN_LEN: usize = 64 * 1024;
 /// How much of the platform's `error_description` is kept in messages.
 const MAX_DESCRIPTION_LEN: usize = 160;
 
@@ -54,6 +54,8 @@ pub fn token_answer(answer: Answer<'_>) -> Result<Grant, UpstreamError> {
     let refresh_token = token_field(&json, "refresh_token")?.map(RefreshToken::new);
     let token_type = match json.get("token_type") {
         None | Some(Value::Null) => "Bearer".to_owned(),
+        // RFC 6749 §5.1: case-insensitive; callers get the one spelling.
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => "Bearer".to_owned(),
         Some(Value::String(t))
             if !t.is_empty() && t.len() <= 64 && t.chars().all(|c| c.is_ascii_graphic()) =>
         {
@@ -193,6 +195,7 @@ fn classify(endpoint: Endpoint, answer: Answer<'_>) -> UpstreamError {
             UpstreamError::CredentialsRejected {
                 code: c.to_owned(),
                 description,
+                method: None,
             }
         }
         (Endpoint::Token, _, Some("invalid_grant")) => UpstreamError::InvalidGrant { description },
@@ -200,6 +203,7 @@ fn classify(endpoint: Endpoint, answer: Answer<'_>) -> UpstreamError {
         (Endpoint::Token, 401, _) => UpstreamError::CredentialsRejected {
             code: code.unwrap_or_else(|| "HTTP 401".to_owned()),
             description,
+            method: None,
         },
         (Endpoint::AuthorizationGrant, 401, _) => UpstreamError::BearerRejected,
         (Endpoint::AuthorizationGrant, 403, _) => UpstreamError::Forbidden,
@@ -243,6 +247,17 @@ mod tests {
         let g = token_answer(ok(r#"{"access_token":"abc","token_type":"Bearer","expires_in":3600,"refresh_token":"9MXOgvKAvB+tUSdCtML9u="}"#)).unwrap();
         assert_eq!(g.access_token.expose(), "abc");
         assert_eq!(g.token_type, "Bearer");
+        // Any spelling of bearer is Bearer; a 64 KiB token is taken, one byte more is not.
+        let lower = token_answer(ok(
+            r#"{"access_token":"abc","token_type":"bearer","expires_in":60}"#,
+        ))
+        .unwrap();
+        assert_eq!(lower.token_type, "Bearer");
+        let big = "a".repeat(MAX_TOKEN_LEN);
+        let body = format!(r#"{{"access_token":"{big}","expires_in":60}}"#);
+        assert!(token_answer(ok(&body)).is_ok());
+        let body = format!(r#"{{"access_token":"{big}b","expires_in":60}}"#);
+        assert!(token_answer(ok(&body)).is_err());
         assert_eq!(g.expires_in, Duration::from_secs(3600));
         assert_eq!(g.refresh_token.unwrap().expose(), "9MXOgvKAvB+tUSdCtML9u=");
     }
@@ -306,7 +321,8 @@ mod tests {
             e,
             UpstreamError::CredentialsRejected {
                 code: "invalid_client".into(),
-                description: Some("bad secret".into())
+                description: Some("bad secret".into()),
+                method: None,
             }
         );
         assert!(matches!(

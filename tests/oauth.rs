@@ -1,0 +1,126 @@
+//! Any standard OAuth 2.0 server, not only the platform: client authentication on every
+//! token request (`client_auth`), against the sandbox as a strict server (one that demands
+//! it on refresh and code exchange, as RFC 6749 §6 and §4.1.3 say) and as the platform (its
+//! page asks only `client_id` there); an org with no user-token endpoint.
+
+mod common;
+
+use common::{Harness, acme_toml, sandbox_config};
+use tokenbroker::sandbox::{Sandbox, SandboxConfig};
+use tonic::Code;
+
+/// The sandbox as a strict server.
+fn strict() -> SandboxConfig {
+    SandboxConfig {
+        strict_client_auth: true,
+        ..sandbox_config()
+    }
+}
+
+/// Org `acme` with `client_auth = method`.
+fn with_auth(method: &'static str) -> impl Fn(&Sandbox) -> String {
+    move |sandbox| format!("{}client_auth = \"{method}\"\n", acme_toml(sandbox))
+}
+
+#[tokio::test]
+async fn a_strict_server_gets_client_authentication_on_every_token_request() {
+    for method in ["client_secret_post", "client_secret_basic"] {
+        let h = Harness::with(strict(), with_auth(method), |_| None).await;
+        let first = h.org_token().await.unwrap();
+        let rotated = h.refresh("", &first.access_token).await.unwrap();
+        assert_eq!(rotated.generation, 2, "{method}");
+        let user = h.user_token("EMP-00001").await.unwrap();
+        h.assert_acts_as(&user.access_token, "EMP-00001").await;
+        let again = h.refresh("EMP-00001", &user.access_token).await.unwrap();
+        assert_ne!(again.access_token, user.access_token);
+        let stats = h.sandbox.stats();
+        assert_eq!(
+            (
+                stats.client_credentials,
+                stats.refresh_token,
+                stats.authorization_code
+            ),
+            (1, 2, 1),
+            "{method}: refreshes through refresh tokens, not new grants: {stats:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_default_sends_the_secret_which_the_platform_accepts_too() {
+    let h = Harness::with(sandbox_config(), acme_toml, |_| None).await;
+    let first = h.org_token().await.unwrap();
+    h.refresh("", &first.access_token).await.unwrap();
+    let user = h.user_token("EMP-00002").await.unwrap();
+    h.refresh("EMP-00002", &user.access_token).await.unwrap();
+    let stats = h.sandbox.stats();
+    assert_eq!((stats.client_credentials, stats.refresh_token), (1, 2));
+}
+
+#[tokio::test]
+async fn the_platforms_exact_form_works_there_and_falls_back_once_where_refused() {
+    // On the platform: client_id alone on refresh, as its page shows.
+    let h = Harness::with(sandbox_config(), with_auth("findity"), |_| None).await;
+    let first = h.org_token().await.unwrap();
+    h.refresh("", &first.access_token).await.unwrap();
+    assert_eq!(h.sandbox.stats().refresh_token, 1);
+    drop(h);
+
+    // On a strict server the refresh is refused (invalid_client): the org is re-issued
+    // through client credentials at once, not held, and readiness stays.
+    let h = Harness::with(strict(), with_auth("findity"), |_| None).await;
+    let first = h.org_token().await.unwrap();
+    let rotated = h.refresh("", &first.access_token).await.unwrap();
+    assert_eq!(rotated.generation, 2);
+    let stats = h.sandbox.stats();
+    assert_eq!(
+        (stats.client_credentials, stats.refresh_token),
+        (2, 1),
+        "{stats:?}"
+    );
+    assert!(h.broker.is_ready());
+    // The code exchange is refused too, and the error names the method.
+    let e = h.user_token("EMP-00001").await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("client_auth = findity"),
+        "{}",
+        e.message()
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_secret_names_the_method_it_was_sent_with() {
+    let h = Harness::with(sandbox_config(), with_auth("client_secret_basic"), |name| {
+        (name == common::SECRET_ENV).then(|| "not-the-secret".to_owned())
+    })
+    .await;
+    let e = h.org_token().await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains("client_auth = client_secret_basic"),
+        "{}",
+        e.message()
+    );
+}
+
+#[tokio::test]
+async fn an_org_without_a_grant_endpoint_hands_out_org_tokens_only() {
+    let toml = |sandbox: &Sandbox| {
+        format!(
+            "[orgs.acme]\ntoken_url = \"{}\"\nclient_id = \"acme-client\"\nclient_secret_env = \"{}\"\n",
+            sandbox.token_url(),
+            common::SECRET_ENV
+        )
+    };
+    let h = Harness::with(sandbox_config(), toml, |_| None).await;
+    h.org_token().await.unwrap();
+    let e = h.user_token("EMP-00001").await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains("orgs.acme.authorization_grant_url"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(h.sandbox.stats().authorization_grant, 0);
+}
