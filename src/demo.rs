@@ -31,6 +31,8 @@ pub async fn start(listen: Listen) -> io::Result<(Config, Sandbox)> {
         name: org.name.clone(),
         client: upstream::Client {
             auth: upstream::ClientAuth::default(),
+            default_lifetime: None,
+            ca: None,
             token_url: url(sandbox.token_url())?,
             authorization_grant_url: Some(url(sandbox.authorization_grant_url())?),
             client_id: Some(org.client_id.clone()),

@@ -124,3 +124,109 @@ async fn an_org_without_a_grant_endpoint_hands_out_org_tokens_only() {
     );
     assert_eq!(h.sandbox.stats().authorization_grant, 0);
 }
+
+/// A server that leaves `expires_in` out (it is only RECOMMENDED): without a JWT `exp`
+/// and without `default_token_lifetime`, a clear refusal naming the setting (not "try
+/// again shortly" forever); with it, tokens of that life.
+#[tokio::test]
+async fn a_missing_expires_in_takes_the_configured_default_or_names_it() {
+    let omitting = || SandboxConfig {
+        omit_expires_in: true,
+        ..sandbox_config()
+    };
+    let h = Harness::with(omitting(), acme_toml, |_| None).await;
+    let e = h.org_token().await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("orgs.acme.default_token_lifetime"),
+        "{}",
+        e.message()
+    );
+    // Held like rejected credentials: the server is not asked again at once.
+    let asked = h.sandbox.stats().client_credentials;
+    assert!(h.org_token().await.is_err());
+    assert_eq!(h.sandbox.stats().client_credentials, asked);
+    drop(h);
+
+    let toml = |s: &Sandbox| format!("{}default_token_lifetime = \"30m\"\n", acme_toml(s));
+    let h = Harness::with(omitting(), toml, |_| None).await;
+    let token = h.org_token().await.unwrap();
+    let left = common::seconds_left(&token);
+    assert!((1700.0..=1800.0).contains(&left), "{left}");
+}
+
+/// A token URL behind a private CA: untrusted, it is a clear refusal naming `ca_file`;
+/// with `ca_file`, it works.
+#[tokio::test]
+async fn a_private_ca_is_trusted_through_ca_file() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+    use tokio_rustls::{
+        TlsAcceptor,
+        rustls::{
+            ServerConfig,
+            pki_types::{CertificateDer, PrivateKeyDer},
+        },
+    };
+    let sandbox = Sandbox::start(
+        sandbox_config(),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    )
+    .await
+    .unwrap();
+    // A TLS front for the sandbox, its certificate from a CA of the test's own.
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let config = ServerConfig::builder_with_provider(std::sync::Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![CertificateDer::from(cert.der().to_vec())],
+        PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+    )
+    .unwrap();
+    let acceptor = TlsAcceptor::from(std::sync::Arc::new(config));
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_addr = front.local_addr().unwrap();
+    let backend = sandbox.addr();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = front.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let (Ok(mut tls), Ok(mut plain)) = (
+                    acceptor.accept(tcp).await,
+                    tokio::net::TcpStream::connect(backend).await,
+                ) else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let toml = |extra: &str| {
+        format!(
+            "[orgs.acme]\ntoken_url = \"https://{front_addr}/oauth/token\"\nclient_id = \"acme-client\"\nclient_secret_env = \"{}\"\n{extra}",
+            common::SECRET_ENV
+        )
+    };
+
+    let h = Harness::on(sandbox.handle(), &toml(""), |_| None).await;
+    let e = h.org_token().await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("orgs.acme.ca_file"), "{}", e.message());
+    drop(h);
+
+    let trusted = format!("ca_file = {:?}", ca_file.display().to_string());
+    let h = Harness::on(sandbox.handle(), &toml(&trusted), |_| None).await;
+    h.org_token().await.expect("trusted through ca_file");
+}

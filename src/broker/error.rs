@@ -31,6 +31,17 @@ pub enum BrokerError {
         #[source]
         cause: UpstreamError,
     },
+    /// The server refuses what the org's configuration asks for, or answers in a way the
+    /// configuration must settle (no lifetime, an untrusted certificate): retrying will
+    /// not help until `fix` is done.
+    #[error("{key}: {cause}; {fix}")]
+    Misconfigured {
+        key: String,
+        #[source]
+        cause: UpstreamError,
+        /// What to change, naming the setting.
+        fix: String,
+    },
     /// The org has no authorization grant endpoint, so it hands out no user tokens.
     #[error(
         "org {org} hands out no user tokens: it has no authorization_grant_url; set orgs.{org}.authorization_grant_url (or environment) for user tokens"
@@ -85,6 +96,28 @@ pub enum BrokerError {
     },
 }
 
+/// What an operator changes for a permanent upstream refusal `e` of `org`.
+fn fix_for(org: &str, e: &UpstreamError) -> String {
+    match e {
+        UpstreamError::Refused { code, .. } if code == "invalid_scope" => {
+            format!("check orgs.{org}.scope against what the server allows the client")
+        }
+        UpstreamError::Refused { code, .. } if code == "invalid_target" => {
+            format!("check orgs.{org}.resource and orgs.{org}.audience")
+        }
+        UpstreamError::Refused { .. } => {
+            "the server does not allow this grant for the client; enable it there".to_owned()
+        }
+        UpstreamError::NoLifetime => {
+            format!("set orgs.{org}.default_token_lifetime to how long the server's tokens live")
+        }
+        UpstreamError::UntrustedCertificate { .. } => format!(
+            "trust the server's CA with orgs.{org}.ca_file (or SSL_CERT_FILE for every org)"
+        ),
+        _ => format!("check orgs.{org} in the broker's configuration"),
+    }
+}
+
 impl BrokerError {
     /// Maps an upstream failure met while working for `key`.
     pub(crate) fn upstream(key: &TokenKey, e: &UpstreamError) -> Self {
@@ -102,11 +135,30 @@ impl BrokerError {
                 org: key.org.to_string(),
                 user: user.to_string(),
             },
+            (
+                UpstreamError::Refused { .. }
+                | UpstreamError::NoLifetime
+                | UpstreamError::UntrustedCertificate { .. },
+                _,
+            ) => Self::Misconfigured {
+                key: key.to_string(),
+                cause: e.clone(),
+                fix: fix_for(&key.org, e),
+            },
             _ => Self::Unavailable {
                 key: key.to_string(),
                 cause: e.clone(),
             },
         }
+    }
+
+    /// Whether only a change of configuration can end it (a hold of
+    /// `renewal.credentials_retry`, not a backoff).
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Self::CredentialsRejected { .. } | Self::Misconfigured { .. }
+        )
     }
 
     /// How long the platform asked the broker to wait (a 429's `Retry-After`).

@@ -366,7 +366,7 @@ impl SingleFlight {
     fn hold_after(&self, e: &BrokerError, failures: u32) -> Duration {
         let backoff = self.renewal.backoff(failures, rand::rng().random());
         match (e, e.retry_after()) {
-            (BrokerError::CredentialsRejected { .. }, _) => self.renewal.credentials_retry,
+            (e, _) if e.is_permanent() => self.renewal.credentials_retry,
             (_, Some(wait)) => backoff.max(wait),
             _ => backoff,
         }

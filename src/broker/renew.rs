@@ -108,6 +108,7 @@ fn announce_gone(slot: &Slot, expired: &SharedToken, error: &BrokerError) {
     let reason = match error {
         BrokerError::UnknownUser { .. }
         | BrokerError::CredentialsRejected { .. }
+        | BrokerError::Misconfigured { .. }
         | BrokerError::NotRotatable { .. }
         | BrokerError::Held {
             kind: HoldKind::Credentials | HoldKind::UnknownUser,

@@ -116,7 +116,9 @@ pub(super) fn held_error(key: &TokenKey, hold: &Hold) -> BrokerError {
 /// The hold a failure `e` leaves for every replica, for `left`.
 pub(super) fn hold_for(e: &BrokerError, left: Duration) -> Option<Hold> {
     let kind = match e {
-        BrokerError::CredentialsRejected { .. } => HoldKind::Credentials,
+        BrokerError::CredentialsRejected { .. } | BrokerError::Misconfigured { .. } => {
+            HoldKind::Credentials
+        }
         BrokerError::UnknownUser { .. } => HoldKind::UnknownUser,
         BrokerError::Unavailable { .. } => HoldKind::Unavailable,
         // Not the platform's answer: nothing to share.

@@ -33,6 +33,12 @@ pub(super) fn secret_source(org: &RawOrg) -> String {
     if let Some(env) = &org.static_token_env {
         let _ = writeln!(out, "static_token_env = {env:?}");
     }
+    if let Some(lifetime) = &org.default_token_lifetime {
+        let _ = writeln!(out, "default_token_lifetime = {lifetime:?}");
+    }
+    if let Some(file) = &org.ca_file {
+        let _ = writeln!(out, "ca_file = {:?}", file.display().to_string());
+    }
     if let Some(file) = &org.static_token_file {
         let _ = writeln!(out, "static_token_file = {:?}", file.display().to_string());
     }

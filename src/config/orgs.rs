@@ -63,6 +63,30 @@ pub(super) fn org_settings(
         .or(defaults.map(|d| d.1))
         .map(|url| endpoint(&key("authorization_grant_url"), Some(url)))
         .transpose()?;
+    let default_lifetime = org
+        .default_token_lifetime
+        .as_deref()
+        .map(|t| parse_duration(&key("default_token_lifetime"), t))
+        .transpose()?;
+    if default_lifetime.is_some_and(|d| d.is_zero() || d > upstream::response::MAX_EXPIRES_IN) {
+        return Err(error(
+            key("default_token_lifetime"),
+            "must be between 1s and 366 days",
+        ));
+    }
+    let ca = match &org.ca_file {
+        None => None,
+        Some(file) => {
+            let pem = read_small_file(&key("ca_file"), &base.join(file), 1024 * 1024)?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(error(
+                    key("ca_file"),
+                    format!("{} holds no PEM certificate", file.display()),
+                ));
+            }
+            Some(std::sync::Arc::<[u8]>::from(pem.into_bytes()))
+        }
+    };
     let auth = match org.client_auth.as_deref() {
         None | Some("client_secret_post") => upstream::ClientAuth::SecretPost,
         Some("client_secret_basic") => upstream::ClientAuth::SecretBasic,
@@ -165,6 +189,8 @@ pub(super) fn org_settings(
             authorization_grant_url,
             client_id,
             auth,
+            default_lifetime,
+            ca,
         },
         credentials,
     })

@@ -193,6 +193,12 @@ pub(super) struct RawOrg {
     /// How the broker authenticates at the token endpoint: `client_secret_post` (default),
     /// `client_secret_basic`, `none`, or `findity` (the platform's page to the letter).
     pub(super) client_auth: Option<String>,
+    /// How long a token lives when the server's answer has no `expires_in` and the token
+    /// is no JWT with an `exp`, e.g. "1h". No default: the broker refuses such a token.
+    pub(super) default_token_lifetime: Option<String>,
+    /// A PEM file of CA certificates to trust for this org's endpoints (a private CA),
+    /// beside the system's roots (and `SSL_CERT_FILE`).
+    pub(super) ca_file: Option<PathBuf>,
     /// Name of the environment variable holding the client secret, or a list of names:
     /// several secrets are tried in order (for rotating a secret without downtime).
     pub(super) client_secret_env: Option<OneOrMany<String>>,

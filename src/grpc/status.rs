@@ -11,7 +11,8 @@ impl From<BrokerError> for Status {
             BrokerError::UnknownOrg { .. } | BrokerError::UnknownUser { .. } => Code::NotFound,
             BrokerError::CredentialsRejected { .. }
             | BrokerError::NotRotatable { .. }
-            | BrokerError::NoUserTokens { .. } => Code::FailedPrecondition,
+            | BrokerError::NoUserTokens { .. }
+            | BrokerError::Misconfigured { .. } => Code::FailedPrecondition,
             BrokerError::Unavailable { .. }
             | BrokerError::Internal { .. }
             | BrokerError::StoreUnavailable { .. } => Code::Unavailable,

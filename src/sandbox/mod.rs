@@ -75,6 +75,9 @@ pub struct SandboxConfig {
     /// and code exchange too, as standard servers do (RFC 6749 §6, §4.1.3). The platform
     /// asks only the client id there; a secret sent anyway is checked either way.
     pub strict_client_auth: bool,
+    /// Leave `expires_in` out of token answers (legal: it is only RECOMMENDED), as some
+    /// servers do; the tokens still expire after `token_lifetime`.
+    pub omit_expires_in: bool,
 }
 
 impl SandboxConfig {
@@ -91,6 +94,7 @@ impl SandboxConfig {
             token_lifetime: Duration::from_secs(3600),
             code_lifetime: Duration::from_secs(60),
             strict_client_auth: false,
+            omit_expires_in: false,
         }
     }
 }

@@ -102,7 +102,9 @@ struct Client {
 pub struct TokenPair {
     pub access_token: String,
     pub token_type: &'static str,
-    pub expires_in: u64,
+    /// Left out when the sandbox plays a server that omits it (it is only RECOMMENDED).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u64>,
     pub refresh_token: String,
 }
 
@@ -127,6 +129,8 @@ pub struct State {
     token_lifetime: Duration,
     /// Client authentication demanded on refresh and code exchange too.
     strict_client_auth: bool,
+    /// Token answers without `expires_in`.
+    omit_expires_in: bool,
     code_lifetime: Duration,
     clients: HashMap<String, Client>,
     users: HashMap<(Arc<str>, String), Arc<SandboxUser>>,
@@ -165,6 +169,7 @@ impl State {
         }
         Self {
             strict_client_auth: config.strict_client_auth,
+            omit_expires_in: config.omit_expires_in,
             token_lifetime: config.token_lifetime,
             code_lifetime: config.code_lifetime,
             clients,
@@ -507,7 +512,7 @@ impl State {
         TokenPair {
             access_token,
             token_type: "Bearer",
-            expires_in: self.token_lifetime.as_secs().max(1),
+            expires_in: (!self.omit_expires_in).then(|| self.token_lifetime.as_secs().max(1)),
             refresh_token,
         }
     }

@@ -41,6 +41,22 @@ pub enum UpstreamError {
     /// Any other refusal the broker has no specific handling for.
     #[error("the platform answered HTTP {status}{}", match .code { Some(c) => format!(" ({c})"), None => String::new() })]
     Rejected { status: u16, code: Option<String> },
+    /// The server refused what the client asks for (`invalid_scope`, `invalid_target`,
+    /// `unsupported_grant_type`): permanent until the configuration changes.
+    #[error("the server refused the request ({code}{})", describe(.description))]
+    Refused {
+        code: String,
+        description: Option<String>,
+    },
+    /// The answer has no `expires_in`, the access token is no JWT with an `exp`, and no
+    /// default lifetime is configured: a token of unknown life cannot be handed out.
+    #[error(
+        "the server's answer has no expires_in and its access token is not a JWT with an exp claim"
+    )]
+    NoLifetime,
+    /// The server's TLS certificate is not trusted (a private CA?).
+    #[error("the server's TLS certificate is not trusted: {reason}")]
+    UntrustedCertificate { reason: String },
     /// A success status with a body the broker cannot use.
     #[error("the platform's answer could not be used: {reason}")]
     Malformed { reason: String },
@@ -72,6 +88,9 @@ impl UpstreamError {
             Self::ServerError { .. } => "server_error",
             Self::Rejected { .. } => "rejected",
             Self::Malformed { .. } => "malformed",
+            Self::Refused { .. } => "refused",
+            Self::NoLifetime => "no_lifetime",
+            Self::UntrustedCertificate { .. } => "untrusted_certificate",
             Self::Timeout { .. } => "timeout",
             Self::Connection { .. } => "connection",
         }

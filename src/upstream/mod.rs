@@ -49,6 +49,12 @@ pub struct Client {
     pub client_id: Option<String>,
     /// How the broker authenticates at the token endpoint.
     pub auth: ClientAuth,
+    /// The lifetime of a token whose answer has no `expires_in` and that is no JWT with
+    /// an `exp` (`orgs.NAME.default_token_lifetime`).
+    pub default_lifetime: Option<Duration>,
+    /// More CA certificates (PEM) to trust for this org's endpoints (`orgs.NAME.ca_file`),
+    /// beside the system's and webpki's roots.
+    pub ca: Option<Arc<[u8]>>,
 }
 
 /// How the broker authenticates to the token endpoint (`orgs.NAME.client_auth`), on every
@@ -101,32 +107,71 @@ fn basic_credentials(id: &str, secret: &str) -> String {
     )
 }
 
-/// An HTTP client for the platform. Cheap to clone; shares one connection pool.
+/// An HTTP client for the platform. Cheap to clone; shares one connection pool (one more
+/// for each distinct `ca_file`).
 #[derive(Debug, Clone)]
 pub struct Upstream {
     http: reqwest::Client,
+    /// Clients that also trust an org's `ca_file`, by its PEM.
+    with_ca: Arc<std::sync::Mutex<std::collections::HashMap<Arc<[u8]>, reqwest::Client>>>,
     timeout: Duration,
     observer: Arc<dyn Observer>,
+}
+
+/// The HTTP client every org shares, trusting also `extra` CA certificates.
+fn http_client(
+    timeout: Duration,
+    extra: Vec<reqwest::Certificate>,
+) -> Result<reqwest::Client, reqwest::Error> {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .user_agent(concat!("tokenbroker/", env!("CARGO_PKG_VERSION")))
+        // A burst of cold keys opens many connections; the broker's steady traffic
+        // needs few, so only a handful are kept idle (each holds buffers).
+        .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS);
+    for cert in extra {
+        builder = builder.add_root_certificate(cert);
+    }
+    builder.build()
 }
 
 impl Upstream {
     /// A client whose every request gives up after `timeout`. Redirects are never followed,
     /// so credentials go only to the configured URLs.
     pub fn new(timeout: Duration, observer: Arc<dyn Observer>) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .user_agent(concat!("tokenbroker/", env!("CARGO_PKG_VERSION")))
-            // A burst of cold keys opens many connections; the broker's steady traffic
-            // needs few, so only a handful are kept idle (each holds buffers).
-            .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
-            .build()?;
         Ok(Self {
-            http,
+            http: http_client(timeout, Vec::new())?,
+            with_ca: Arc::default(),
             timeout,
             observer,
         })
+    }
+
+    /// The HTTP client for `client`'s endpoints: the shared one, or one that also trusts
+    /// its `ca_file` (made once per distinct file's content).
+    fn http(&self, client: &Client) -> Result<reqwest::Client, UpstreamError> {
+        let Some(pem) = &client.ca else {
+            return Ok(self.http.clone());
+        };
+        let mut made = self
+            .with_ca
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(http) = made.get(pem) {
+            return Ok(http.clone());
+        }
+        let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+            UpstreamError::UntrustedCertificate {
+                reason: format!("the ca_file cannot be read: {e}"),
+            }
+        })?;
+        let http = http_client(self.timeout, certs).map_err(|e| UpstreamError::Connection {
+            reason: e.to_string(),
+        })?;
+        made.insert(Arc::clone(pem), http.clone());
+        Ok(http)
     }
 
     /// Client credentials grant: the organization's token.
@@ -183,7 +228,7 @@ impl Upstream {
             });
         };
         let request = self
-            .http
+            .http(client)?
             .post(url.clone())
             .bearer_auth(bearer.expose())
             .form(&[("user_id", user_id)]);
@@ -260,7 +305,10 @@ impl Upstream {
         }
         // `form` percent-encodes every value: refresh tokens hold `+`, which sent raw would
         // arrive as a space.
-        let mut request = self.http.post(client.token_url.clone()).form(&form);
+        let mut request = self
+            .http(client)?
+            .post(client.token_url.clone())
+            .form(&form);
         if let Some((id, secret)) = basic {
             request = request.header(header::AUTHORIZATION, basic_credentials(id, secret));
         }
@@ -284,6 +332,19 @@ impl Upstream {
                     method: Some(client.auth.name()),
                 },
                 other => other,
+            })
+            .and_then(|answer| {
+                let lifetime = answer
+                    .expires_in
+                    .or_else(|| {
+                        response::jwt_lifetime(
+                            answer.access_token.expose(),
+                            std::time::SystemTime::now(),
+                        )
+                    })
+                    .or(client.default_lifetime)
+                    .ok_or(UpstreamError::NoLifetime)?;
+                Ok(answer.with_lifetime(lifetime))
             });
         self.observe(grant, &answer, started);
         answer
@@ -335,6 +396,11 @@ impl Upstream {
             reason.push_str(": ");
             reason.push_str(&s.to_string());
             source = s.source();
+        }
+        // rustls says "invalid peer certificate: UnknownIssuer" (or names another
+        // certificate problem): waiting will not fix it.
+        if reason.contains("invalid peer certificate") || reason.contains("UnknownIssuer") {
+            return UpstreamError::UntrustedCertificate { reason };
         }
         UpstreamError::Connection { reason }
     }

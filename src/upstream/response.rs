@@ -26,6 +26,50 @@ pub struct Grant {
     pub refresh_token: Option<RefreshToken>,
 }
 
+/// A token endpoint's answer as it came: `expires_in` is only RECOMMENDED, so it may be
+/// missing (then the JWT's `exp`, or the configured default, says how long it lives).
+#[derive(Debug, Clone)]
+pub struct TokenAnswer {
+    pub access_token: AccessToken,
+    pub token_type: String,
+    pub expires_in: Option<Duration>,
+    pub refresh_token: Option<RefreshToken>,
+}
+
+impl TokenAnswer {
+    /// The grant, living `lifetime`.
+    pub fn with_lifetime(self, lifetime: Duration) -> Grant {
+        Grant {
+            access_token: self.access_token,
+            token_type: self.token_type,
+            expires_in: lifetime,
+            refresh_token: self.refresh_token,
+        }
+    }
+}
+
+/// How long an access token that is a JWT says it lives (its `exp` after `now`), read for
+/// nothing else: the signature is not checked, and no other claim is trusted.
+pub fn jwt_lifetime(token: &str, now: std::time::SystemTime) -> Option<Duration> {
+    use base64::Engine;
+    let mut parts = token.split('.');
+    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let exp = serde_json::from_slice::<Value>(&json)
+        .ok()?
+        .get("exp")?
+        .as_u64()?;
+    let exp = std::time::UNIX_EPOCH + Duration::from_secs(exp);
+    exp.duration_since(now)
+        .ok()
+        .filter(|d| !d.is_zero() && *d <= MAX_EXPIRES_IN)
+}
+
 /// A parsed HTTP answer, as the parsers below see it.
 #[derive(Debug, Clone, Copy)]
 pub struct Answer<'a> {
@@ -42,7 +86,7 @@ enum Endpoint {
 }
 
 /// Parses an answer of the token endpoint (any grant type).
-pub fn token_answer(answer: Answer<'_>) -> Result<Grant, UpstreamError> {
+pub fn token_answer(answer: Answer<'_>) -> Result<TokenAnswer, UpstreamError> {
     if !(200..300).contains(&answer.status) {
         return Err(classify(Endpoint::Token, answer));
     }
@@ -64,7 +108,7 @@ pub fn token_answer(answer: Answer<'_>) -> Result<Grant, UpstreamError> {
         Some(_) => return Err(malformed("token_type is not a short word")),
     };
     let expires_in = expires_in(json.get("expires_in"))?;
-    Ok(Grant {
+    Ok(TokenAnswer {
         access_token,
         token_type,
         expires_in,
@@ -132,9 +176,9 @@ fn token_field(
 /// `expires_in` as a number of seconds, or a numeric string (seen in the wild). Missing,
 /// zero, negative, fractional garbage or more than a year is an error: guessing a lifetime
 /// would risk handing out dead tokens.
-fn expires_in(value: Option<&Value>) -> Result<Duration, UpstreamError> {
+fn expires_in(value: Option<&Value>) -> Result<Option<Duration>, UpstreamError> {
     let secs = match value {
-        None | Some(Value::Null) => return Err(malformed("the answer has no expires_in")),
+        None | Some(Value::Null) => return Ok(None),
         Some(Value::Number(n)) => n.as_u64().or_else(|| {
             n.as_f64()
                 .filter(|f| f.fract() == 0.0 && *f >= 0.0)
@@ -144,7 +188,9 @@ fn expires_in(value: Option<&Value>) -> Result<Duration, UpstreamError> {
         Some(_) => None,
     };
     match secs {
-        Some(s) if s > 0 && Duration::from_secs(s) <= MAX_EXPIRES_IN => Ok(Duration::from_secs(s)),
+        Some(s) if s > 0 && Duration::from_secs(s) <= MAX_EXPIRES_IN => {
+            Ok(Some(Duration::from_secs(s)))
+        }
         Some(s) => Err(malformed(format!(
             "expires_in {s} is out of range (1 s to 366 days)"
         ))),
@@ -199,6 +245,15 @@ fn classify(endpoint: Endpoint, answer: Answer<'_>) -> UpstreamError {
             }
         }
         (Endpoint::Token, _, Some("invalid_grant")) => UpstreamError::InvalidGrant { description },
+        // What the client asked for is not allowed: asking again will not help.
+        (
+            Endpoint::Token,
+            _,
+            Some(c @ ("invalid_scope" | "invalid_target" | "unsupported_grant_type")),
+        ) => UpstreamError::Refused {
+            code: c.to_owned(),
+            description,
+        },
         // RFC 6749 §5.2: a 401 from the token endpoint means client authentication failed.
         (Endpoint::Token, 401, _) => UpstreamError::CredentialsRejected {
             code: code.unwrap_or_else(|| "HTTP 401".to_owned()),
@@ -258,25 +313,16 @@ mod tests {
         assert!(token_answer(ok(&body)).is_ok());
         let body = format!(r#"{{"access_token":"{big}b","expires_in":60}}"#);
         assert!(token_answer(ok(&body)).is_err());
-        assert_eq!(g.expires_in, Duration::from_secs(3600));
+        assert_eq!(g.expires_in, Some(Duration::from_secs(3600)));
         assert_eq!(g.refresh_token.unwrap().expose(), "9MXOgvKAvB+tUSdCtML9u=");
     }
 
     #[test]
     fn expires_in_may_be_a_numeric_string_but_not_garbage() {
         let g = token_answer(ok(r#"{"access_token":"a","expires_in":" 60 "}"#)).unwrap();
-        assert_eq!(g.expires_in, Duration::from_secs(60));
+        assert_eq!(g.expires_in, Some(Duration::from_secs(60)));
         assert!(g.refresh_token.is_none());
-        for bad in [
-            r#""soon""#,
-            "0",
-            "-5",
-            "1e12",
-            "99999999999",
-            "1.5",
-            "null",
-            "[]",
-        ] {
+        for bad in [r#""soon""#, "0", "-5", "1e12", "99999999999", "1.5", "[]"] {
             let body = format!(r#"{{"access_token":"a","expires_in":{bad}}}"#);
             assert!(
                 matches!(
@@ -286,10 +332,13 @@ mod tests {
                 "{bad}"
             );
         }
-        assert!(matches!(
-            token_answer(ok(r#"{"access_token":"a"}"#)),
-            Err(UpstreamError::Malformed { .. })
-        ));
+        // Missing or null: no error here (the JWT's exp or the configured default says).
+        for missing in [
+            r#"{"access_token":"a"}"#,
+            r#"{"access_token":"a","expires_in":null}"#,
+        ] {
+            assert_eq!(token_answer(ok(missing)).unwrap().expires_in, None);
+        }
     }
 
     #[test]
@@ -468,11 +517,57 @@ mod properties {
                 Ok(grant) => {
                     prop_assert!(status == 200);
                     prop_assert!(!grant.access_token.expose().is_empty());
-                    prop_assert!(grant.expires_in > Duration::ZERO && grant.expires_in <= MAX_EXPIRES_IN);
+                    let lifetime = grant.expires_in.unwrap_or(Duration::from_secs(1));
+                    prop_assert!(lifetime > Duration::ZERO && lifetime <= MAX_EXPIRES_IN);
                 }
                 Err(e) => prop_assert!(!e.to_string().is_empty()),
             }
             let _ = grant_answer(answer);
+        }
+    }
+
+    #[test]
+    fn a_jwt_says_how_long_it_lives_and_nothing_else_is_read() {
+        use base64::Engine;
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let part = |json: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+        let jwt = |claims: &str| format!("{}.{}.sig", part(r#"{"alg":"RS256"}"#), part(claims));
+        assert_eq!(
+            jwt_lifetime(&jwt(r#"{"exp":1800000600,"sub":"x"}"#), now),
+            Some(Duration::from_secs(600))
+        );
+        // Expired, absent, or not a JWT: nothing.
+        assert_eq!(jwt_lifetime(&jwt(r#"{"exp":1700000000}"#), now), None);
+        assert_eq!(jwt_lifetime(&jwt(r#"{"sub":"x"}"#), now), None);
+        assert_eq!(jwt_lifetime("opaque-token", now), None);
+        assert_eq!(jwt_lifetime("a.b.c.d", now), None);
+        // A missing expires_in is no longer an error here: the caller settles it.
+        let g = token_answer(Answer {
+            status: 200,
+            retry_after: None,
+            body: br#"{"access_token":"abc"}"#,
+        })
+        .unwrap();
+        assert_eq!(g.expires_in, None);
+    }
+
+    #[test]
+    fn what_the_client_may_not_ask_for_is_refused_not_retried() {
+        for code in ["invalid_scope", "invalid_target", "unsupported_grant_type"] {
+            let body = format!(r#"{{"error":"{code}","error_description":"scope 'x' unknown"}}"#);
+            let e = token_answer(Answer {
+                status: 400,
+                retry_after: None,
+                body: body.as_bytes(),
+            })
+            .unwrap_err();
+            assert_eq!(
+                e,
+                UpstreamError::Refused {
+                    code: code.into(),
+                    description: Some("scope 'x' unknown".into()),
+                }
+            );
         }
     }
 }

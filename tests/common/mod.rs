@@ -37,6 +37,7 @@ pub fn sandbox_config() -> SandboxConfig {
         token_lifetime: Duration::from_secs(3600),
         code_lifetime: Duration::from_secs(30),
         strict_client_auth: false,
+        omit_expires_in: false,
     }
 }
 
