@@ -230,3 +230,59 @@ async fn a_private_ca_is_trusted_through_ca_file() {
     let h = Harness::on(sandbox.handle(), &toml(&trusted), |_| None).await;
     h.org_token().await.expect("trusted through ca_file");
 }
+
+/// What a standard server may need beyond the grant: scope, audience, resource, more form
+/// parameters and headers, a redirect URI on the code exchange; the granted scope comes
+/// back in the Token message.
+#[tokio::test]
+async fn scope_audience_resource_and_extras_are_sent_and_the_granted_scope_returned() {
+    let toml = |s: &Sandbox| {
+        format!(
+            "{}scope = [\"read\", \"write\"]\naudience = \"https://api.example\"\nresource = \"https://api.example/v1\"\nredirect_uri = \"https://app.example/cb\"\nextra_params = {{ tenant = \"t1\" }}\nextra_headers = {{ \"X-Tenant\" = \"t1\" }}\n",
+            acme_toml(s)
+        )
+    };
+    let h = Harness::with(sandbox_config(), toml, |_| None).await;
+    let token = h.org_token().await.unwrap();
+    assert_eq!(token.scope, "read write");
+    let sent = h.sandbox.last_token_request();
+    let has = |k: &str, v: &str| sent.iter().any(|(a, b)| a == k && b == v);
+    for (k, v) in [
+        ("grant_type", "client_credentials"),
+        ("scope", "read write"),
+        ("audience", "https://api.example"),
+        ("resource", "https://api.example/v1"),
+        ("tenant", "t1"),
+        ("header:x-tenant", "t1"),
+        ("client_secret", "***"),
+    ] {
+        assert!(has(k, v), "{k}={v} not in {sent:?}");
+    }
+    // The code exchange names the redirect URI, and the resource; not the scope.
+    h.user_token("EMP-00001").await.unwrap();
+    let sent = h.sandbox.last_token_request();
+    let has = |k: &str, v: &str| sent.iter().any(|(a, b)| a == k && b == v);
+    assert!(has("grant_type", "authorization_code"), "{sent:?}");
+    assert!(has("redirect_uri", "https://app.example/cb"), "{sent:?}");
+    assert!(has("resource", "https://api.example/v1"), "{sent:?}");
+    assert!(!sent.iter().any(|(k, _)| k == "scope"), "{sent:?}");
+}
+
+#[tokio::test]
+async fn a_scope_the_server_refuses_is_a_precondition_naming_the_setting() {
+    let server = SandboxConfig {
+        scopes: vec!["read".into()],
+        ..sandbox_config()
+    };
+    let toml = |s: &Sandbox| format!("{}scope = \"read admin\"\n", acme_toml(s));
+    let h = Harness::with(server, toml, |_| None).await;
+    let e = h.org_token().await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("invalid_scope"), "{}", e.message());
+    assert!(
+        e.message().contains("\"admin\""),
+        "the server's description: {}",
+        e.message()
+    );
+    assert!(e.message().contains("orgs.acme.scope"), "{}", e.message());
+}

@@ -235,7 +235,8 @@ impl SingleFlight {
                     requested,
                     grant.expires_in,
                     renew_after,
-                );
+                )
+                .with_scope(grant.scope);
                 token.generation = generation;
                 token.reason = reason;
                 // Kept before it is handed out; the refresh token stays in memory only if
@@ -338,6 +339,7 @@ impl SingleFlight {
                     issued,
                     lifetime,
                     reason: token.reason.name(),
+                    scope: token.scope(),
                     refresh_token: refresh_token.as_ref(),
                 },
             )
@@ -396,12 +398,12 @@ impl OrgBearer for Arc<SingleFlight> {
             match stale {
                 None => self.usable(org, &org.slot).await,
                 Some(stale) => {
-                    let seen = org.slot.current().map_or(0, |t| {
+                    let seen = org.slot.current().map_or(u64::MAX, |t| {
                         if t.access_token.expose() == stale {
                             t.generation
                         } else {
-                            // Replaced already: whatever is current answers.
-                            0
+                            // Replaced already: the bytes say so.
+                            u64::MAX
                         }
                     });
                     let want = Want::Rotation {

@@ -423,7 +423,7 @@ impl Broker {
         };
         slot.touch(Instant::now());
         let _waiting = self.inner.waiting.enter()?;
-        let seen = slot.state().generation;
+        let seen = seen_generation(&slot, stale);
         let want = Want::Rotation { stale, seen };
         let token = self.inner.engine.token(org, &slot, want).await?;
         Ok(served(slot, token))
@@ -522,6 +522,19 @@ impl Broker {
             .filter(|token| meets(token, now, min_valid_for))?;
         self.inner.stats.hit();
         Some(token)
+    }
+}
+
+/// The generation of the token a Refresh names as stale, when the slot holds it now: a
+/// token of a later generation answers the Refresh, even with the same bytes. Otherwise
+/// (no stale token named, or not the one held: a replica that has not caught up, say)
+/// only the bytes decide.
+fn seen_generation(slot: &Slot, stale: Option<&str>) -> u64 {
+    match (stale, slot.current()) {
+        (Some(stale), Some(current)) if current.access_token.expose() == stale => {
+            current.generation
+        }
+        _ => u64::MAX,
     }
 }
 

@@ -381,6 +381,7 @@ async fn write_back(store: &Store, slot: &Arc<Slot>) -> bool {
         issued: token.issued_at().into(),
         lifetime,
         reason: token.reason.name(),
+        scope: token.scope(),
         refresh_token: refresh_token.as_ref(),
     };
     match store.install(&key.org, key.user.as_deref(), new).await {

@@ -108,6 +108,7 @@ pub(super) fn restore(
             stored.lifetime,
             renew_after,
         );
+        token = token.with_scope(stored.scope);
         token.generation = generation;
         token.reason = Reason::from_name(&stored.reason).unwrap_or(Reason::Issued);
         Some(SharedToken::new(token))
@@ -128,6 +129,7 @@ mod tests {
             issued: SystemTime::now() - issued_ago,
             lifetime: Duration::from_secs(3600),
             reason: "renewed".into(),
+            scope: Some("read write".into()),
         }
     }
 
@@ -140,6 +142,11 @@ mod tests {
         let token = fresh.token.expect("still usable");
         assert_eq!((token.generation, fresh.generation), (7, 7));
         assert_eq!(token.reason, Reason::Renewed);
+        assert_eq!(
+            token.scope(),
+            Some("read write"),
+            "the granted scope comes back too"
+        );
         assert!(token.is_usable(now.0));
         let left = token.valid_for(now.0).unwrap().as_secs();
         assert!((2990..=3000).contains(&left), "{left}");

@@ -52,6 +52,13 @@ impl From<UnixTime> for SystemTime {
     }
 }
 
+/// The rarely set parts of a [`Token`].
+#[derive(Debug)]
+struct Extra {
+    token_type: Option<Box<str>>,
+    scope: Option<Box<str>>,
+}
+
 /// Why a token was minted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -93,8 +100,9 @@ pub struct Token {
     /// The access token's fingerprint, computed once: every audit line names it.
     pub fingerprint: Fingerprint,
     pub reason: Reason,
-    /// The token type when the platform said other than "Bearer".
-    other_type: Option<Box<str>>,
+    /// What is rarely there: a token type other than "Bearer", the scope the server
+    /// granted (one pointer, so the usual token carries 8 bytes for both).
+    extra: Option<Box<Extra>>,
     /// When the broker asked the platform for it (wall clock, for callers), kept as the
     /// answers carry it, so that no call converts it: seconds since the Unix epoch, and
     /// nanoseconds (apart, so that they pack with the other small fields).
@@ -128,7 +136,12 @@ impl Token {
             fingerprint: access_token.fingerprint(),
             access_token,
             reason: Reason::Issued,
-            other_type: (token_type != "Bearer").then(|| token_type.into_boxed_str()),
+            extra: (token_type != "Bearer").then(|| {
+                Box::new(Extra {
+                    token_type: Some(token_type.into_boxed_str()),
+                    scope: None,
+                })
+            }),
             issued_s: issued.seconds,
             issued_nanos: issued.nanos,
             requested: mono,
@@ -146,7 +159,7 @@ impl Token {
             fingerprint: access_token.fingerprint(),
             access_token,
             reason: Reason::Issued,
-            other_type: None,
+            extra: None,
             issued_s: issued.seconds,
             issued_nanos: issued.nanos,
             requested: Instant::now(),
@@ -158,7 +171,29 @@ impl Token {
 
     /// The token type, as the platform gave it ("Bearer").
     pub fn token_type(&self) -> &str {
-        self.other_type.as_deref().unwrap_or("Bearer")
+        self.extra
+            .as_ref()
+            .and_then(|e| e.token_type.as_deref())
+            .unwrap_or("Bearer")
+    }
+
+    /// The scope the server granted, if it said.
+    pub fn scope(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|e| e.scope.as_deref())
+    }
+
+    /// This token with the scope the server granted.
+    pub(crate) fn with_scope(mut self, scope: Option<String>) -> Self {
+        if let Some(scope) = scope.filter(|s| !s.is_empty()) {
+            let extra = self.extra.get_or_insert_with(|| {
+                Box::new(Extra {
+                    token_type: None,
+                    scope: None,
+                })
+            });
+            extra.scope = Some(scope.into_boxed_str());
+        }
+        self
     }
 
     /// When the broker asked for it (wall clock).

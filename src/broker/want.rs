@@ -14,9 +14,10 @@ pub(super) enum Want<'a> {
     /// A token that may be handed out now.
     Usable,
     /// A new token, because a caller asked (Refresh); with the token the caller saw
-    /// rejected, none if the broker already holds another. `seen`: the slot's generation
-    /// when the caller asked: a token of a later generation answers it, even one with the
-    /// same bytes (some servers mint byte-identical tokens within a second).
+    /// rejected, none if the broker already holds another. `seen`: the generation of that
+    /// stale token when the slot held it as the caller asked (`u64::MAX` if not known): a
+    /// token of a later generation answers it, even one with the same bytes (some servers
+    /// mint byte-identical tokens within a second).
     Rotation { stale: Option<&'a str>, seen: u64 },
     /// A new token ahead of expiry, unless `of` was replaced already.
     Renewal { of: &'a SharedToken },

@@ -87,6 +87,7 @@ pub(super) fn org_settings(
             Some(std::sync::Arc::<[u8]>::from(pem.into_bytes()))
         }
     };
+    let extras = request_extras(&name, &org)?;
     let auth = match org.client_auth.as_deref() {
         None | Some("client_secret_post") => upstream::ClientAuth::SecretPost,
         Some("client_secret_basic") => upstream::ClientAuth::SecretBasic,
@@ -191,8 +192,135 @@ pub(super) fn org_settings(
             auth,
             default_lifetime,
             ca,
+            extras: std::sync::Arc::new(extras),
         },
         credentials,
+    })
+}
+
+/// Parameters the grant names itself, which `extra_params` may not set.
+const GRANT_PARAMS: [&str; 9] = [
+    "grant_type",
+    "client_id",
+    "client_secret",
+    "refresh_token",
+    "code",
+    "scope",
+    "audience",
+    "resource",
+    "redirect_uri",
+];
+
+/// Headers the request sets itself, which `extra_headers` may not set.
+const OWN_HEADERS: [&str; 5] = [
+    "authorization",
+    "content-type",
+    "content-length",
+    "host",
+    "accept",
+];
+
+/// What `org`'s token requests carry beyond the grant.
+fn request_extras(name: &str, org: &RawOrg) -> Result<upstream::RequestExtras, ConfigError> {
+    let key = |field: &str| format!("orgs.{name}.{field}");
+    let printable = |field: &str, value: &str| {
+        if value.is_empty() || value.chars().any(char::is_control) {
+            Err(error(
+                key(field),
+                "must be non-empty, without control characters",
+            ))
+        } else {
+            Ok(value.to_owned())
+        }
+    };
+    let scope = match &org.scope {
+        None => None,
+        // One string may hold several scopes, space-separated.
+        Some(OneOrMany::One(scope)) => Some(printable("scope", scope.trim())?),
+        Some(OneOrMany::Many(scopes)) => {
+            if scopes
+                .iter()
+                .any(|s| s.is_empty() || s.contains(char::is_whitespace))
+            {
+                return Err(error(
+                    key("scope"),
+                    "lists an empty scope or one with spaces; give a list of scopes, or one string of scopes separated by spaces",
+                ));
+            }
+            Some(scopes.join(" "))
+        }
+    };
+    let audience = org
+        .audience
+        .as_deref()
+        .map(|a| printable("audience", a))
+        .transpose()?;
+    let mut resources = Vec::new();
+    for resource in org
+        .resource
+        .as_ref()
+        .map(OneOrMany::to_vec)
+        .unwrap_or_default()
+    {
+        // RFC 8707 §2: an absolute URI without a fragment.
+        let url = Url::parse(&resource).map_err(|e| {
+            error(
+                key("resource"),
+                format!("{resource:?} is not an absolute URI: {e}"),
+            )
+        })?;
+        if url.fragment().is_some() {
+            return Err(error(
+                key("resource"),
+                format!("{resource:?} has a fragment"),
+            ));
+        }
+        resources.push(resource);
+    }
+    let mut params = Vec::new();
+    for (param, value) in org.extra_params.iter().flatten() {
+        if GRANT_PARAMS.contains(&param.as_str()) {
+            return Err(error(
+                key("extra_params"),
+                format!("{param:?} is set by the broker itself (or by its own setting); remove it"),
+            ));
+        }
+        params.push((printable("extra_params", param)?, value.clone()));
+    }
+    let mut headers = Vec::new();
+    for (header, value) in org.extra_headers.iter().flatten() {
+        let name = reqwest::header::HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+            error(
+                key("extra_headers"),
+                format!("{header:?} is not a header name"),
+            )
+        })?;
+        if OWN_HEADERS.contains(&name.as_str()) {
+            return Err(error(
+                key("extra_headers"),
+                format!("{header:?} is set by the broker itself; remove it"),
+            ));
+        }
+        let value = reqwest::header::HeaderValue::from_str(value).map_err(|_| {
+            error(
+                key("extra_headers"),
+                format!("the value of {header:?} is not a header value"),
+            )
+        })?;
+        headers.push((name, value));
+    }
+    let redirect_uri = org
+        .redirect_uri
+        .as_deref()
+        .map(|u| printable("redirect_uri", u))
+        .transpose()?;
+    Ok(upstream::RequestExtras {
+        scope,
+        audience,
+        resources,
+        params,
+        headers,
+        redirect_uri,
     })
 }
 

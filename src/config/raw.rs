@@ -199,6 +199,18 @@ pub(super) struct RawOrg {
     /// A PEM file of CA certificates to trust for this org's endpoints (a private CA),
     /// beside the system's roots (and `SSL_CERT_FILE`).
     pub(super) ca_file: Option<PathBuf>,
+    /// The scope asked for on client credentials: a string (space-separated) or a list.
+    pub(super) scope: Option<OneOrMany<String>>,
+    /// `audience` on client credentials.
+    pub(super) audience: Option<String>,
+    /// `resource` (RFC 8707) on every token request: a URI or a list.
+    pub(super) resource: Option<OneOrMany<String>>,
+    /// More form parameters on every token request.
+    pub(super) extra_params: Option<BTreeMap<String, String>>,
+    /// More headers on every token request.
+    pub(super) extra_headers: Option<BTreeMap<String, String>>,
+    /// `redirect_uri` on the code exchange.
+    pub(super) redirect_uri: Option<String>,
     /// Name of the environment variable holding the client secret, or a list of names:
     /// several secrets are tried in order (for rotating a secret without downtime).
     pub(super) client_secret_env: Option<OneOrMany<String>>,

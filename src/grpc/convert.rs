@@ -23,6 +23,7 @@ pub fn token_message(org: &str, user: Option<&str>, t: &Token) -> wire::Token {
         org: org.to_owned(),
         user_id: user.unwrap_or_default().to_owned(),
         generation: t.generation,
+        scope: t.scope().unwrap_or_default().to_owned(),
     }
 }
 

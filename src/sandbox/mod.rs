@@ -78,6 +78,9 @@ pub struct SandboxConfig {
     /// Leave `expires_in` out of token answers (legal: it is only RECOMMENDED), as some
     /// servers do; the tokens still expire after `token_lifetime`.
     pub omit_expires_in: bool,
+    /// The scopes a client may ask for on client credentials (`invalid_scope` for any
+    /// other); empty: any scope asked for is granted. The answer names what was granted.
+    pub scopes: Vec<String>,
 }
 
 impl SandboxConfig {
@@ -95,6 +98,7 @@ impl SandboxConfig {
             code_lifetime: Duration::from_secs(60),
             strict_client_auth: false,
             omit_expires_in: false,
+            scopes: Vec::new(),
         }
     }
 }
@@ -140,6 +144,12 @@ impl Sandbox {
             state: Arc::clone(&self.state),
             stop: self.stop.child_token(),
         }
+    }
+
+    /// The last token request it got: its form fields (secrets and tokens as `***`) and,
+    /// as `header:NAME`, its headers other than Authorization.
+    pub fn last_token_request(&self) -> Vec<(String, String)> {
+        self.lock().last_token_request.clone()
     }
 
     /// The address it listens on.

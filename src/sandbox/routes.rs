@@ -172,6 +172,17 @@ fn after(fault: &Option<Fault>, response: Result<Value, OauthError>, app: &App) 
 
 async fn token(Shared(app): Shared<App>, request: Request) -> Response {
     let basic = basic_auth(request.headers());
+    let headers: Vec<(String, String)> = request
+        .headers()
+        .iter()
+        .filter(|(name, _)| *name != header::AUTHORIZATION)
+        .map(|(name, value)| {
+            (
+                format!("header:{name}"),
+                value.to_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
     let f = match form(request).await {
         Ok(f) => f,
         Err(e) => return answer(&app, Err(e)),
@@ -195,6 +206,18 @@ async fn token(Shared(app): Shared<App>, request: Request) -> Response {
         ),
     };
     let (client_id, secret) = (client_id.as_deref(), secret.as_deref());
+    {
+        let mut recorded: Vec<(String, String)> = f
+            .iter()
+            .map(|(k, v)| {
+                let hidden = ["client_secret", "refresh_token", "code"].contains(&k.as_str());
+                (k.clone(), if hidden { "***".into() } else { v.clone() })
+            })
+            .collect();
+        recorded.sort();
+        recorded.extend(headers);
+        app.lock().last_token_request = recorded;
+    }
     let kind = match field("grant_type") {
         Some("client_credentials") => RequestKind::ClientCredentials,
         Some("refresh_token") => RequestKind::RefreshToken,
@@ -208,7 +231,11 @@ async fn token(Shared(app): Shared<App>, request: Request) -> Response {
     let result = {
         let mut s = app.lock();
         let pair = match kind {
-            RequestKind::ClientCredentials => s.client_credentials(client_id, secret),
+            RequestKind::ClientCredentials => s.grant_scope(field("scope")).and_then(|scope| {
+                let mut pair = s.client_credentials(client_id, secret)?;
+                pair.scope = scope;
+                Ok(pair)
+            }),
             RequestKind::RefreshToken => s.refresh(client_id, secret, field("refresh_token")),
             RequestKind::AuthorizationCode => s.exchange_code(client_id, secret, field("code")),
             _ => Err(OauthError {

@@ -106,6 +106,9 @@ pub struct TokenPair {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in: Option<u64>,
     pub refresh_token: String,
+    /// The scope granted, when one was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 /// An OAuth error answer (RFC 6749 §5.2) with its HTTP status.
@@ -131,6 +134,11 @@ pub struct State {
     strict_client_auth: bool,
     /// Token answers without `expires_in`.
     omit_expires_in: bool,
+    /// The scopes a client may ask for; empty: any.
+    scopes: Vec<String>,
+    /// The last token request: its form fields (secrets and tokens as `***`) and, as
+    /// `header:NAME`, its headers other than Authorization.
+    pub last_token_request: Vec<(String, String)>,
     code_lifetime: Duration,
     clients: HashMap<String, Client>,
     users: HashMap<(Arc<str>, String), Arc<SandboxUser>>,
@@ -170,6 +178,8 @@ impl State {
         Self {
             strict_client_auth: config.strict_client_auth,
             omit_expires_in: config.omit_expires_in,
+            scopes: config.scopes.clone(),
+            last_token_request: Vec::new(),
             token_lifetime: config.token_lifetime,
             code_lifetime: config.code_lifetime,
             clients,
@@ -183,6 +193,24 @@ impl State {
             removed_users: HashSet::new(),
             stats: Stats::default(),
         }
+    }
+
+    /// The scope granted for `asked`: all of it, if every scope is allowed.
+    pub fn grant_scope(&self, asked: Option<&str>) -> Result<Option<String>, OauthError> {
+        let Some(asked) = asked else {
+            return Ok(None);
+        };
+        if let Some(bad) = asked
+            .split(' ')
+            .find(|s| !self.scopes.is_empty() && !self.scopes.iter().any(|a| a == s))
+        {
+            return Err(oauth_error(
+                400,
+                "invalid_scope",
+                format!("scope {bad:?} is not allowed for this client"),
+            ));
+        }
+        Ok(Some(asked.to_owned()))
     }
 
     /// `grant_type=client_credentials`.
@@ -514,6 +542,7 @@ impl State {
             token_type: "Bearer",
             expires_in: (!self.omit_expires_in).then(|| self.token_lifetime.as_secs().max(1)),
             refresh_token,
+            scope: None,
         }
     }
 }

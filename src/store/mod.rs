@@ -104,6 +104,8 @@ pub struct StoredToken {
     pub lifetime: Duration,
     /// Why it was minted (`issued`, `renewed`, `forced`, `reissued`).
     pub reason: String,
+    /// The scope the server granted, if it said.
+    pub scope: Option<String>,
 }
 
 /// A key's new token, as the broker writes it.
@@ -116,6 +118,8 @@ pub struct NewToken<'a> {
     pub issued: SystemTime,
     pub lifetime: Duration,
     pub reason: &'static str,
+    /// The scope the server granted, if it said.
+    pub scope: Option<&'a str>,
     /// The refresh token that came with it, if any.
     pub refresh_token: Option<&'a RefreshToken>,
 }
@@ -323,6 +327,7 @@ impl Store {
                 ),
             lifetime: Duration::from_millis(record.lifetime_ms),
             reason: record.reason,
+            scope: record.scope,
         })
     }
 
@@ -354,6 +359,7 @@ impl Store {
             lifetime_ms: u64::try_from(token.lifetime.as_millis()).unwrap_or(u64::MAX),
             refresh_token: None,
             reason: token.reason.to_owned(),
+            scope: token.scope.map(str::to_owned),
         };
         let refresh = token.refresh_token.map(|r| {
             self.sealer

@@ -23,4 +23,7 @@ pub(super) struct Record {
     /// Why the token was minted (`issued`, `renewed`, `forced`, `reissued`).
     #[prost(string, tag = "8")]
     pub reason: String,
+    /// The scope the server granted, if it said.
+    #[prost(string, optional, tag = "9")]
+    pub scope: Option<String>,
 }

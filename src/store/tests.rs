@@ -22,6 +22,7 @@ fn token(generation: u64, access: &AccessToken) -> NewToken<'_> {
         issued: SystemTime::now(),
         lifetime: Duration::from_secs(3600),
         reason: "issued",
+        scope: None,
         refresh_token: None,
     }
 }

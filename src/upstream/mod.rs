@@ -55,6 +55,26 @@ pub struct Client {
     /// More CA certificates (PEM) to trust for this org's endpoints (`orgs.NAME.ca_file`),
     /// beside the system's and webpki's roots.
     pub ca: Option<Arc<[u8]>>,
+    /// What the token requests ask for and carry beyond the grant itself.
+    pub extras: Arc<RequestExtras>,
+}
+
+/// What an org's token requests carry beyond the grant (`orgs.NAME.scope`, `audience`,
+/// `resource`, `extra_params`, `extra_headers`, `redirect_uri`).
+#[derive(Debug, Clone, Default)]
+pub struct RequestExtras {
+    /// `scope` on client credentials (space-separated).
+    pub scope: Option<String>,
+    /// `audience` on client credentials (as several servers name the API).
+    pub audience: Option<String>,
+    /// `resource` (RFC 8707), each on every token request.
+    pub resources: Vec<String>,
+    /// More form parameters on every token request.
+    pub params: Vec<(String, String)>,
+    /// More headers on every token request.
+    pub headers: Vec<(header::HeaderName, header::HeaderValue)>,
+    /// `redirect_uri` on the code exchange (RFC 6749 §4.1.3, when the grant had one).
+    pub redirect_uri: Option<String>,
 }
 
 /// How the broker authenticates to the token endpoint (`orgs.NAME.client_auth`), on every
@@ -181,7 +201,14 @@ impl Upstream {
         client_id: &str,
         secret: &ClientSecret,
     ) -> Result<Grant, UpstreamError> {
-        let form = vec![("grant_type", "client_credentials")];
+        let mut form = vec![("grant_type", "client_credentials")];
+        let extras = &client.extras;
+        if let Some(scope) = &extras.scope {
+            form.push(("scope", scope));
+        }
+        if let Some(audience) = &extras.audience {
+            form.push(("audience", audience));
+        }
         let who = Who {
             client_id: Some(client_id),
             secret: Some(secret),
@@ -255,10 +282,13 @@ impl Upstream {
         code: AuthCode,
         secret: Option<&ClientSecret>,
     ) -> Result<Grant, UpstreamError> {
-        let form = vec![
+        let mut form = vec![
             ("grant_type", "authorization_code"),
             ("code", code.expose()),
         ];
+        if let Some(uri) = &client.extras.redirect_uri {
+            form.push(("redirect_uri", uri));
+        }
         let who = Who {
             client_id: client.client_id.as_deref(),
             secret,
@@ -286,6 +316,12 @@ impl Upstream {
         who: Who<'_>,
     ) -> Result<Grant, UpstreamError> {
         let secret = who.secret.map(ClientSecret::expose);
+        for resource in &client.extras.resources {
+            form.push(("resource", resource));
+        }
+        for (name, value) in &client.extras.params {
+            form.push((name, value));
+        }
         let in_body = match client.auth {
             ClientAuth::SecretPost => true,
             ClientAuth::Findity => who.primary,
@@ -309,6 +345,9 @@ impl Upstream {
             .http(client)?
             .post(client.token_url.clone())
             .form(&form);
+        for (name, value) in &client.extras.headers {
+            request = request.header(name, value);
+        }
         if let Some((id, secret)) = basic {
             request = request.header(header::AUTHORIZATION, basic_credentials(id, secret));
         }

@@ -14,6 +14,8 @@ use crate::secret::{AccessToken, AuthCode, RefreshToken};
 pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(366 * 24 * 3600);
 /// The longest token or code accepted, in bytes (JWTs with many claims run to tens of KiB).
 pub const MAX_TOKEN_LEN: usize = 64 * 1024;
+/// The longest granted scope kept.
+const MAX_SCOPE_LEN: usize = 4096;
 /// How much of the platform's `error_description` is kept in messages.
 const MAX_DESCRIPTION_LEN: usize = 160;
 
@@ -24,6 +26,8 @@ pub struct Grant {
     pub token_type: String,
     pub expires_in: Duration,
     pub refresh_token: Option<RefreshToken>,
+    /// The scope the server granted, when it said (RFC 6749 §5.1).
+    pub scope: Option<String>,
 }
 
 /// A token endpoint's answer as it came: `expires_in` is only RECOMMENDED, so it may be
@@ -34,6 +38,7 @@ pub struct TokenAnswer {
     pub token_type: String,
     pub expires_in: Option<Duration>,
     pub refresh_token: Option<RefreshToken>,
+    pub scope: Option<String>,
 }
 
 impl TokenAnswer {
@@ -44,6 +49,7 @@ impl TokenAnswer {
             token_type: self.token_type,
             expires_in: lifetime,
             refresh_token: self.refresh_token,
+            scope: self.scope,
         }
     }
 }
@@ -108,11 +114,19 @@ pub fn token_answer(answer: Answer<'_>) -> Result<TokenAnswer, UpstreamError> {
         Some(_) => return Err(malformed("token_type is not a short word")),
     };
     let expires_in = expires_in(json.get("expires_in"))?;
+    // Space-separated scope tokens (RFC 6749 §3.3): printable ASCII, kept if sane.
+    let scope = json
+        .get("scope")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= MAX_SCOPE_LEN)
+        .filter(|s| s.chars().all(|c| c == ' ' || c.is_ascii_graphic()))
+        .map(str::to_owned);
     Ok(TokenAnswer {
         access_token,
         token_type,
         expires_in,
         refresh_token,
+        scope,
     })
 }
 

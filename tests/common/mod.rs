@@ -38,6 +38,7 @@ pub fn sandbox_config() -> SandboxConfig {
         code_lifetime: Duration::from_secs(30),
         strict_client_auth: false,
         omit_expires_in: false,
+        scopes: Vec::new(),
     }
 }
 
