@@ -34,6 +34,7 @@ pub async fn start(listen: Listen) -> io::Result<(Config, Sandbox)> {
             default_lifetime: None,
             ca: None,
             extras: Default::default(),
+            discovery: None,
             token_url: url(sandbox.token_url())?,
             authorization_grant_url: Some(url(sandbox.authorization_grant_url())?),
             client_id: Some(org.client_id.clone()),

@@ -202,7 +202,7 @@ async fn broker(config_path: Option<PathBuf>, listen: Option<Listen>) -> ExitCod
     let server = match tokenbroker::Server::new(config).await {
         Ok(server) => server,
         // A setting to change, as for an invalid config.
-        Err(e @ tokenbroker::Error::Store(_)) => {
+        Err(e @ (tokenbroker::Error::Store(_) | tokenbroker::Error::Discovery(_))) => {
             error!(error = %e, "tokenbroker failed to start");
             return ExitCode::from(2);
         }

@@ -9,6 +9,8 @@ use crate::{auth, broker::Broker, config::Config, grpc, sync::LockUnpoisoned};
 /// secrets) and callers change at once; what needs a restart is named and kept.
 #[derive(Clone)]
 pub struct Reloader {
+    /// For the discovery of orgs configured by `issuer`.
+    pub(crate) upstream: crate::upstream::Upstream,
     pub(crate) broker: Broker,
     pub(crate) gate: Arc<grpc::Gate>,
     pub(crate) running: Arc<std::sync::Mutex<Config>>,
@@ -17,7 +19,14 @@ pub struct Reloader {
 impl Reloader {
     /// Applies `new`; returns the settings that changed but need a restart.
     pub async fn apply(&self, new: Config) -> Vec<&'static str> {
-        let changes = self.broker.reload_orgs(new.orgs.clone()).await;
+        let mut orgs = new.orgs.clone();
+        for org in &mut orgs {
+            if let Err(e) = self.upstream.discover(&org.name, &mut org.client).await {
+                tracing::error!(error = %e, "the new config is refused; the running one stays");
+                return Vec::new();
+            }
+        }
+        let changes = self.broker.reload_orgs(orgs).await;
         self.gate
             .set_callers(auth::Callers::new(new.callers.clone()));
         let mut running = self.running.lock_unpoisoned();

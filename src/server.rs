@@ -31,6 +31,10 @@ pub enum Error {
     /// The server's TLS certificate or key could not be used.
     #[error("{0}")]
     Tls(String),
+    /// An org's issuer could not be discovered, or supports none of what the config asks:
+    /// a setting to fix, so `main` exits 2.
+    #[error("{0}")]
+    Discovery(#[source] crate::upstream::DiscoveryError),
     /// The token store could not be opened (held by another process, a wrong key, an
     /// unreadable folder): a setting to fix, so `main` exits 2.
     #[error("{0}")]
@@ -83,6 +87,8 @@ pub async fn run(
 /// A broker ready to serve: its cache, its gate (callers and limits), its config.
 pub struct Server {
     broker: Broker,
+    /// The platform's HTTP client, kept for the discovery of orgs at each reload.
+    upstream: Upstream,
     gate: Arc<grpc::Gate>,
     /// What the server's components count (the broker's own state is read at scrape).
     metrics: Arc<Metrics>,
@@ -106,9 +112,16 @@ impl Server {
             }
             None => None,
         };
+        let mut orgs = config.orgs.clone();
+        for org in &mut orgs {
+            upstream
+                .discover(&org.name, &mut org.client)
+                .await
+                .map_err(Error::Discovery)?;
+        }
         let broker = Broker::with_store(
-            config.orgs.clone(),
-            upstream,
+            orgs,
+            upstream.clone(),
             config.cache.clone(),
             config.limits,
             store,
@@ -119,6 +132,7 @@ impl Server {
         ));
         Ok(Self {
             broker,
+            upstream,
             gate,
             metrics,
             config,
@@ -138,6 +152,7 @@ impl Server {
     /// A handle that applies new configs to the running server.
     pub fn reloader(&self) -> Reloader {
         Reloader {
+            upstream: self.upstream.clone(),
             broker: self.broker.clone(),
             gate: Arc::clone(&self.gate),
             running: Arc::new(std::sync::Mutex::new(self.config.clone())),

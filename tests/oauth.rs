@@ -286,3 +286,43 @@ async fn a_scope_the_server_refuses_is_a_precondition_naming_the_setting() {
     );
     assert!(e.message().contains("orgs.acme.scope"), "{}", e.message());
 }
+
+/// `issuer`: the token URL and a supported auth method come from the server's metadata at
+/// start; a configured method the server does not support refuses the start, naming it.
+#[tokio::test]
+async fn discovery_fills_the_token_url_and_refuses_an_unsupported_method() {
+    let toml = |extra: &'static str| {
+        move |s: &Sandbox| {
+            format!(
+                "[orgs.acme]\nissuer = \"{}\"\nclient_id = \"acme-client\"\nclient_secret_env = \"{}\"\n{extra}",
+                s.base_url(),
+                common::SECRET_ENV
+            )
+        }
+    };
+    let h = Harness::with(strict(), toml(""), |_| None).await;
+    let token = h.org_token().await.unwrap();
+    // Refresh authenticates as the server supports (strict: it would refuse otherwise).
+    h.refresh("", &token.access_token).await.unwrap();
+    assert_eq!(h.sandbox.stats().refresh_token, 1);
+    drop(h);
+
+    // The sandbox supports client_secret_basic and client_secret_post, not none.
+    let sandbox = Sandbox::start(
+        sandbox_config(),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let text = toml("client_auth = \"none\"")(&sandbox);
+    let secret = sandbox.config().orgs[0].client_secret.clone();
+    let env = move |name: &str| (name == common::SECRET_ENV).then(|| secret.clone());
+    let config = tokenbroker::config::Config::parse(&text, &env, std::path::Path::new("."))
+        .expect("the config itself is valid");
+    let Err(e) = tokenbroker::Server::new(config).await else {
+        panic!("an unsupported method must refuse the start");
+    };
+    let said = e.to_string();
+    assert!(said.contains("orgs.acme.client_auth"), "{said}");
+    assert!(said.contains("client_secret_basic"), "{said}");
+}

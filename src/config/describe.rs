@@ -133,13 +133,28 @@ impl Config {
             }
         }
         for org in &self.orgs {
-            let _ = writeln!(
-                out,
-                "\n[orgs.{}]\ntoken_url = {:?}\nclient_auth = {:?}",
-                org.name,
-                org.client.token_url.as_str(),
-                org.client.auth.name()
-            );
+            match &org.client.discovery {
+                Some(d) => {
+                    let _ = writeln!(
+                        out,
+                        "\n[orgs.{}]\nissuer = {:?}",
+                        org.name,
+                        d.issuer.as_str()
+                    );
+                    if d.auth_explicit {
+                        let _ = writeln!(out, "client_auth = {:?}", org.client.auth.name());
+                    }
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "\n[orgs.{}]\ntoken_url = {:?}\nclient_auth = {:?}",
+                        org.name,
+                        org.client.token_url.as_str(),
+                        org.client.auth.name()
+                    );
+                }
+            }
             if let Some(url) = &org.client.authorization_grant_url {
                 let _ = writeln!(out, "authorization_grant_url = {:?}", url.as_str());
             }

@@ -52,10 +52,24 @@ pub(super) fn org_settings(
             ),
         ));
     }
-    let token_url = endpoint(
-        &key("token_url"),
-        org.token_url.as_deref().or(defaults.map(|d| d.0)),
-    )?;
+    let issuer = match (&org.issuer, &org.token_url, org.environment) {
+        (None, _, _) => None,
+        (Some(issuer), None, None) => Some(endpoint(&key("issuer"), Some(issuer))?),
+        (Some(_), _, _) => {
+            return Err(error(
+                key("issuer"),
+                "fills in token_url from the server's metadata; set issuer, or token_url (or environment), not both",
+            ));
+        }
+    };
+    // With an issuer the token URL is its own until discovery at start replaces it.
+    let token_url = match &issuer {
+        Some(issuer) => issuer.clone(),
+        None => endpoint(
+            &key("token_url"),
+            org.token_url.as_deref().or(defaults.map(|d| d.0)),
+        )?,
+    };
     // Optional: an org without it hands out org tokens only.
     let authorization_grant_url = org
         .authorization_grant_url
@@ -193,6 +207,10 @@ pub(super) fn org_settings(
             default_lifetime,
             ca,
             extras: std::sync::Arc::new(extras),
+            discovery: issuer.map(|issuer| upstream::Discovery {
+                issuer,
+                auth_explicit: org.client_auth.is_some(),
+            }),
         },
         credentials,
     })

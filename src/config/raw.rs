@@ -186,6 +186,9 @@ pub(super) struct RawOrg {
     pub(super) environment: Option<Environment>,
     /// The platform's token endpoint.
     pub(super) token_url: Option<String>,
+    /// An OAuth server's issuer: its metadata (OIDC / RFC 8414 discovery) gives the token
+    /// endpoint and the client authentication methods, at start.
+    pub(super) issuer: Option<String>,
     /// The platform's authorization grant endpoint.
     pub(super) authorization_grant_url: Option<String>,
     /// The OAuth client id.

@@ -44,6 +44,7 @@ pub fn router(state: Arc<Mutex<State>>, stop: CancellationToken) -> Router {
         .route("/oauth/authorization-grant", post(authorization_grant))
         .route("/api/v1/expense/me", get(me))
         .route("/api/v1/admin/organization", get(organization))
+        .route("/.well-known/openid-configuration", get(discovery))
         .route("/sandbox/stats", get(stats))
         .route("/sandbox/faults", post(inject).delete(clear))
         .with_state(App { state, stop })
@@ -168,6 +169,23 @@ fn after(fault: &Option<Fault>, response: Result<Value, OauthError>, app: &App) 
         }
         (_, result) => answer(app, result),
     }
+}
+
+/// OpenID Connect discovery (the same fields as RFC 8414's metadata), its issuer the
+/// address the request was sent to.
+async fn discovery(headers: HeaderMap) -> Response {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let issuer = format!("http://{host}");
+    Json(json!({
+        "issuer": issuer,
+        "token_endpoint": format!("{issuer}/oauth/token"),
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "grant_types_supported": ["client_credentials", "refresh_token", "authorization_code"],
+    }))
+    .into_response()
 }
 
 async fn token(Shared(app): Shared<App>, request: Request) -> Response {

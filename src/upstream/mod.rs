@@ -2,6 +2,7 @@
 //! refresh, authorization grant, code exchange), sent with reqwest and classified. Knows
 //! nothing of gRPC or caching.
 
+mod discovery;
 mod error;
 pub mod response;
 
@@ -9,6 +10,7 @@ use std::{sync::Arc, time::Duration};
 
 use reqwest::{StatusCode, Url, header};
 
+pub use discovery::{Discovery, DiscoveryError};
 pub use error::UpstreamError;
 use response::Answer;
 pub use response::Grant;
@@ -57,6 +59,9 @@ pub struct Client {
     pub ca: Option<Arc<[u8]>>,
     /// What the token requests ask for and carry beyond the grant itself.
     pub extras: Arc<RequestExtras>,
+    /// Where the token URL and the auth method come from when `orgs.NAME.issuer` is set:
+    /// filled in by [`Upstream::discover`] before the org is used.
+    pub discovery: Option<Discovery>,
 }
 
 /// What an org's token requests carry beyond the grant (`orgs.NAME.scope`, `audience`,
@@ -167,6 +172,13 @@ impl Upstream {
             timeout,
             observer,
         })
+    }
+
+    /// Fetches a plain GET answer (status, body) from `url`, trusting `client`'s CA.
+    async fn get(&self, client: &Client, url: Url) -> Result<(u16, Vec<u8>), UpstreamError> {
+        let request = self.http(client)?.get(url);
+        let (status, _, body) = self.send(request).await?;
+        Ok((status.as_u16(), body))
     }
 
     /// The HTTP client for `client`'s endpoints: the shared one, or one that also trusts
