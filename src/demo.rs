@@ -35,6 +35,7 @@ pub async fn start(listen: Listen) -> io::Result<(Config, Sandbox)> {
             ca: None,
             extras: Default::default(),
             discovery: None,
+            user_grant: Default::default(),
             token_url: url(sandbox.token_url())?,
             authorization_grant_url: Some(url(sandbox.authorization_grant_url())?),
             client_id: Some(org.client_id.clone()),

@@ -326,3 +326,41 @@ async fn discovery_fills_the_token_url_and_refuses_an_unsupported_method() {
     assert!(said.contains("orgs.acme.client_auth"), "{said}");
     assert!(said.contains("client_secret_basic"), "{said}");
 }
+
+/// RFC 8693 token exchange for user tokens (`user_grant = "token_exchange"`): the user id
+/// as the subject, the org token as the actor, at the token endpoint; no grant endpoint.
+#[tokio::test]
+async fn user_tokens_through_token_exchange() {
+    let toml = |s: &Sandbox| {
+        format!(
+            "[orgs.acme]\ntoken_url = \"{}\"\nclient_id = \"acme-client\"\nclient_secret_env = \"{}\"\nuser_grant = \"token_exchange\"\n",
+            s.token_url(),
+            common::SECRET_ENV
+        )
+    };
+    let h = Harness::with(strict(), toml, |_| None).await;
+    let user = h.user_token("EMP-00003").await.unwrap();
+    h.assert_acts_as(&user.access_token, "EMP-00003").await;
+    // Its refresh token rotates it, once.
+    let again = h.refresh("EMP-00003", &user.access_token).await.unwrap();
+    h.assert_acts_as(&again.access_token, "EMP-00003").await;
+    let stats = h.sandbox.stats();
+    assert_eq!(
+        (
+            stats.token_exchange,
+            stats.authorization_grant,
+            stats.refresh_token,
+            stats.client_credentials
+        ),
+        (1, 0, 1, 1),
+        "{stats:?}"
+    );
+    let sent = h.sandbox.last_token_request();
+    assert!(
+        sent.iter()
+            .any(|(k, v)| k == "grant_type" && v == "refresh_token")
+    );
+    // A user the server does not know: NOT_FOUND.
+    let e = h.user_token("EMP-99999").await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+}

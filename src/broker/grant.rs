@@ -13,7 +13,7 @@ use super::{BrokerError, Credentials, Reason, SharedToken, TokenKey, org::Org, s
 use crate::{
     secret::{AuthCode, RefreshToken},
     store::Store,
-    upstream::{Grant, Upstream, UpstreamError},
+    upstream::{Grant, Upstream, UpstreamError, UserGrant},
 };
 
 /// Where a user's flight gets the org token it presents to the grant endpoint: the single
@@ -176,6 +176,20 @@ impl Grants {
                 org: org.name.to_string(),
             })),
             (Some(user), _) => {
+                if let UserGrant::TokenExchange { subject_type } = &config.client.user_grant {
+                    let token = bearer.org_token(org, None).await.map_err(Miss::Blocked)?;
+                    return self
+                        .upstream
+                        .token_exchange(
+                            &config.client,
+                            subject_type,
+                            &token.access_token,
+                            user,
+                            org.secret().as_ref(),
+                        )
+                        .await
+                        .map_err(fail);
+                }
                 let code = self.authorization_grant(org, key, user, bearer).await?;
                 self.upstream
                     .exchange_code(&config.client, code, org.secret().as_ref())

@@ -541,7 +541,10 @@ fn seen_generation(slot: &Slot, stale: Option<&str>) -> u64 {
 /// Refuses user tokens for an org that has no authorization grant endpoint, before any
 /// slot is made for them.
 fn user_tokens_configured(org: &Org) -> Result<(), BrokerError> {
-    if org.config().client.authorization_grant_url.is_none() {
+    let client = &org.config().client;
+    if client.authorization_grant_url.is_none()
+        && client.user_grant == crate::upstream::UserGrant::Findity
+    {
         return Err(BrokerError::NoUserTokens {
             org: org.name.to_string(),
         });

@@ -8,6 +8,47 @@ use super::*;
 use crate::auth::OrgScope;
 
 /// The TOML lines naming where `org`'s secret comes from, as its config wrote them.
+/// What an org's token requests carry beyond the grant, as TOML.
+fn describe_extras(out: &mut String, client: &crate::upstream::Client) {
+    let e = &client.extras;
+    for (key, value) in [
+        ("scope", &e.scope),
+        ("audience", &e.audience),
+        ("redirect_uri", &e.redirect_uri),
+    ] {
+        if let Some(value) = value {
+            let _ = writeln!(out, "{key} = {value:?}");
+        }
+    }
+    if !e.resources.is_empty() {
+        let _ = writeln!(out, "resource = {:?}", e.resources);
+    }
+    let table = |pairs: Vec<(String, String)>| {
+        let items: Vec<String> = pairs
+            .iter()
+            .map(|(k, v)| format!("{k:?} = {v:?}"))
+            .collect();
+        format!("{{ {} }}", items.join(", "))
+    };
+    if !e.params.is_empty() {
+        let _ = writeln!(out, "extra_params = {}", table(e.params.clone()));
+    }
+    if !e.headers.is_empty() {
+        let headers = e
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+            .collect();
+        let _ = writeln!(out, "extra_headers = {}", table(headers));
+    }
+    if let crate::upstream::UserGrant::TokenExchange { subject_type } = &client.user_grant {
+        let _ = writeln!(
+            out,
+            "user_grant = \"token_exchange\"\ntoken_exchange_subject_type = {subject_type:?}"
+        );
+    }
+}
+
 pub(super) fn secret_source(org: &RawOrg) -> String {
     let strings = |v: &[String]| {
         format!(
@@ -158,6 +199,7 @@ impl Config {
             if let Some(url) = &org.client.authorization_grant_url {
                 let _ = writeln!(out, "authorization_grant_url = {:?}", url.as_str());
             }
+            describe_extras(&mut out, &org.client);
             if let Some(id) = &org.client.client_id {
                 let _ = writeln!(out, "client_id = {id:?}");
             }

@@ -102,6 +102,28 @@ pub(super) fn org_settings(
         }
     };
     let extras = request_extras(&name, &org)?;
+    let user_grant = match (org.user_grant.as_deref(), &org.token_exchange_subject_type) {
+        (None | Some("findity"), None) => upstream::UserGrant::Findity,
+        (Some("token_exchange"), subject_type) => upstream::UserGrant::TokenExchange {
+            subject_type: subject_type
+                .clone()
+                .unwrap_or_else(|| upstream::USER_ID_TOKEN_TYPE.to_owned()),
+        },
+        (None | Some("findity"), Some(_)) => {
+            return Err(error(
+                key("token_exchange_subject_type"),
+                "applies with user_grant = \"token_exchange\" only",
+            ));
+        }
+        (Some(other), _) => {
+            return Err(error(
+                key("user_grant"),
+                format!(
+                    "{other:?} is not a user grant; use findity (the default) or token_exchange"
+                ),
+            ));
+        }
+    };
     let auth = match org.client_auth.as_deref() {
         None | Some("client_secret_post") => upstream::ClientAuth::SecretPost,
         Some("client_secret_basic") => upstream::ClientAuth::SecretBasic,
@@ -207,6 +229,7 @@ pub(super) fn org_settings(
             default_lifetime,
             ca,
             extras: std::sync::Arc::new(extras),
+            user_grant,
             discovery: issuer.map(|issuer| upstream::Discovery {
                 issuer,
                 auth_explicit: org.client_auth.is_some(),

@@ -214,6 +214,12 @@ pub(super) struct RawOrg {
     pub(super) extra_headers: Option<BTreeMap<String, String>>,
     /// `redirect_uri` on the code exchange.
     pub(super) redirect_uri: Option<String>,
+    /// How user tokens are had: `findity` (the platform's grant endpoint; default) or
+    /// `token_exchange` (RFC 8693 at the token endpoint).
+    pub(super) user_grant: Option<String>,
+    /// The `subject_token_type` of a token exchange (default
+    /// `urn:tokenbroker:params:oauth:token-type:user-id`).
+    pub(super) token_exchange_subject_type: Option<String>,
     /// Name of the environment variable holding the client secret, or a list of names:
     /// several secrets are tried in order (for rotating a secret without downtime).
     pub(super) client_secret_env: Option<OneOrMany<String>>,

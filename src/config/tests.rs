@@ -537,3 +537,44 @@ fn client_auth_is_one_of_four_and_environment_never_fills_a_mixed_pair() {
     assert!(c.orgs[0].client.authorization_grant_url.is_none());
     assert!(!c.describe().contains("authorization_grant_url"));
 }
+
+#[test]
+fn what_token_requests_carry_is_described_and_loads_back() {
+    let text = "[orgs.acme]\ntoken_url = \"https://idp.example/token\"\nclient_id = \"acme-id\"\nclient_secret_env = \"ACME_SECRET\"\nscope = [\"read\", \"write\"]\naudience = \"https://api.example\"\nresource = \"https://api.example/v1\"\nredirect_uri = \"https://app.example/cb\"\nextra_params = { tenant = \"t1\" }\nextra_headers = { \"X-Tenant\" = \"t1\" }\nuser_grant = \"token_exchange\"\ndefault_token_lifetime = \"30m\"\n";
+    let c = parse(text).unwrap();
+    let described = c.describe();
+    let again = parse(&described).unwrap();
+    let (a, b) = (&c.orgs[0].client, &again.orgs[0].client);
+    assert_eq!(a.extras.scope.as_deref(), Some("read write"));
+    assert_eq!(b.extras.scope, a.extras.scope, "{described}");
+    assert_eq!(b.extras.audience, a.extras.audience);
+    assert_eq!(b.extras.resources, a.extras.resources);
+    assert_eq!(b.extras.redirect_uri, a.extras.redirect_uri);
+    assert_eq!(b.extras.params, a.extras.params);
+    assert_eq!(b.extras.headers, a.extras.headers);
+    assert_eq!(b.user_grant, a.user_grant);
+    assert_eq!(b.default_lifetime, Some(Duration::from_secs(1800)));
+    for (extra, key) in [
+        (
+            "extra_params = { grant_type = \"x\" }",
+            "orgs.acme.extra_params",
+        ),
+        (
+            "extra_headers = { Authorization = \"x\" }",
+            "orgs.acme.extra_headers",
+        ),
+        ("resource = \"not a uri\"", "orgs.acme.resource"),
+        ("user_grant = \"saml\"", "orgs.acme.user_grant"),
+        (
+            "default_token_lifetime = \"0s\"",
+            "orgs.acme.default_token_lifetime",
+        ),
+        ("issuer = \"https://idp.example\"", "orgs.acme.issuer"),
+    ] {
+        let text = format!(
+            "[orgs.acme]\ntoken_url = \"https://idp.example/token\"\nclient_id = \"acme-id\"\nclient_secret_env = \"ACME_SECRET\"\n{extra}\n"
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key, key, "{extra}: {e}");
+    }
+}

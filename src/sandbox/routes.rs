@@ -256,6 +256,18 @@ async fn token(Shared(app): Shared<App>, request: Request) -> Response {
             }),
             RequestKind::RefreshToken => s.refresh(client_id, secret, field("refresh_token")),
             RequestKind::AuthorizationCode => s.exchange_code(client_id, secret, field("code")),
+            RequestKind::OtherToken
+                if field("grant_type")
+                    == Some("urn:ietf:params:oauth:grant-type:token-exchange") =>
+            {
+                s.token_exchange(
+                    client_id,
+                    secret,
+                    field("subject_token"),
+                    field("subject_token_type"),
+                    field("actor_token"),
+                )
+            }
             _ => Err(OauthError {
                 status: 400,
                 error: "unsupported_grant_type",

@@ -29,6 +29,8 @@ pub struct Stats {
     pub authorization_code: u64,
     /// Requests to the authorization grant endpoint.
     pub authorization_grant: u64,
+    /// `grant_type=urn:ietf:params:oauth:grant-type:token-exchange` requests (RFC 8693).
+    pub token_exchange: u64,
     /// Requests to the platform's API (`/api/v1/...`).
     pub api: u64,
     /// Requests answered with an error status.
@@ -46,8 +48,12 @@ impl Stats {
             + self.refresh_token
             + self.authorization_code
             + self.authorization_grant
+            + self.token_exchange
     }
 }
+
+/// The `subject_token_type` of a token exchange whose subject is a user id.
+pub const USER_ID_TOKEN_TYPE: &str = "urn:tokenbroker:params:oauth:token-type:user-id";
 
 /// Who a token acts as.
 #[derive(Debug, Clone)]
@@ -367,6 +373,63 @@ impl State {
     }
 
     /// The authorization grant endpoint: a code acting as `user_id`, for a live org token.
+    /// RFC 8693 token exchange for a user token: the subject is the user (person id or
+    /// ExternalSourceID, `subject_token_type` [`USER_ID_TOKEN_TYPE`]), the actor the org's
+    /// access token; the client authenticates as on any token request.
+    pub fn token_exchange(
+        &mut self,
+        client_id: Option<&str>,
+        secret: Option<&str>,
+        subject: Option<&str>,
+        subject_type: Option<&str>,
+        actor: Option<&str>,
+    ) -> Result<TokenPair, OauthError> {
+        self.stats.token_exchange += 1;
+        let Some(client) = client_id.and_then(|id| self.clients.get(id)) else {
+            return Err(oauth_error(
+                401,
+                "invalid_client",
+                "client_id is missing or unknown",
+            ));
+        };
+        let client_org = Arc::clone(&client.org);
+        self.authenticated(client_id, secret)?;
+        if subject_type != Some(USER_ID_TOKEN_TYPE) {
+            return Err(oauth_error(
+                400,
+                "invalid_request",
+                "subject_token_type must be urn:tokenbroker:params:oauth:token-type:user-id",
+            ));
+        }
+        match self.authenticate(actor) {
+            Some(Subject::Org { org }) if org == client_org => {}
+            _ => {
+                return Err(oauth_error(
+                    400,
+                    "invalid_grant",
+                    "actor_token is not a valid org token of this client",
+                ));
+            }
+        }
+        let Some(user) = subject.and_then(|id| {
+            self.users
+                .get(&(Arc::clone(&client_org), id.to_owned()))
+                .cloned()
+        }) else {
+            return Err(oauth_error(
+                400,
+                "invalid_grant",
+                "unknown user (subject_token)",
+            ));
+        };
+        let subject = Subject::User {
+            org: client_org,
+            user,
+        };
+        let family = self.new_family();
+        Ok(self.issue(subject, family))
+    }
+
     pub fn authorization_grant(
         &mut self,
         bearer: Option<&str>,

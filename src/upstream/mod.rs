@@ -62,7 +62,25 @@ pub struct Client {
     /// Where the token URL and the auth method come from when `orgs.NAME.issuer` is set:
     /// filled in by [`Upstream::discover`] before the org is used.
     pub discovery: Option<Discovery>,
+    /// How a user token is had (`orgs.NAME.user_grant`).
+    pub user_grant: UserGrant,
 }
+
+/// How an org gets a user's token (`orgs.NAME.user_grant`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum UserGrant {
+    /// The platform's authorization grant endpoint, then a code exchange (`findity`).
+    #[default]
+    Findity,
+    /// RFC 8693 token exchange at the token endpoint (`token_exchange`): the user id as
+    /// the subject (of `subject_type`), the org's token as the actor.
+    TokenExchange { subject_type: String },
+}
+
+/// The default `subject_token_type` of a token exchange whose subject is a user id.
+pub const USER_ID_TOKEN_TYPE: &str = "urn:tokenbroker:params:oauth:token-type:user-id";
+/// RFC 8693 §3: an access token.
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// What an org's token requests carry beyond the grant (`orgs.NAME.scope`, `audience`,
 /// `resource`, `extra_params`, `extra_headers`, `redirect_uri`).
@@ -284,6 +302,47 @@ impl Upstream {
             });
         self.observe("authorization_grant", &answer, started);
         answer
+    }
+
+    /// RFC 8693 token exchange: a token acting as `user_id` (the subject, of
+    /// `subject_type`), asked for with the org's token as the actor, authenticated with
+    /// `secret` as [`Upstream::refresh`] is.
+    pub async fn token_exchange(
+        &self,
+        client: &Client,
+        subject_type: &str,
+        actor: &AccessToken,
+        user_id: &str,
+        secret: Option<&ClientSecret>,
+    ) -> Result<Grant, UpstreamError> {
+        let form = vec![
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token", user_id),
+            ("subject_token_type", subject_type),
+            ("actor_token", actor.expose()),
+            ("actor_token_type", ACCESS_TOKEN_TYPE),
+            ("requested_token_type", ACCESS_TOKEN_TYPE),
+        ];
+        let who = Who {
+            client_id: client.client_id.as_deref(),
+            secret,
+            primary: false,
+        };
+        let answer = self
+            .token_request("token_exchange", client, form, who)
+            .await;
+        // An invalid_grant that names the subject is the server not knowing the user.
+        match answer {
+            Err(UpstreamError::InvalidGrant {
+                description: Some(d),
+            }) if d.contains("user") || d.contains("subject") => {
+                Err(UpstreamError::UnknownUser { status: 400 })
+            }
+            other => other,
+        }
     }
 
     /// Code exchange: the user's token for a code from `authorization_grant`,
