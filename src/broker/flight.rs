@@ -5,7 +5,8 @@
 //! never cancels it half-way, and it lands its outcome on the slot: the new token (with
 //! its next renewal planned) or the error and how long to hold off. With a store that
 //! several replicas share, the one deciding to fly first claims the key there
-//! ([`super::replicas`]): one replica flies per key, the others take its token.
+//! ([`super::replicas`]): one replica flies per key, the others take its token. (Over 400
+//! lines with its test: the decision to fly and the flight's landing stay in one file.)
 
 use std::{
     sync::Arc,
