@@ -20,15 +20,12 @@ use common::{
 use futures::future::join_all;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
 use tokenbroker::{
-    proto::{
-        Token, TokenEventReason, WatchTokensRequest, WatchTokensResponse,
-        token_service_client::TokenServiceClient,
-    },
+    proto::{Token, TokenEventReason, token_service_client::TokenServiceClient},
     sandbox::{Fault, FaultRule, Sandbox, Target},
     secret::StoreKey,
 };
 use tokio::net::TcpListener;
-use tonic::{Streaming, transport::Channel};
+use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokenbroker");
 
@@ -124,11 +121,7 @@ impl Cluster {
         let mut child = command.spawn().unwrap();
         let log = common::stderr_lines(&mut child);
         let lines = common::read_until(&log, "tokenbroker listening");
-        let addr = lines
-            .last()
-            .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
-            .unwrap_or_else(|| panic!("no addr in {lines:#?}"))
-            .to_owned();
+        let addr = common::listening_addr(&lines);
         let client = TokenServiceClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
@@ -175,27 +168,6 @@ async fn converged(replicas: &[Harness]) -> Token {
     })
     .await;
     last.expect("a token")
-}
-
-async fn watch(client: &TokenServiceClient<Channel>) -> Streaming<WatchTokensResponse> {
-    let request = WatchTokensRequest {
-        org: "acme".into(),
-        user_ids: Vec::new(),
-    };
-    client
-        .clone()
-        .watch_tokens(request)
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn next(stream: &mut Streaming<WatchTokensResponse>) -> WatchTokensResponse {
-    tokio::time::timeout(Duration::from_secs(10), stream.message())
-        .await
-        .expect("a message within 10 s")
-        .unwrap()
-        .expect("the stream is open")
 }
 
 fn assert_no_reuse(sandbox: &Sandbox) {
@@ -272,10 +244,10 @@ async fn a_rotation_on_one_replica_reaches_the_watchers_of_every_replica() {
     let cluster = Cluster::new().await;
     let replicas = cluster.replicas(&redis.url(), 3).await;
     let first = replicas[0].org_token().await.unwrap();
-    let mut on_b = watch(&replicas[1].client).await;
-    let mut on_c = watch(&replicas[2].client).await;
+    let mut on_b = common::watch(&replicas[1].client, &[]).await;
+    let mut on_c = common::watch(&replicas[2].client, &[]).await;
     for stream in [&mut on_b, &mut on_c] {
-        let initial = next(stream).await;
+        let initial = common::next(stream).await;
         assert_eq!(initial.reason(), TokenEventReason::Initial);
         assert_eq!(initial.token.unwrap().access_token, first.access_token);
     }
@@ -285,7 +257,7 @@ async fn a_rotation_on_one_replica_reaches_the_watchers_of_every_replica() {
         let rotated = replicas[0].refresh("", &stale).await.unwrap();
         assert_eq!(rotated.generation, last + 1);
         for stream in [&mut on_b, &mut on_c] {
-            let event = next(stream).await;
+            let event = common::next(stream).await;
             let token = event.token.unwrap();
             assert_eq!(
                 (token.generation, token.access_token.as_str()),

@@ -93,11 +93,7 @@ impl Setup {
         let mut child = self.command(keys, more).spawn().unwrap();
         let log = common::stderr_lines(&mut child);
         let lines = common::read_until(&log, "tokenbroker listening");
-        let addr = lines
-            .last()
-            .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
-            .unwrap_or_else(|| panic!("no addr in {lines:#?}"))
-            .to_owned();
+        let addr = common::listening_addr(&lines);
         let client = TokenServiceClient::connect(format!("http://{addr}"))
             .await
             .unwrap();

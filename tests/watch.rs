@@ -5,43 +5,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, lifetime, retry, sandbox_config, wait_for};
+use common::{Harness, lifetime, next, retry, sandbox_config, wait_for, watch, watch_request};
 use futures::future::join_all;
 use tokenbroker::{
     proto::{
-        GetUserTokenRequest, RefreshRequest, TokenEventReason, WatchTokensRequest,
-        WatchTokensResponse, token_service_client::TokenServiceClient,
+        GetUserTokenRequest, RefreshRequest, TokenEventReason,
+        token_service_client::TokenServiceClient,
     },
     sandbox::{Fault, FaultRule, Target},
 };
-use tonic::{Code, Streaming, transport::Channel};
-
-fn watch_request(users: &[String]) -> WatchTokensRequest {
-    WatchTokensRequest {
-        org: "acme".into(),
-        user_ids: users.to_vec(),
-    }
-}
-
-async fn watch(
-    client: &TokenServiceClient<Channel>,
-    users: &[String],
-) -> Streaming<WatchTokensResponse> {
-    client
-        .clone()
-        .watch_tokens(watch_request(users))
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn next(stream: &mut Streaming<WatchTokensResponse>) -> WatchTokensResponse {
-    tokio::time::timeout(Duration::from_secs(10), stream.message())
-        .await
-        .expect("a message within 10 s")
-        .unwrap()
-        .expect("the stream is open")
-}
+use tonic::Code;
 
 /// Waits until the broker's counters show `what` (see `common::wait_for`).
 async fn until(h: &Harness, what: &str, check: impl Fn(&tokenbroker::broker::BrokerStats) -> bool) {

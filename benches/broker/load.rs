@@ -219,6 +219,48 @@ pub(crate) async fn interleaved(
     (on_a, on_b)
 }
 
+/// One forced rotation (a Refresh over `rotate_on`) and the moments, in µs after it was
+/// asked for, at which each of `streams` got its message (within 10 s). Every stream waits
+/// in one set of futures, polled once before the rotation so each is registered: the
+/// client spends as little as it can of the shared cores, and nothing is set up after the
+/// clock starts.
+pub(crate) async fn rotation_delivered(
+    streams: &mut [tonic::Streaming<tokenbroker::proto::WatchTokensResponse>],
+    rotate_on: &Channel,
+) -> Vec<u64> {
+    let n = streams.len();
+    let mut waits: futures::stream::FuturesUnordered<_> = streams
+        .iter_mut()
+        .map(|s| async move { matches!(s.message().await, Ok(Some(_))).then(Instant::now) })
+        .collect();
+    assert!(
+        futures::poll!(futures::StreamExt::next(&mut waits)).is_pending(),
+        "a message before the rotation"
+    );
+    let started = Instant::now();
+    let collect = async {
+        let mut arrived_in = Vec::with_capacity(n);
+        while let Ok(Some(arrived)) = tokio::time::timeout_at(
+            (started + Duration::from_secs(10)).into(),
+            futures::StreamExt::next(&mut waits),
+        )
+        .await
+        {
+            if let Some(at) = arrived {
+                arrived_in.push(at.duration_since(started).as_micros() as u64);
+            }
+        }
+        arrived_in
+    };
+    let rotate = async {
+        TokenServiceClient::new(rotate_on.clone())
+            .refresh(RefreshRequest::default())
+            .await
+            .expect("forced rotation")
+    };
+    tokio::join!(collect, rotate).0
+}
+
 /// GetUserToken for every id, 256 callers at a time.
 pub(crate) async fn fill(chans: &[Channel], ids: &'static [String]) {
     let next = Arc::new(AtomicU64::new(0));

@@ -422,6 +422,47 @@ pub fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receive
 
 /// Reads lines until one contains `needle` (waiting up to 30 s for each); returns every
 /// line read.
+/// The address in the `addr=` field of the last of `lines` (a broker's "listening" line).
+pub fn listening_addr(lines: &[String]) -> String {
+    lines
+        .last()
+        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
+        .unwrap_or_else(|| panic!("no addr in {lines:#?}"))
+        .to_owned()
+}
+
+/// WatchTokens of `users` in org `acme` (its org token when empty).
+pub fn watch_request(users: &[String]) -> tokenbroker::proto::WatchTokensRequest {
+    tokenbroker::proto::WatchTokensRequest {
+        org: "acme".into(),
+        user_ids: users.to_vec(),
+    }
+}
+
+/// A WatchTokens stream of `users` in `acme` (its org token when empty).
+pub async fn watch(
+    client: &TokenServiceClient<Channel>,
+    users: &[String],
+) -> tonic::Streaming<tokenbroker::proto::WatchTokensResponse> {
+    client
+        .clone()
+        .watch_tokens(watch_request(users))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The stream's next message, within 10 s.
+pub async fn next(
+    stream: &mut tonic::Streaming<tokenbroker::proto::WatchTokensResponse>,
+) -> tokenbroker::proto::WatchTokensResponse {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a message within 10 s")
+        .unwrap()
+        .expect("the stream is open")
+}
+
 pub fn read_until(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> Vec<String> {
     let mut lines = Vec::new();
     loop {

@@ -150,23 +150,7 @@ pub(crate) async fn run(
     let cold = size.cold_callers.min(3_000);
     let chans = replica_channels(&replicas, 4).await;
     let before = upstream(platform).await;
-    let calls = (0..cold).map(|i| {
-        let mut c = TokenServiceClient::new(chans[i % chans.len()].clone());
-        async move {
-            let request = GetUserTokenRequest {
-                user_id: "EMP-00001".into(),
-                ..Default::default()
-            };
-            c.get_user_token(request)
-                .await
-                .ok()
-                .and_then(|a| a.into_inner().token)
-                .map(|t| t.access_token)
-        }
-    });
-    let tokens: Vec<Option<String>> = join_all(calls).await;
-    let answered = tokens.iter().filter(|t| t.is_some()).count();
-    let one_token = tokens.windows(2).all(|w| w[0] == w[1]);
+    let (answered, one_token) = cold_callers(&chans, cold, Some("EMP-00001")).await;
     let requests = upstream(platform).await - before;
     table.row(
         &format!("replicas: 3 replicas x {cold} cold callers on one user key"),
@@ -194,19 +178,7 @@ pub(crate) async fn run(
     let replicas = start_replicas(platform, &store).await;
     let chans = replica_channels(&replicas, 4).await;
     let before = upstream(platform).await;
-    let calls = (0..cold).map(|i| {
-        let mut c = TokenServiceClient::new(chans[i % chans.len()].clone());
-        async move {
-            c.get_org_token(GetOrgTokenRequest::default())
-                .await
-                .ok()
-                .and_then(|a| a.into_inner().token)
-                .map(|t| t.access_token)
-        }
-    });
-    let tokens: Vec<Option<String>> = join_all(calls).await;
-    let answered = tokens.iter().filter(|t| t.is_some()).count();
-    let one_token = tokens.windows(2).all(|w| w[0] == w[1]);
+    let (answered, one_token) = cold_callers(&chans, cold, None).await;
     let org_cold = upstream(platform).await - before;
     table.row(
         &format!(
@@ -238,33 +210,7 @@ pub(crate) async fn run(
     }
     let (mut delivered, mut missing) = (Vec::new(), 0);
     for _ in 0..size.rotations {
-        let mut waits: futures::stream::FuturesUnordered<_> = streams
-            .iter_mut()
-            .map(|s| async move { matches!(s.message().await, Ok(Some(_))).then(Instant::now) })
-            .collect();
-        assert!(futures::poll!(futures::StreamExt::next(&mut waits)).is_pending());
-        let started = Instant::now();
-        let collect = async {
-            let mut arrived = Vec::with_capacity(watchers);
-            while let Ok(Some(at)) = tokio::time::timeout_at(
-                (started + Duration::from_secs(10)).into(),
-                futures::StreamExt::next(&mut waits),
-            )
-            .await
-            {
-                if let Some(at) = at {
-                    arrived.push(at.duration_since(started).as_micros() as u64);
-                }
-            }
-            arrived
-        };
-        let rotate = async {
-            TokenServiceClient::new(chans[0].clone())
-                .refresh(RefreshRequest::default())
-                .await
-                .expect("forced rotation")
-        };
-        let (arrived, _) = tokio::join!(collect, rotate);
+        let arrived = rotation_delivered(&mut streams, &chans[0]).await;
         missing += watchers - arrived.len();
         delivered.extend(arrived);
     }
@@ -350,6 +296,33 @@ pub(crate) async fn run(
     out.insert("pause_errors".into(), json!(errors));
     out.insert("pause_reuse".into(), json!(reused));
     figures.insert("replicas".into(), Value::Object(out));
+}
+
+/// `n` callers at once over `chans`, all for one key (`user`'s token, or the org's): how
+/// many were answered, and whether all got the same token.
+async fn cold_callers(chans: &[Channel], n: usize, user: Option<&str>) -> (usize, bool) {
+    let calls = (0..n).map(|i| {
+        let mut c = TokenServiceClient::new(chans[i % chans.len()].clone());
+        async move {
+            let answer = match user {
+                Some(user) => c
+                    .get_user_token(GetUserTokenRequest {
+                        user_id: user.into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|a| a.into_inner().token),
+                None => c
+                    .get_org_token(GetOrgTokenRequest::default())
+                    .await
+                    .map(|a| a.into_inner().token),
+            };
+            answer.ok().flatten().map(|t| t.access_token)
+        }
+    });
+    let tokens: Vec<Option<String>> = join_all(calls).await;
+    let answered = tokens.iter().filter(|t| t.is_some()).count();
+    (answered, tokens.windows(2).all(|w| w[0] == w[1]))
 }
 
 /// Three replicas with `store` (each with its config folder), each answering.

@@ -29,43 +29,12 @@ pub(crate) async fn run(
         .await;
         streams.extend(opened);
     }
-    // Each rotation: every stream waits in one set of futures, polled once before the
-    // rotation so each is registered: the client spends as little as it can of the
-    // shared cores, and nothing is set up after the clock starts.
+    // Each rotation measured as `rotation_delivered` (load.rs) says.
     let mut delivered = Vec::with_capacity(size.subscribers * size.rotations);
     let mut missing = 0;
     let (broker_cpu, client_cpu) = (b.cpu_ms(), cpu_ms("/proc/self/stat"));
     for _ in 0..size.rotations {
-        let mut waits: futures::stream::FuturesUnordered<_> = streams
-            .iter_mut()
-            .map(|s| async move { matches!(s.message().await, Ok(Some(_))).then(Instant::now) })
-            .collect();
-        assert!(
-            futures::poll!(futures::StreamExt::next(&mut waits)).is_pending(),
-            "a message before the rotation"
-        );
-        let started = Instant::now();
-        let collect = async {
-            let mut arrived_in = Vec::with_capacity(size.subscribers);
-            while let Ok(Some(arrived)) = tokio::time::timeout_at(
-                (started + Duration::from_secs(10)).into(),
-                futures::StreamExt::next(&mut waits),
-            )
-            .await
-            {
-                if let Some(at) = arrived {
-                    arrived_in.push(at.duration_since(started).as_micros() as u64);
-                }
-            }
-            arrived_in
-        };
-        let rotate = async {
-            TokenServiceClient::new(chans[0].clone())
-                .refresh(RefreshRequest::default())
-                .await
-                .expect("forced rotation")
-        };
-        let (arrived_in, _) = tokio::join!(collect, rotate);
+        let arrived_in = rotation_delivered(&mut streams, &chans[0]).await;
         missing += size.subscribers - arrived_in.len();
         delivered.extend(arrived_in);
     }

@@ -29,29 +29,21 @@ impl Lease {
             let every = shared.lease / 3;
             loop {
                 tokio::select! {
-                        _ = &mut released => break,
-                        () = tokio::time::sleep(every) => {
-                            let mut script = shared.scripts.renew.prepare_invoke();
-                            script.key(&key).arg(&id).arg(millis(shared.lease));
-                            let renewed: Result<i64, _> =
-                                shared.run(|mut c| {
-                    let script = &script;
-                    async move { script.invoke_async(&mut c).await }
-                }).await;
-                            if let Err(e) = renewed {
-                                debug!(error = %e, "could not renew a lease");
-                            }
+                    _ = &mut released => break,
+                    () = tokio::time::sleep(every) => {
+                        let mut script = shared.scripts.renew.prepare_invoke();
+                        script.key(&key).arg(&id).arg(millis(shared.lease));
+                        let renewed: Result<i64, _> =
+                            shared.invoke(&script).await;
+                        if let Err(e) = renewed {
+                            debug!(error = %e, "could not renew a lease");
                         }
                     }
+                }
             }
             let mut script = shared.scripts.release.prepare_invoke();
             script.key(&key).arg(&id).arg(shared.channel()).arg(message);
-            let released: Result<i64, _> = shared
-                .run(|mut c| {
-                    let script = &script;
-                    async move { script.invoke_async(&mut c).await }
-                })
-                .await;
+            let released: Result<i64, _> = shared.invoke(&script).await;
             if let Err(e) = released {
                 debug!(error = %e, "could not release a lease; it lapses by itself");
             }

@@ -207,12 +207,7 @@ impl RedisStore {
             .arg(known)
             .arg(&id)
             .arg(millis(s.lease));
-        let answer: Vec<Value> = s
-            .run(|mut c| {
-                let script = &script;
-                async move { script.invoke_async(&mut c).await }
-            })
-            .await?;
+        let answer: Vec<Value> = s.invoke(&script).await?;
         let kind = answer.first().and_then(text).unwrap_or_default();
         match kind.as_str() {
             "newer" => {
@@ -255,16 +250,11 @@ impl RedisStore {
             .arg(generation)
             .arg(record)
             .arg(refresh.unwrap_or_default())
-            .arg(if s.primary.is_sentinel() { "1" } else { "0" })
+            .arg(s.epoch_flag())
             .arg(s.channel())
             .arg(message("rotated", generation, org, user))
             .arg(millis(RECORD_TTL));
-        let answer: Vec<Value> = s
-            .run(|mut c| {
-                let script = &script;
-                async move { script.invoke_async(&mut c).await }
-            })
-            .await?;
+        let answer: Vec<Value> = s.invoke(&script).await?;
         match answer.first().and_then(text).as_deref() {
             Some("ok") => Ok(Installed::Done),
             Some("newer") => Ok(Installed::Newer(
@@ -289,16 +279,11 @@ impl RedisStore {
         script
             .key(s.key("token", org, user))
             .arg(generation)
-            .arg(if s.primary.is_sentinel() { "1" } else { "0" });
+            .arg(s.epoch_flag());
         for id in key_ids {
             script.arg(&id[..]);
         }
-        let answer: Vec<Value> = s
-            .run(|mut c| {
-                let script = &script;
-                async move { script.invoke_async(&mut c).await }
-            })
-            .await?;
+        let answer: Vec<Value> = s.invoke(&script).await?;
         match answer.first().and_then(text).as_deref() {
             Some("taken") => Ok(answer.get(1).and_then(bytes)),
             Some("none") => Ok(None),

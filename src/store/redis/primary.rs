@@ -152,6 +152,20 @@ enum Attempt {
 }
 
 impl Shared {
+    /// Runs one prepared script on the primary (see [`Shared::run`]).
+    pub(super) async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        self.run(|mut c| async move { script.invoke_async(&mut c).await })
+            .await
+    }
+
+    /// `"1"` when the scripts stamp and check the primary's epoch (under Sentinel).
+    pub(super) fn epoch_flag(&self) -> &'static str {
+        if self.primary.is_sentinel() { "1" } else { "0" }
+    }
+
     /// Runs one command (or script, or pipeline) on the primary, within the timeout. A
     /// connection found broken (a restarted Redis, a primary that moved) is made again and
     /// the command tried once more: each command here may run twice without harm (a take
