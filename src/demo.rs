@@ -31,6 +31,8 @@ pub async fn start(listen: Listen) -> io::Result<(Config, Sandbox)> {
         name: org.name.clone(),
         client: upstream::Client {
             auth: upstream::ClientAuth::default(),
+            key: None,
+            assertion_audience: None,
             default_lifetime: None,
             ca: None,
             extras: Default::default(),

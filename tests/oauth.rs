@@ -364,3 +364,68 @@ async fn user_tokens_through_token_exchange() {
     let e = h.user_token("EMP-99999").await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
 }
+
+/// `private_key_jwt` (RFC 7523): every token request carries a fresh assertion signed by
+/// the org's key and no secret; the sandbox, as a strict server, verifies each (and
+/// refuses a reused one). A key the server does not know is refused naming the method.
+#[tokio::test]
+async fn private_key_jwt_signs_every_token_request_and_sends_no_secret() {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let pem = key.serialize_pem();
+    let mut server = strict();
+    server
+        .client_keys
+        .insert("acme-client".into(), key.public_key_raw().to_vec());
+    let toml = |s: &Sandbox| {
+        format!(
+            "[orgs.acme]\ntoken_url = \"{}\"\nauthorization_grant_url = \"{}\"\nclient_id = \"acme-client\"\nclient_auth = \"private_key_jwt\"\nclient_key_env = \"ACME_KEY\"\nclient_key_id = \"acme-2026\"\n",
+            s.token_url(),
+            s.authorization_grant_url()
+        )
+    };
+    let env = |name: &str| (name == "ACME_KEY").then(|| pem.clone());
+    let h = Harness::with(server.clone(), toml, env).await;
+    let first = h.org_token().await.unwrap();
+    let sent = h.sandbox.last_token_request();
+    let field = |sent: &[(String, String)], name: &str| {
+        sent.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        field(&sent, "client_assertion_type").as_deref(),
+        Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+        "{sent:?}"
+    );
+    assert_eq!(field(&sent, "client_secret"), None, "no secret: {sent:?}");
+    h.refresh("", &first.access_token).await.unwrap();
+    let user = h.user_token("EMP-00001").await.unwrap();
+    h.assert_acts_as(&user.access_token, "EMP-00001").await;
+    h.refresh("EMP-00001", &user.access_token).await.unwrap();
+    let stats = h.sandbox.stats();
+    assert_eq!(
+        (
+            stats.client_credentials,
+            stats.refresh_token,
+            stats.authorization_code,
+            stats.errors
+        ),
+        (1, 2, 1, 0),
+        "each request proved by its own assertion: {stats:?}"
+    );
+    drop(h);
+
+    // Another key than the one the server holds for the client.
+    let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .unwrap()
+        .serialize_pem();
+    let h = Harness::with(server, toml, |name| {
+        (name == "ACME_KEY").then(|| other.clone())
+    })
+    .await;
+    let e = h.org_token().await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("client_auth = private_key_jwt"),
+        "{}",
+        e.message()
+    );
+}

@@ -105,6 +105,9 @@ fn fix_for(org: &str, e: &UpstreamError) -> String {
         UpstreamError::Refused { code, .. } if code == "invalid_target" => {
             format!("check orgs.{org}.resource and orgs.{org}.audience")
         }
+        UpstreamError::Refused { code, .. } if code == "client_assertion" => {
+            format!("check orgs.{org}.client_key_file (or client_key_env)")
+        }
         UpstreamError::Refused { .. } => {
             "the server does not allow this grant for the client; enable it there".to_owned()
         }

@@ -143,12 +143,14 @@ impl Grants {
         match (&key.user, &config.credentials) {
             (None, Credentials::Client { client_id, secrets }) => {
                 // The secret that worked last goes first; a rejected one passes to the next.
+                // An org without secrets (private_key_jwt) makes one request.
                 let first = org.secret_in_use();
+                let tries = secrets.len().max(1);
                 let mut last_error = None;
-                for i in (0..secrets.len()).map(|k| (first + k) % secrets.len()) {
+                for i in (0..tries).map(|k| (first + k) % tries) {
                     match self
                         .upstream
-                        .client_credentials(&config.client, client_id, &secrets[i])
+                        .client_credentials(&config.client, client_id, secrets.get(i))
                         .await
                     {
                         Ok(grant) => {

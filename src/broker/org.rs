@@ -18,7 +18,8 @@ use crate::{
 pub enum Credentials {
     /// OAuth client credentials: tokens are issued and rotated. Several secrets are tried
     /// in order (the last one that worked first), so a secret can be rotated at the
-    /// platform without downtime.
+    /// platform without downtime. No secret at all: the client proves itself with the
+    /// key of its `upstream::Client` (`private_key_jwt`).
     Client {
         client_id: String,
         secrets: Vec<ClientSecret>,

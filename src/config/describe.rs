@@ -41,6 +41,15 @@ fn describe_extras(out: &mut String, client: &crate::upstream::Client) {
             .collect();
         let _ = writeln!(out, "extra_headers = {}", table(headers));
     }
+    if let Some(key) = &client.key {
+        // What the operator registers at the server (its JWKS for this client).
+        let _ = writeln!(
+            out,
+            "# private_key_jwt signs {}; its public key (JWK): {}",
+            key.alg(),
+            key.public_jwk()
+        );
+    }
     if let crate::upstream::UserGrant::TokenExchange { subject_type } = &client.user_grant {
         let _ = writeln!(
             out,
@@ -73,6 +82,20 @@ pub(super) fn secret_source(org: &RawOrg) -> String {
     }
     if let Some(env) = &org.static_token_env {
         let _ = writeln!(out, "static_token_env = {env:?}");
+    }
+    if let Some(env) = &org.client_key_env {
+        let _ = writeln!(out, "client_key_env = {env:?}");
+    }
+    if let Some(file) = &org.client_key_file {
+        let _ = writeln!(out, "client_key_file = {:?}", file.display().to_string());
+    }
+    for (key, value) in [
+        ("client_key_id", &org.client_key_id),
+        ("client_assertion_audience", &org.client_assertion_audience),
+    ] {
+        if let Some(value) = value {
+            let _ = writeln!(out, "{key} = {value:?}");
+        }
     }
     if let Some(lifetime) = &org.default_token_lifetime {
         let _ = writeln!(out, "default_token_lifetime = {lifetime:?}");

@@ -128,16 +128,18 @@ pub(super) fn org_settings(
         None | Some("client_secret_post") => upstream::ClientAuth::SecretPost,
         Some("client_secret_basic") => upstream::ClientAuth::SecretBasic,
         Some("none") => upstream::ClientAuth::None,
+        Some("private_key_jwt") => upstream::ClientAuth::PrivateKeyJwt,
         Some("findity") => upstream::ClientAuth::Findity,
         Some(other) => {
             return Err(error(
                 key("client_auth"),
                 format!(
-                    "{other:?} is not a client authentication method; use client_secret_post (the default), client_secret_basic, none or findity"
+                    "{other:?} is not a client authentication method; use client_secret_post (the default), client_secret_basic, private_key_jwt, none or findity"
                 ),
             ));
         }
     };
+    let client_key = client_key(&key, &org, auth, env, base)?;
 
     let sources = [
         ("client_secret_env", org.client_secret_env.is_some()),
@@ -146,7 +148,14 @@ pub(super) fn org_settings(
         ("static_token_file", org.static_token_file.is_some()),
     ];
     let given: Vec<&str> = sources.iter().filter(|s| s.1).map(|s| s.0).collect();
-    if given.len() != 1 {
+    if client_key.is_some() {
+        if let Some(field) = given.first() {
+            return Err(error(
+                key(field),
+                "is not used with client_auth = \"private_key_jwt\", which signs with client_key_file (or client_key_env) instead; drop it",
+            ));
+        }
+    } else if given.len() != 1 {
         let problem = if given.is_empty() {
             "none is set".to_owned()
         } else {
@@ -160,8 +169,21 @@ pub(super) fn org_settings(
         ));
     }
     let client_id = org.client_id.filter(|id| !id.trim().is_empty());
-    let credentials = match given[0] {
-        "client_secret_env" | "client_secret_file" => {
+    let credentials = match given.first().copied() {
+        // private_key_jwt: the key in `client` proves the client; no secret.
+        None => {
+            let Some(client_id) = client_id.clone() else {
+                return Err(error(
+                    key("client_id"),
+                    "is required with private_key_jwt: the assertions name the client",
+                ));
+            };
+            Credentials::Client {
+                client_id,
+                secrets: Vec::new(),
+            }
+        }
+        Some(source @ ("client_secret_env" | "client_secret_file")) => {
             let envs = org
                 .client_secret_env
                 .as_ref()
@@ -175,7 +197,7 @@ pub(super) fn org_settings(
             let mut secrets = Vec::new();
             for var in &envs {
                 secrets.push(ClientSecret::new(read_secret(
-                    &key(given[0]),
+                    &key(source),
                     Some(var),
                     None,
                     env,
@@ -184,7 +206,7 @@ pub(super) fn org_settings(
             }
             for file in &files {
                 secrets.push(ClientSecret::new(read_secret(
-                    &key(given[0]),
+                    &key(source),
                     None,
                     Some(file),
                     env,
@@ -192,7 +214,7 @@ pub(super) fn org_settings(
                 )?));
             }
             if secrets.is_empty() {
-                return Err(error(key(given[0]), "lists no secret"));
+                return Err(error(key(source), "lists no secret"));
             }
             let Some(client_id) = client_id.clone() else {
                 return Err(error(
@@ -202,9 +224,9 @@ pub(super) fn org_settings(
             };
             Credentials::Client { client_id, secrets }
         }
-        _ => {
+        Some(source) => {
             let token = read_secret(
-                &key(given[0]),
+                &key(source),
                 org.static_token_env.as_deref(),
                 org.static_token_file.as_deref(),
                 env,
@@ -212,7 +234,7 @@ pub(super) fn org_settings(
             )?;
             if !token.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(error(
-                    key(given[0]),
+                    key(source),
                     "the token holds spaces or control characters; it must be the bare token",
                 ));
             }
@@ -226,6 +248,8 @@ pub(super) fn org_settings(
             authorization_grant_url,
             client_id,
             auth,
+            key: client_key,
+            assertion_audience: org.client_assertion_audience.clone(),
             default_lifetime,
             ca,
             extras: std::sync::Arc::new(extras),
@@ -239,11 +263,89 @@ pub(super) fn org_settings(
     })
 }
 
+/// The key `private_key_jwt` signs with: required by that method, refused beside any
+/// other.
+fn client_key(
+    key: &dyn Fn(&str) -> String,
+    org: &RawOrg,
+    auth: upstream::ClientAuth,
+    env: &dyn Fn(&str) -> Option<String>,
+    base: &Path,
+) -> Result<Option<std::sync::Arc<upstream::ClientKey>>, ConfigError> {
+    if auth != upstream::ClientAuth::PrivateKeyJwt {
+        let set = [
+            ("client_key_env", org.client_key_env.is_some()),
+            ("client_key_file", org.client_key_file.is_some()),
+            ("client_key_id", org.client_key_id.is_some()),
+            (
+                "client_assertion_audience",
+                org.client_assertion_audience.is_some(),
+            ),
+        ];
+        if let Some((field, _)) = set.iter().find(|s| s.1) {
+            return Err(error(
+                key(field),
+                "applies with client_auth = \"private_key_jwt\" only",
+            ));
+        }
+        return Ok(None);
+    }
+    let (field, pem) = match (&org.client_key_env, &org.client_key_file) {
+        (Some(var), None) => (
+            "client_key_env",
+            zeroize::Zeroizing::new(env(var).ok_or_else(|| {
+                error(
+                    key("client_key_env"),
+                    format!(
+                        "environment variable {var} is not set; export it before starting the broker"
+                    ),
+                )
+            })?),
+        ),
+        (None, Some(file)) => (
+            "client_key_file",
+            zeroize::Zeroizing::new(read_small_file(
+                &key("client_key_file"),
+                &base.join(file),
+                64 * 1024,
+            )?),
+        ),
+        (Some(_), Some(_)) => {
+            return Err(error(
+                key("client_key_env"),
+                "set client_key_env or client_key_file, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(error(
+                key("client_auth"),
+                "private_key_jwt signs with the client's key: set client_key_file (or client_key_env) to its PEM",
+            ));
+        }
+    };
+    for (field, value) in [
+        ("client_key_id", &org.client_key_id),
+        ("client_assertion_audience", &org.client_assertion_audience),
+    ] {
+        if value
+            .as_deref()
+            .is_some_and(|v| v.is_empty() || !v.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(error(key(field), "must be printable text without spaces"));
+        }
+    }
+    upstream::ClientKey::from_pem(pem.as_bytes(), org.client_key_id.clone())
+        .map(|k| Some(std::sync::Arc::new(k)))
+        .map_err(|e| error(key(field), e.to_string()))
+}
+
 /// Parameters the grant names itself, which `extra_params` may not set.
-const GRANT_PARAMS: [&str; 9] = [
+const GRANT_PARAMS: [&str; 11] = [
     "grant_type",
     "client_id",
     "client_secret",
+    "client_assertion",
+    "client_assertion_type",
     "refresh_token",
     "code",
     "scope",

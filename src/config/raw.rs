@@ -194,8 +194,18 @@ pub(super) struct RawOrg {
     /// The OAuth client id.
     pub(super) client_id: Option<String>,
     /// How the broker authenticates at the token endpoint: `client_secret_post` (default),
-    /// `client_secret_basic`, `none`, or `findity` (the platform's page to the letter).
+    /// `client_secret_basic`, `private_key_jwt`, `none`, or `findity` (the platform's page
+    /// to the letter).
     pub(super) client_auth: Option<String>,
+    /// Name of the environment variable holding the PEM key that `private_key_jwt` signs
+    /// with (PKCS#8: EC P-256 for ES256, or RSA for RS256).
+    pub(super) client_key_env: Option<String>,
+    /// Path of a file holding that PEM key.
+    pub(super) client_key_file: Option<PathBuf>,
+    /// The `kid` in the client assertions' header (the key's id in the server's JWKS).
+    pub(super) client_key_id: Option<String>,
+    /// The `aud` of the client assertions; default: the token endpoint's URL.
+    pub(super) client_assertion_audience: Option<String>,
     /// How long a token lives when the server's answer has no `expires_in` and the token
     /// is no JWT with an `exp`, e.g. "1h". No default: the broker refuses such a token.
     pub(super) default_token_lifetime: Option<String>,

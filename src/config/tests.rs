@@ -578,3 +578,88 @@ fn what_token_requests_carry_is_described_and_loads_back() {
         assert_eq!(e.key, key, "{extra}: {e}");
     }
 }
+
+#[test]
+fn private_key_jwt_needs_its_key_alone_and_describes_the_public_half() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .unwrap()
+        .serialize_pem();
+    std::fs::write(dir.path().join("key.pem"), &pem).unwrap();
+    std::fs::write(
+        dir.path().join("cert.pem"),
+        "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let load = |extra: &str| {
+        Config::parse(
+            &format!(
+                "[orgs.acme]\ntoken_url = \"https://idp.example/token\"\nclient_id = \"acme-id\"\n{extra}\n"
+            ),
+            &env,
+            dir.path(),
+        )
+    };
+    let c = load("client_auth = \"private_key_jwt\"\nclient_key_file = \"key.pem\"\nclient_key_id = \"k1\"\nclient_assertion_audience = \"https://idp.example\"").unwrap();
+    let client = &c.orgs[0].client;
+    assert_eq!(client.auth, upstream::ClientAuth::PrivateKeyJwt);
+    assert_eq!(client.key.as_ref().map(|k| k.alg()), Some("ES256"));
+    assert_eq!(
+        client.assertion_audience.as_deref(),
+        Some("https://idp.example")
+    );
+    let Credentials::Client { secrets, .. } = &c.orgs[0].credentials else {
+        panic!("a key-holding org rotates its tokens")
+    };
+    assert!(secrets.is_empty());
+    // check-config shows where the key is and its public half, never the key itself.
+    let described = c.describe();
+    assert!(
+        described.contains("client_key_file = \"key.pem\""),
+        "{described}"
+    );
+    assert!(described.contains("\"kid\":\"k1\""), "{described}");
+    assert!(!described.contains("PRIVATE KEY"), "{described}");
+    let again = Config::parse(&described, &env, dir.path()).unwrap();
+    assert_eq!(
+        again.orgs[0].client.key.as_ref().map(|k| k.alg()),
+        Some("ES256")
+    );
+
+    for (extra, key, says) in [
+        (
+            "client_auth = \"private_key_jwt\"",
+            "orgs.acme.client_auth",
+            "client_key_file",
+        ),
+        (
+            "client_auth = \"private_key_jwt\"\nclient_key_file = \"key.pem\"\nclient_secret_env = \"ACME_SECRET\"",
+            "orgs.acme.client_secret_env",
+            "drop it",
+        ),
+        (
+            "client_secret_env = \"ACME_SECRET\"\nclient_key_file = \"key.pem\"",
+            "orgs.acme.client_key_file",
+            "private_key_jwt",
+        ),
+        (
+            "client_auth = \"private_key_jwt\"\nclient_key_file = \"cert.pem\"",
+            "orgs.acme.client_key_file",
+            "no PEM private key",
+        ),
+        (
+            "client_auth = \"private_key_jwt\"\nclient_key_env = \"UNSET\"",
+            "orgs.acme.client_key_env",
+            "not set",
+        ),
+        (
+            "client_auth = \"private_key_jwt\"\nclient_key_file = \"key.pem\"\nclient_key_id = \"a b\"",
+            "orgs.acme.client_key_id",
+            "printable",
+        ),
+    ] {
+        let e = load(extra).unwrap_err();
+        assert_eq!(e.key, key, "{extra}: {e}");
+        assert!(e.message.contains(says), "{extra}: {e}");
+    }
+}

@@ -3,12 +3,14 @@
 //! Demo mode, the test suite and users' own tests run against it. It imports nothing of
 //! the broker.
 
+mod assertion;
 mod faults;
 mod routes;
 mod state;
 
 use crate::sync::LockUnpoisoned;
 use std::{
+    collections::HashMap,
     io,
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard},
@@ -81,6 +83,10 @@ pub struct SandboxConfig {
     /// The scopes a client may ask for on client credentials (`invalid_scope` for any
     /// other); empty: any scope asked for is granted. The answer names what was granted.
     pub scopes: Vec<String>,
+    /// Clients that authenticate by `private_key_jwt` (ES256 assertions, RFC 7523): client
+    /// id -> the public point of its P-256 key (65 bytes, uncompressed). Such a client
+    /// may still send its secret instead.
+    pub client_keys: HashMap<String, Vec<u8>>,
 }
 
 impl SandboxConfig {
@@ -99,6 +105,7 @@ impl SandboxConfig {
             strict_client_auth: false,
             omit_expires_in: false,
             scopes: Vec::new(),
+            client_keys: HashMap::new(),
         }
     }
 }

@@ -25,6 +25,9 @@ use super::{
     state::{OauthError, State, Subject},
 };
 
+/// RFC 7523 §2.2: the `client_assertion_type` of a JWT client assertion.
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
 #[derive(Clone)]
 struct App {
     state: Arc<Mutex<State>>,
@@ -182,7 +185,8 @@ async fn discovery(headers: HeaderMap) -> Response {
     Json(json!({
         "issuer": issuer,
         "token_endpoint": format!("{issuer}/oauth/token"),
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["ES256"],
         "grant_types_supported": ["client_credentials", "refresh_token", "authorization_code"],
     }))
     .into_response()
@@ -190,6 +194,16 @@ async fn discovery(headers: HeaderMap) -> Response {
 
 async fn token(Shared(app): Shared<App>, request: Request) -> Response {
     let basic = basic_auth(request.headers());
+    // A client assertion's `aud`: this endpoint's URL, or the issuer.
+    let issuer = format!(
+        "http://{}",
+        request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("127.0.0.1")
+    );
+    let audiences = [format!("{issuer}/oauth/token"), issuer];
     let headers: Vec<(String, String)> = request
         .headers()
         .iter()
@@ -206,21 +220,54 @@ async fn token(Shared(app): Shared<App>, request: Request) -> Response {
         Err(e) => return answer(&app, Err(e)),
     };
     let field = |name: &str| f.get(name).map(String::as_str);
-    // The client authenticates in the body (client_secret_post) or by HTTP Basic
-    // (client_secret_basic), not both (RFC 6749 §2.3).
-    let (client_id, secret) = match (basic, field("client_secret")) {
-        (Some(_), Some(_)) => {
+    // The client authenticates in the body (client_secret_post), by HTTP Basic
+    // (client_secret_basic) or by a signed assertion (private_key_jwt), only one of them
+    // (RFC 6749 §2.3).
+    let assertion = match (field("client_assertion_type"), field("client_assertion")) {
+        (Some(ASSERTION_TYPE), Some(jwt)) => Some(jwt),
+        (None, None) => None,
+        _ => {
             let e = OauthError {
                 status: 400,
                 error: "invalid_request",
-                description: "more than one client authentication method".into(),
+                description: format!(
+                    "client_assertion needs client_assertion_type {ASSERTION_TYPE}"
+                ),
             };
             return answer(&app, Err(e));
         }
-        (Some((id, secret)), None) => (Some(id), Some(secret)),
-        (None, secret) => (
+    };
+    let refused = |description: String| OauthError {
+        status: 400,
+        error: "invalid_request",
+        description,
+    };
+    let methods = [
+        basic.is_some(),
+        field("client_secret").is_some(),
+        assertion.is_some(),
+    ];
+    if methods.iter().filter(|m| **m).count() > 1 {
+        let e = refused("more than one client authentication method".into());
+        return answer(&app, Err(e));
+    }
+    let (client_id, secret) = match (assertion, basic) {
+        (Some(jwt), _) => {
+            let proved = app.lock().assertion_client(jwt, &audiences);
+            let (id, secret) = match proved {
+                Ok(pair) => pair,
+                Err(e) => return answer(&app, Err(e)),
+            };
+            if field("client_id").is_some_and(|given| given != id) {
+                let e = refused("client_id is not the assertion's client".into());
+                return answer(&app, Err(e));
+            }
+            (Some(id), Some(secret))
+        }
+        (None, Some((id, secret))) => (Some(id), Some(secret)),
+        (None, None) => (
             field("client_id").map(str::to_owned),
-            secret.map(str::to_owned),
+            field("client_secret").map(str::to_owned),
         ),
     };
     let (client_id, secret) = (client_id.as_deref(), secret.as_deref());
@@ -228,7 +275,8 @@ async fn token(Shared(app): Shared<App>, request: Request) -> Response {
         let mut recorded: Vec<(String, String)> = f
             .iter()
             .map(|(k, v)| {
-                let hidden = ["client_secret", "refresh_token", "code"].contains(&k.as_str());
+                let hidden = ["client_secret", "client_assertion", "refresh_token", "code"]
+                    .contains(&k.as_str());
                 (k.clone(), if hidden { "***".into() } else { v.clone() })
             })
             .collect();

@@ -101,6 +101,8 @@ struct Code {
 struct Client {
     org: Arc<str>,
     secret: String,
+    /// The public P-256 point of its `private_key_jwt` key, if it has one.
+    key: Option<Vec<u8>>,
 }
 
 /// A token endpoint answer: a new token pair.
@@ -152,6 +154,8 @@ pub struct State {
     refresh: HashMap<String, Refresh>,
     codes: HashMap<String, Code>,
     revoked_families: HashSet<u64>,
+    /// The `jti` of every client assertion accepted: each works once.
+    assertion_ids: HashSet<String>,
     next_family: u64,
     faults: Vec<FaultRule>,
     /// Person ids of users removed from the platform: their tokens stop working.
@@ -170,6 +174,7 @@ impl State {
                 Client {
                     org: Arc::clone(&name),
                     secret: org.client_secret.clone(),
+                    key: config.client_keys.get(&org.client_id).cloned(),
                 },
             );
             for user in org.users() {
@@ -194,6 +199,7 @@ impl State {
             refresh: HashMap::new(),
             codes: HashMap::new(),
             revoked_families: HashSet::new(),
+            assertion_ids: HashSet::new(),
             next_family: 0,
             faults: Vec::new(),
             removed_users: HashSet::new(),
@@ -238,6 +244,39 @@ impl State {
         };
         let family = self.new_family();
         Ok(self.issue(Subject::Org { org }, family))
+    }
+
+    /// Checks a `private_key_jwt` client assertion sent to the token endpoint at
+    /// `audiences` (its URL and the issuer); answers the client id and its secret, which
+    /// the grants then check as if it had been sent (the assertion proved the client).
+    pub fn assertion_client(
+        &mut self,
+        assertion: &str,
+        audiences: &[String],
+    ) -> Result<(String, String), OauthError> {
+        let rejected = |why: String| OauthError {
+            status: 401,
+            error: "invalid_client",
+            description: why,
+        };
+        let id = super::assertion::client_of(assertion)
+            .ok_or_else(|| rejected("the client assertion names no client".into()))?;
+        let Some(client) = self.clients.get(&id) else {
+            return Err(rejected("unknown client".into()));
+        };
+        let Some(key) = &client.key else {
+            return Err(rejected(
+                "the client has no key registered for private_key_jwt".into(),
+            ));
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let claims = super::assertion::verify(assertion, key, audiences, now).map_err(rejected)?;
+        if !self.assertion_ids.insert(claims.jti) {
+            return Err(rejected("the client assertion was already used".into()));
+        }
+        Ok((claims.client_id, client.secret.clone()))
     }
 
     /// Checks a client's authentication on a refresh or code exchange: a secret sent must

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use reqwest::{Url, header};
 
-use super::Discovery;
+use super::{ClientKey, Discovery};
 
 /// Where one organization's flows go, and who the broker is there.
 #[derive(Debug, Clone)]
@@ -21,6 +21,12 @@ pub struct Client {
     pub client_id: Option<String>,
     /// How the broker authenticates at the token endpoint.
     pub auth: ClientAuth,
+    /// The key `private_key_jwt` signs with (`orgs.NAME.client_key_env` or
+    /// `client_key_file`); `None` for every other method.
+    pub key: Option<Arc<ClientKey>>,
+    /// The `aud` of the client assertions (`orgs.NAME.client_assertion_audience`); `None`:
+    /// the token endpoint's URL, as RFC 7523 §3 suggests.
+    pub assertion_audience: Option<String>,
     /// The lifetime of a token whose answer has no `expires_in` and that is no JWT with
     /// an `exp` (`orgs.NAME.default_token_lifetime`).
     pub default_lifetime: Option<Duration>,
@@ -78,6 +84,9 @@ pub enum ClientAuth {
     SecretPost,
     /// HTTP Basic with the form-urlencoded id and secret (`client_secret_basic`).
     SecretBasic,
+    /// A JWT signed with the org's key (`private_key_jwt`, RFC 7523 §2.2): no secret
+    /// crosses the wire.
+    PrivateKeyJwt,
     /// `client_id` alone: a public client (`none`).
     None,
     /// The platform's page to the letter (`findity`): the secret in the body for client
@@ -91,6 +100,7 @@ impl ClientAuth {
         match self {
             Self::SecretPost => "client_secret_post",
             Self::SecretBasic => "client_secret_basic",
+            Self::PrivateKeyJwt => "private_key_jwt",
             Self::None => "none",
             Self::Findity => "findity",
         }

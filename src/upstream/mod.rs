@@ -4,6 +4,7 @@
 //! lines: each call, and the one place a token request is authenticated and sent, kept
 //! together so that what goes on the wire reads in one file.)
 
+mod assertion;
 mod client;
 mod discovery;
 mod error;
@@ -13,6 +14,7 @@ use std::{sync::Arc, time::Duration};
 
 use reqwest::{StatusCode, Url, header};
 
+pub use assertion::{ClientKey, KeyError};
 pub use client::{Client, ClientAuth, RequestExtras, USER_ID_TOKEN_TYPE, UserGrant};
 pub use discovery::{Discovery, DiscoveryError};
 pub use error::UpstreamError;
@@ -146,7 +148,7 @@ impl Upstream {
         &self,
         client: &Client,
         client_id: &str,
-        secret: &ClientSecret,
+        secret: Option<&ClientSecret>,
     ) -> Result<Grant, UpstreamError> {
         let mut form = vec![("grant_type", "client_credentials")];
         let extras = &client.extras;
@@ -158,7 +160,7 @@ impl Upstream {
         }
         let who = Who {
             client_id: Some(client_id),
-            secret: Some(secret),
+            secret,
             primary: true,
         };
         self.token_request("client_credentials", client, form, who)
@@ -313,8 +315,29 @@ impl Upstream {
         let in_body = match client.auth {
             ClientAuth::SecretPost => true,
             ClientAuth::Findity => who.primary,
-            ClientAuth::SecretBasic | ClientAuth::None => false,
+            ClientAuth::SecretBasic | ClientAuth::None | ClientAuth::PrivateKeyJwt => false,
         };
+        let assertion = match (client.auth, &client.key, who.client_id) {
+            (ClientAuth::PrivateKeyJwt, Some(key), Some(id)) => {
+                let audience = client
+                    .assertion_audience
+                    .clone()
+                    .unwrap_or_else(|| client.token_url.to_string());
+                Some(
+                    key.assertion(id, &audience, std::time::SystemTime::now())
+                        // Only a failing system RNG stops a parsed key from signing.
+                        .map_err(|e| UpstreamError::Refused {
+                            code: "client_assertion".into(),
+                            description: Some(e.to_string()),
+                        })?,
+                )
+            }
+            _ => None,
+        };
+        if let Some(assertion) = &assertion {
+            form.push(("client_assertion_type", assertion::ASSERTION_TYPE));
+            form.push(("client_assertion", assertion));
+        }
         let mut basic = None;
         match (who.client_id, secret) {
             (Some(id), Some(secret)) if client.auth == ClientAuth::SecretBasic => {

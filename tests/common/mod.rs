@@ -39,6 +39,7 @@ pub fn sandbox_config() -> SandboxConfig {
         strict_client_auth: false,
         omit_expires_in: false,
         scopes: Vec::new(),
+        client_keys: Default::default(),
     }
 }
 

@@ -1,0 +1,86 @@
+//! The sandbox's side of `private_key_jwt` (RFC 7523 §3): checks a client assertion as a
+//! standard server does, so the broker's own assertions are tested over a socket. Pure:
+//! the caller supplies the key, the audiences it answers to and the time.
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use ring::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
+use serde_json::Value;
+
+/// What a valid assertion says.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Claims {
+    /// `iss` (and `sub`): the client.
+    pub client_id: String,
+    /// `jti`: a server refuses a second use.
+    pub jti: String,
+}
+
+/// The client an assertion names, without checking it (to find its key).
+pub fn client_of(assertion: &str) -> Option<String> {
+    let claims = part(assertion.split('.').nth(1)?)?;
+    claims.get("sub")?.as_str().map(str::to_owned)
+}
+
+fn part(text: &str) -> Option<Value> {
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(text).ok()?).ok()
+}
+
+/// Checks `assertion`: an ES256 JWT signed by `public_key` (an uncompressed P-256 point),
+/// `iss` = `sub`, `aud` one of `audiences`, not expired at `now` (Unix seconds) and
+/// valid for at most 5 minutes.
+pub fn verify(
+    assertion: &str,
+    public_key: &[u8],
+    audiences: &[String],
+    now: u64,
+) -> Result<Claims, String> {
+    let parts = assertion
+        .rsplit_once('.')
+        .and_then(|(signed, signature)| Some((signed, signed.split_once('.')?, signature)));
+    let Some((signed, (header, claims), signature)) = parts.filter(|p| !p.1.1.contains('.')) else {
+        return Err("the client assertion is not a JWS of three parts".into());
+    };
+    let header = part(header).ok_or("the assertion's header is no JSON")?;
+    if header.get("alg").and_then(Value::as_str) != Some("ES256") {
+        return Err("the assertion must be signed with ES256".into());
+    }
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| "the assertion's signature is not base64url")?;
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, public_key)
+        .verify(signed.as_bytes(), &signature)
+        .map_err(|_| "the assertion's signature does not verify with the client's key")?;
+    let claims = part(claims).ok_or("the assertion's claims are no JSON")?;
+    let text = |name: &str| claims.get(name).and_then(Value::as_str);
+    let (Some(iss), Some(sub)) = (text("iss"), text("sub")) else {
+        return Err("the assertion needs iss and sub".into());
+    };
+    if iss != sub {
+        return Err("the assertion's iss and sub must both be the client id".into());
+    }
+    let aud_ok = match claims.get("aud") {
+        Some(Value::String(aud)) => audiences.contains(aud),
+        Some(Value::Array(auds)) => auds
+            .iter()
+            .any(|a| a.as_str().is_some_and(|a| audiences.iter().any(|x| x == a))),
+        _ => false,
+    };
+    if !aud_ok {
+        return Err(format!("the assertion's aud must be one of {audiences:?}"));
+    }
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_u64)
+        .ok_or("the assertion needs exp")?;
+    if exp <= now {
+        return Err("the assertion has expired".into());
+    }
+    if exp > now + 300 {
+        return Err("the assertion is valid for more than 5 minutes".into());
+    }
+    let jti = text("jti").ok_or("the assertion needs a jti")?;
+    Ok(Claims {
+        client_id: sub.to_owned(),
+        jti: jti.to_owned(),
+    })
+}
