@@ -105,12 +105,15 @@ fn fix_for(org: &str, e: &UpstreamError) -> String {
         UpstreamError::Refused { code, .. } if code == "invalid_target" => {
             format!("check orgs.{org}.resource and orgs.{org}.audience")
         }
+        UpstreamError::Refused { code, .. } if code == "invalid_request" => format!(
+            "the server calls the request invalid: check orgs.{org} (client_auth, extra_params) and the client's registration there (its grant types)"
+        ),
         UpstreamError::Refused { code, .. } if code == "client_assertion" => {
             format!("check orgs.{org}.client_key_file (or client_key_env)")
         }
-        UpstreamError::Refused { .. } => {
-            "the server does not allow this grant for the client; enable it there".to_owned()
-        }
+        UpstreamError::Refused { .. } => format!(
+            "the server does not allow the client of orgs.{org}.client_id this grant; enable it there"
+        ),
         UpstreamError::NoLifetime => {
             format!("set orgs.{org}.default_token_lifetime to how long the server's tokens live")
         }

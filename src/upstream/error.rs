@@ -7,8 +7,8 @@ use std::time::Duration;
 /// description, never a request body, a token or a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UpstreamError {
-    /// The platform rejected the broker's client credentials (`invalid_client`,
-    /// `unauthorized_client`, or a 401 from the token endpoint). Permanent until the
+    /// The platform rejected the broker's client credentials (`invalid_client`, or a 401
+    /// from the token endpoint). Permanent until the
     /// configuration changes.
     #[error("the platform rejected the client credentials ({code}{}){}", describe(.description), match .method { Some(m) => format!(", sent as client_auth = {m}"), None => String::new() })]
     CredentialsRejected {
@@ -42,7 +42,8 @@ pub enum UpstreamError {
     #[error("the platform answered HTTP {status}{}", match .code { Some(c) => format!(" ({c})"), None => String::new() })]
     Rejected { status: u16, code: Option<String> },
     /// The server refused what the client asks for (`invalid_scope`, `invalid_target`,
-    /// `unsupported_grant_type`): permanent until the configuration changes.
+    /// `unsupported_grant_type`, `unauthorized_client`, `invalid_request`): permanent
+    /// until the configuration changes.
     #[error("the server refused the request ({code}{})", describe(.description))]
     Refused {
         code: String,

@@ -251,19 +251,25 @@ fn classify(endpoint: Endpoint, answer: Answer<'_>) -> UpstreamError {
             retry_after: retry_after(answer.retry_after),
         },
         (_, 500..=599, _) => UpstreamError::ServerError { status },
-        (Endpoint::Token, _, Some(c @ ("invalid_client" | "unauthorized_client"))) => {
-            UpstreamError::CredentialsRejected {
-                code: c.to_owned(),
-                description,
-                method: None,
-            }
-        }
+        (Endpoint::Token, _, Some(c @ "invalid_client")) => UpstreamError::CredentialsRejected {
+            code: c.to_owned(),
+            description,
+            method: None,
+        },
         (Endpoint::Token, _, Some("invalid_grant")) => UpstreamError::InvalidGrant { description },
-        // What the client asked for is not allowed: asking again will not help.
+        // What the client asked for is not allowed (a grant the client is not registered
+        // for is `unauthorized_client`, or `invalid_request` at oidc-provider), or not
+        // understood: asking again will not help.
         (
             Endpoint::Token,
             _,
-            Some(c @ ("invalid_scope" | "invalid_target" | "unsupported_grant_type")),
+            Some(
+                c @ ("invalid_scope"
+                | "invalid_target"
+                | "unsupported_grant_type"
+                | "unauthorized_client"
+                | "invalid_request"),
+            ),
         ) => UpstreamError::Refused {
             code: c.to_owned(),
             description,
@@ -390,7 +396,7 @@ mod tests {
         );
         assert!(matches!(
             token_answer(status(400, r#"{"error":"unauthorized_client"}"#)),
-            Err(UpstreamError::CredentialsRejected { .. })
+            Err(UpstreamError::Refused { .. })
         ));
         assert!(matches!(
             token_answer(status(401, "<html>")),
@@ -406,9 +412,9 @@ mod tests {
         );
         assert_eq!(
             token_answer(status(400, r#"{"error":"invalid_request"}"#)).unwrap_err(),
-            UpstreamError::Rejected {
-                status: 400,
-                code: Some("invalid_request".into())
+            UpstreamError::Refused {
+                code: "invalid_request".into(),
+                description: None,
             }
         );
         let limited = token_answer(Answer {
@@ -567,7 +573,13 @@ mod properties {
 
     #[test]
     fn what_the_client_may_not_ask_for_is_refused_not_retried() {
-        for code in ["invalid_scope", "invalid_target", "unsupported_grant_type"] {
+        for code in [
+            "invalid_scope",
+            "invalid_target",
+            "unsupported_grant_type",
+            "unauthorized_client",
+            "invalid_request",
+        ] {
             let body = format!(r#"{{"error":"{code}","error_description":"scope 'x' unknown"}}"#);
             let e = token_answer(Answer {
                 status: 400,

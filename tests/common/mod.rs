@@ -20,6 +20,8 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 use tracing_subscriber::fmt::MakeWriter;
 
+/// Real OAuth servers (oidc-provider, authlib) as child processes.
+pub mod oauth_server;
 /// Real Redis (server, replica, sentinels) and a relay to cut a client off it.
 pub mod redis;
 

@@ -323,6 +323,15 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
 
     CLIENT_AUTH_METHOD = "private_key_jwt"
 
+    def __call__(self, query_client, request):
+        client = super().__call__(query_client, request)
+        # RFC 7521 section 4.2: a client_id sent beside the assertion MUST name the same
+        # client. authlib ignores it (it goes by "sub" alone), so check here.
+        named = request.form.get("client_id")
+        if client is not None and named is not None and named != client.get_client_id():
+            raise InvalidClientError(description="client_id does not match the assertion")
+        return client
+
     def get_audiences(self):
         named = {"token_endpoint": STATE.token_endpoint, "issuer": STATE.issuer}
         return [named.get(a, a) for a in STATE.config["client_assertion_audiences"]]
