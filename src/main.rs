@@ -103,7 +103,29 @@ enum Command {
         /// How many users to seed (person ids and ExternalSourceIDs EMP-00001...).
         #[arg(long, default_value_t = 100)]
         users: u32,
+        #[command(flatten)]
+        standard: StandardServer,
     },
+}
+
+/// How far the sandbox plays a standard OAuth server rather than the platform.
+#[derive(clap::Args, Debug)]
+struct StandardServer {
+    /// Demand client authentication on refresh and code exchange too, as standard servers
+    /// do (RFC 6749 §6, §4.1.3); the platform asks only the client id there.
+    #[arg(long)]
+    strict_client_auth: bool,
+    /// A scope the client may ask for on client credentials (repeat for several); any
+    /// other is `invalid_scope`. None given: any scope is granted.
+    #[arg(long = "scope", value_name = "SCOPE")]
+    scopes: Vec<String>,
+    /// Leave `expires_in` out of token answers (it is only RECOMMENDED).
+    #[arg(long)]
+    omit_expires_in: bool,
+    /// A PEM file with the EC P-256 public key (`openssl pkey -pubout`) of the client's
+    /// `private_key_jwt` key: the client may then authenticate with ES256 assertions.
+    #[arg(long, value_name = "FILE")]
+    client_public_key: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -135,7 +157,8 @@ async fn main() -> ExitCode {
             listen,
             token_lifetime,
             users,
-        }) => sandbox(listen, token_lifetime, users).await,
+            standard,
+        }) => sandbox(listen, token_lifetime, users, standard).await,
         Some(Command::HashKey) => hash_key(),
         Some(Command::GenStoreKey) => {
             println!("{}", tokenbroker::secret::StoreKey::generate().to_hex());
@@ -324,13 +347,37 @@ fn hash_key() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn sandbox(listen: SocketAddr, token_lifetime: Duration, users: u32) -> ExitCode {
+async fn sandbox(
+    listen: SocketAddr,
+    token_lifetime: Duration,
+    users: u32,
+    standard: StandardServer,
+) -> ExitCode {
     let mut config = SandboxConfig::demo();
     config.token_lifetime = token_lifetime;
     config.orgs = vec![SandboxOrg {
         users,
         ..config.orgs[0].clone()
     }];
+    config.strict_client_auth = standard.strict_client_auth;
+    config.scopes = standard.scopes;
+    config.omit_expires_in = standard.omit_expires_in;
+    if let Some(file) = &standard.client_public_key {
+        let point = std::fs::read(file)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| tokenbroker::sandbox::p256_public_point(&pem));
+        match point {
+            Ok(point) => {
+                config
+                    .client_keys
+                    .insert(config.orgs[0].client_id.clone(), point);
+            }
+            Err(e) => {
+                error!(file = %file.display(), error = %e, "--client-public-key: not a usable key");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let listener = match TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {

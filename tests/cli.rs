@@ -298,3 +298,88 @@ fn gen_store_key_prints_a_fresh_key_the_config_accepts() {
     assert_ne!(a, b, "a fresh key each time");
     assert!(tokenbroker::secret::StoreKey::parse(&a).is_ok());
 }
+
+/// `tokenbroker sandbox` plays a standard server on request: client authentication
+/// demanded everywhere, a fixed set of scopes, and private_key_jwt with the key given.
+#[tokio::test]
+async fn the_sandbox_command_plays_a_strict_server_with_scopes_and_a_client_key() {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let public = dir.path().join("client.pub.pem");
+    std::fs::write(&public, key.public_key_pem()).unwrap();
+    let public = public.display().to_string();
+    let (mut child, rx) = spawn(&[
+        "sandbox",
+        "--listen",
+        "127.0.0.1:0",
+        "--strict-client-auth",
+        "--scope",
+        "invoices.read",
+        "--client-public-key",
+        &public,
+    ]);
+    let lines = read_until(&rx, "sandbox listening");
+    let token_url = common::listening_addr(&lines);
+    let token_url = format!("http://{token_url}/oauth/token");
+    let http = reqwest::Client::new();
+    let post = |form: Vec<(&'static str, String)>| {
+        let request = http.post(&token_url).form(&form);
+        async move {
+            let answer = request.send().await.unwrap();
+            let status = answer.status().as_u16();
+            (status, answer.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let signer =
+        tokenbroker::upstream::ClientKey::from_pem(key.serialize_pem().as_bytes(), None).unwrap();
+    let assertion = || {
+        signer
+            .assertion("demo-client", &token_url, std::time::SystemTime::now())
+            .unwrap()
+    };
+    let by_key = |grant: Vec<(&'static str, String)>| {
+        let mut form = grant;
+        form.push((
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+        ));
+        form.push(("client_assertion", assertion()));
+        form
+    };
+    let (status, body) = post(by_key(vec![
+        ("grant_type", "client_credentials".into()),
+        ("scope", "invoices.read".into()),
+    ]))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["scope"], "invoices.read");
+    let refresh_token = body["refresh_token"].as_str().unwrap().to_owned();
+    let (status, body) = post(by_key(vec![
+        ("grant_type", "client_credentials".into()),
+        ("scope", "invoices.write".into()),
+    ]))
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_scope"))
+    );
+    // Strict: a refresh with the client id alone is refused; with an assertion it works.
+    let (status, body) = post(vec![
+        ("grant_type", "refresh_token".into()),
+        ("refresh_token", refresh_token.clone()),
+        ("client_id", "demo-client".into()),
+    ])
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+    let (status, body) = post(by_key(vec![
+        ("grant_type", "refresh_token".into()),
+        ("refresh_token", refresh_token),
+    ]))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+}

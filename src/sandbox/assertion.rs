@@ -6,6 +6,25 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use ring::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
 use serde_json::Value;
 
+/// The DER prefix of every P-256 `SubjectPublicKeyInfo` (id-ecPublicKey, prime256v1, a
+/// BIT STRING of 66 bytes): the uncompressed point follows.
+const P256_SPKI_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
+/// The uncompressed point of a PEM P-256 public key (`-----BEGIN PUBLIC KEY-----`, as
+/// `openssl pkey -pubout` writes it): what [`verify`] checks signatures with.
+pub fn p256_public_point(pem: &[u8]) -> Result<Vec<u8>, String> {
+    use tokio_rustls::rustls::pki_types::{SubjectPublicKeyInfoDer, pem::PemObject};
+    let spki = SubjectPublicKeyInfoDer::from_pem_slice(pem)
+        .map_err(|e| format!("no PEM public key ({e})"))?;
+    match spki.as_ref().strip_prefix(&P256_SPKI_PREFIX[..]) {
+        Some(point) if point.len() == 65 && point[0] == 0x04 => Ok(point.to_vec()),
+        _ => Err("not an EC P-256 public key".into()),
+    }
+}
+
 /// What a valid assertion says.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Claims {
@@ -83,4 +102,18 @@ pub fn verify(
         client_id: sub.to_owned(),
         jti: jti.to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_p256_public_key_pem_gives_its_point() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let point = p256_public_point(key.public_key_pem().as_bytes()).unwrap();
+        assert_eq!(point, key.public_key_raw());
+        let rsa = include_str!("../upstream/testdata/rsa2048-test-key.pem");
+        assert!(p256_public_point(rsa.as_bytes()).is_err());
+    }
 }

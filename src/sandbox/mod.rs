@@ -21,6 +21,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use assertion::p256_public_point;
 pub use faults::{Fault, FaultRule, MalformedBody, Target};
 use state::State;
 pub use state::Stats;
