@@ -52,7 +52,7 @@ fn server_config(kind: Kind, key: &Key, extra: Value) -> Value {
         });
         if method == "private_key_jwt" {
             c["jwks"] = json!({ "keys": [key.jwk] });
-        } else {
+        } else if method != "none" {
             c["client_secret"] = SECRET.into();
         }
         c
@@ -65,6 +65,7 @@ fn server_config(kind: Kind, key: &Key, extra: Value) -> Value {
             client("jwt-client", "private_key_jwt", SCOPES, &ALL_GRANTS),
             client("narrow-client", "client_secret_basic", "invoices.read", &ALL_GRANTS),
             client("code-only-client", "client_secret_basic", SCOPES, &["authorization_code", "refresh_token"]),
+            client("public-client", "none", SCOPES, &ALL_GRANTS),
         ],
         "users": ["EMP-00001", "EMP-00002"],
     });
@@ -88,6 +89,9 @@ fn start(kind: Kind, key: &Key, extra: Value) -> Option<OAuthServer> {
 fn org_toml(server: &OAuthServer, client_id: &str, method: &str, extra: &str) -> String {
     let credential = if method == "private_key_jwt" {
         "client_key_env = \"ACME_KEY\"\nclient_key_id = \"acme-1\""
+    } else if method == "none" {
+        // A public client holds no secret.
+        ""
     } else {
         "client_secret_env = \"ACME_SECRET\""
     };
@@ -133,6 +137,7 @@ async fn every_client_auth_method_gets_org_and_user_tokens_and_rotates(kind: Kin
         ("basic-client", "client_secret_basic"),
         ("post-client", "client_secret_post"),
         ("jwt-client", "private_key_jwt"),
+        ("public-client", "none"),
     ] {
         let before = server.stats().await;
         let h = broker(&key, org_toml(&server, client, method, "")).await;
@@ -450,6 +455,17 @@ async fn authlib_org_tokens_rotate_through_their_refresh_token() {
         );
     }
     assert_eq!(server.requests("client_credentials").await, 2);
+
+    // The platform's exact form (client_id alone on refresh): authlib refuses the refresh
+    // with invalid_client, and the broker re-issues through client credentials once
+    // instead of holding the org.
+    let h = broker(&key, org_toml(&server, "post-client", "findity", "")).await;
+    let org = h.org_token().await.unwrap();
+    let rotated = h.refresh("", &org.access_token).await.unwrap();
+    assert_eq!(rotated.generation, org.generation + 1);
+    assert_eq!(server.requests("client_credentials").await, 4);
+    assert_eq!(server.stats().await["errors"]["invalid_client"], 1);
+    assert!(h.broker.is_ready());
     assert_no_reuse(&server).await;
 }
 

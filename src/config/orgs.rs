@@ -155,6 +155,8 @@ pub(super) fn org_settings(
                 "is not used with client_auth = \"private_key_jwt\", which signs with client_key_file (or client_key_env) instead; drop it",
             ));
         }
+    } else if given.is_empty() && auth == upstream::ClientAuth::None {
+        // A public client: the client id alone, no secret to hold.
     } else if given.len() != 1 {
         let problem = if given.is_empty() {
             "none is set".to_owned()
@@ -170,12 +172,16 @@ pub(super) fn org_settings(
     }
     let client_id = org.client_id.filter(|id| !id.trim().is_empty());
     let credentials = match given.first().copied() {
-        // private_key_jwt: the key in `client` proves the client; no secret.
+        // private_key_jwt (the key in `client` proves the client) or a public client
+        // (`none`): no secret.
         None => {
             let Some(client_id) = client_id.clone() else {
                 return Err(error(
                     key("client_id"),
-                    "is required with private_key_jwt: the assertions name the client",
+                    format!(
+                        "is required with client_auth = {:?}: it names the client",
+                        auth.name()
+                    ),
                 ));
             };
             Credentials::Client {

@@ -532,6 +532,15 @@ fn client_auth_is_one_of_four_and_environment_never_fills_a_mixed_pair() {
         "{}",
         e.message
     );
+    // A public client holds no secret.
+    let c = parse("[orgs.acme]\ntoken_url = \"https://idp.example/token\"\nclient_id = \"acme-id\"\nclient_auth = \"none\"\n").unwrap();
+    assert!(
+        matches!(&c.orgs[0].credentials, Credentials::Client { secrets, .. } if secrets.is_empty())
+    );
+    let e =
+        parse("[orgs.acme]\ntoken_url = \"https://idp.example/token\"\nclient_auth = \"none\"\n")
+            .unwrap_err();
+    assert_eq!(e.key, "orgs.acme.client_id");
     // Without `environment`, the grant URL is optional: org tokens only.
     let c = org("token_url = \"https://idp.example/token\"").unwrap();
     assert!(c.orgs[0].client.authorization_grant_url.is_none());
