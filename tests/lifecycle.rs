@@ -498,7 +498,7 @@ async fn an_answer_lost_after_the_platform_spent_the_refresh_token_is_never_retr
     let org3 = h
         .client
         .clone()
-        .refresh(refresh("", ""))
+        .refresh(refresh("", &org2.access_token))
         .await
         .unwrap()
         .into_inner()

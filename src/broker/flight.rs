@@ -135,7 +135,8 @@ impl SingleFlight {
         // with a shared store, after the claim that makes it one replica at a time.
         let (reason, lease, offline) = loop {
             let now = Instant::now();
-            let reason = match decide(want, slot.current(), now, &slot.key) {
+            let min_rotation = self.renewal.min_rotation_interval;
+            let reason = match decide(want, slot.current(), now, &slot.key, min_rotation) {
                 Decision::Done(token) => return Ok(token),
                 Decision::Fly(reason) => reason,
             };

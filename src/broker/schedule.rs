@@ -19,6 +19,10 @@ pub struct RenewalPolicy {
     pub backoff_max: Duration,
     /// How long after the platform rejected the broker's credentials it is asked again.
     pub credentials_retry: Duration,
+    /// A `Refresh` that names no stale token, for a key rotated less than this long ago,
+    /// is answered with the current token: a caller looping on Refresh costs at most one
+    /// rotation per interval.
+    pub min_rotation_interval: Duration,
 }
 
 impl Default for RenewalPolicy {
@@ -30,6 +34,7 @@ impl Default for RenewalPolicy {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             credentials_retry: Duration::from_secs(60),
+            min_rotation_interval: Duration::from_secs(1),
         }
     }
 }

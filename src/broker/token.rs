@@ -204,6 +204,11 @@ impl Token {
         }
     }
 
+    /// When the broker asked the platform for it (monotonic).
+    pub fn requested(&self) -> Instant {
+        self.requested
+    }
+
     /// When the background renewal replaces it; `None` for a long-lived token.
     pub fn renew_at(&self) -> Option<Instant> {
         self.lifetime

@@ -1,7 +1,7 @@
 //! What a caller wants from a slot, and the decision, under the slot's lock, whether that
 //! needs a flight: a pure function of the want and the token the slot holds.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 use tracing::debug;
@@ -32,12 +32,14 @@ pub(super) enum Decision {
 }
 
 /// Decides under the slot's lock whether `want` needs a flight, given the slot's `current`
-/// token at `now`.
+/// token at `now`. A Rotation naming no stale token within `min_rotation` of the current
+/// token's request gets that token (`renewal.min_rotation_interval`).
 pub(super) fn decide(
     want: Want<'_>,
     current: Option<SharedToken>,
     now: Instant,
     key: &TokenKey,
+    min_rotation: Duration,
 ) -> Decision {
     let reason = match (want, current) {
         (Want::Usable, Some(t)) if t.is_usable(now) => return Decision::Done(t),
@@ -56,6 +58,12 @@ pub(super) fn decide(
             debug!(key = %key, fingerprint = %t.fingerprint, "refresh names an already replaced token; returning the current one");
             return Decision::Done(t);
         }
+        (Want::Rotation { stale: None, .. }, Some(t))
+            if t.is_valid(now) && now.saturating_duration_since(t.requested()) < min_rotation =>
+        {
+            debug!(key = %key, "rotated less than renewal.min_rotation_interval ago; returning the current token");
+            return Decision::Done(t);
+        }
         (Want::Rotation { .. }, Some(_)) => Reason::Forced,
         (Want::Renewal { of }, Some(t)) if !Arc::ptr_eq(of, &t) => return Decision::Done(t),
         (Want::Renewal { .. }, Some(_)) => Reason::Renewed,
@@ -70,6 +78,8 @@ mod tests {
 
     use super::*;
     use crate::{broker::Token, secret::AccessToken};
+
+    const SECOND: Duration = Duration::from_secs(1);
 
     fn token(bytes: &str, generation: u64) -> SharedToken {
         let now = (Instant::now(), SystemTime::now());
@@ -94,11 +104,11 @@ mod tests {
             seen,
         };
         assert!(matches!(
-            decide(asked(4), Some(Arc::clone(&current)), now, &key),
+            decide(asked(4), Some(Arc::clone(&current)), now, &key, SECOND),
             Decision::Done(t) if t.generation == 5
         ));
         assert!(matches!(
-            decide(asked(5), Some(Arc::clone(&current)), now, &key),
+            decide(asked(5), Some(Arc::clone(&current)), now, &key, SECOND),
             Decision::Fly(Reason::Forced)
         ));
         // Other bytes than the stale ones: replaced already, whatever the generation.
@@ -107,8 +117,48 @@ mod tests {
             seen: 5,
         };
         assert!(matches!(
-            decide(other, Some(current), now, &key),
+            decide(other, Some(current), now, &key, SECOND),
             Decision::Done(_)
+        ));
+    }
+
+    /// A Refresh naming no stale token rotates at most once per
+    /// `renewal.min_rotation_interval`: within it the current token answers.
+    #[tokio::test(start_paused = true)]
+    async fn a_blind_rotation_within_the_interval_gets_the_current_token() {
+        let key = TokenKey {
+            org: "acme".into(),
+            user: Some("EMP-1".into()),
+        };
+        let current = token("t", 3);
+        let blind = Want::Rotation {
+            stale: None,
+            seen: u64::MAX,
+        };
+        let now = Instant::now();
+        assert!(matches!(
+            decide(blind, Some(Arc::clone(&current)), now, &key, SECOND),
+            Decision::Done(t) if t.generation == 3
+        ));
+        tokio::time::advance(SECOND).await;
+        assert!(matches!(
+            decide(
+                blind,
+                Some(Arc::clone(&current)),
+                Instant::now(),
+                &key,
+                SECOND
+            ),
+            Decision::Fly(Reason::Forced)
+        ));
+        // A stale token named is the caller's evidence: it rotates at once.
+        let named = Want::Rotation {
+            stale: Some("t"),
+            seen: 3,
+        };
+        assert!(matches!(
+            decide(named, Some(current), now, &key, SECOND),
+            Decision::Fly(Reason::Forced)
         ));
     }
 }

@@ -164,13 +164,14 @@ impl Config {
         let r = &self.cache.renewal;
         let _ = writeln!(
             out,
-            "\n[renewal]\nfraction = {}\njitter = {}\nsafety_margin = {}\nbackoff_base = {}\nbackoff_max = {}\ncredentials_retry = {}",
+            "\n[renewal]\nfraction = {}\njitter = {}\nsafety_margin = {}\nbackoff_base = {}\nbackoff_max = {}\ncredentials_retry = {}\nmin_rotation_interval = {}",
             r.fraction,
             r.jitter,
             d(r.safety_margin),
             d(r.backoff_base),
             d(r.backoff_max),
-            d(r.credentials_retry)
+            d(r.credentials_retry),
+            d(r.min_rotation_interval)
         );
         let _ = writeln!(
             out,

@@ -91,6 +91,11 @@ pub(super) fn cache_policy(
             &renewal.credentials_retry,
             d.credentials_retry,
         )?,
+        min_rotation_interval: duration(
+            "renewal.min_rotation_interval",
+            &renewal.min_rotation_interval,
+            d.min_rotation_interval,
+        )?,
     };
     let max_user_tokens = cache.max_user_tokens.unwrap_or(defaults.max_user_tokens);
     if max_user_tokens == 0 {

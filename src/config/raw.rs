@@ -78,6 +78,9 @@ pub(super) struct RawRenewal {
     pub(super) backoff_max: Option<String>,
     /// Wait after the platform rejected the broker's credentials. Default "60s".
     pub(super) credentials_retry: Option<String>,
+    /// A `Refresh` naming no stale token, for a key rotated less than this long ago, gets
+    /// the current token with no upstream request. Default "1s".
+    pub(super) min_rotation_interval: Option<String>,
 }
 
 /// `[cache]`: how many user tokens are held, and for how long without use.
