@@ -257,6 +257,11 @@ impl Collector for State {
                 "User tokens dropped for idleness or the cap",
                 stats.evictions,
             ),
+            (
+                "unknown_user_answers",
+                "Calls answered NOT_FOUND from the memory of users the platform does not know, with no upstream request",
+                stats.unknown_user_hits,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value);
@@ -287,6 +292,11 @@ impl Collector for State {
                 "waiting_callers",
                 "Callers waiting on the platform (bounded by server.max_waiting_callers)",
                 stats.waiting_callers as i64,
+            ),
+            (
+                "unknown_users",
+                "Users the platform said it does not know, remembered (bounded by cache.max_unknown_users)",
+                stats.unknown_users as i64,
             ),
             (
                 "upstream_flights_in_progress",

@@ -92,7 +92,8 @@ async fn metrics_count_calls_cache_upstream_rotations_streams_and_expiry() {
         std::future::pending(),
     ));
     let mut c = h.client.clone();
-    c.get_org_token(org_request("acme")).await.unwrap();
+    let org = c.get_org_token(org_request("acme")).await.unwrap();
+    let org = org.into_inner().token.unwrap();
     c.get_org_token(org_request("acme")).await.unwrap();
     c.get_user_token(GetUserTokenRequest {
         org: "acme".into(),
@@ -103,6 +104,7 @@ async fn metrics_count_calls_cache_upstream_rotations_streams_and_expiry() {
     .unwrap();
     c.refresh(RefreshRequest {
         org: "acme".into(),
+        stale_access_token: org.access_token,
         ..Default::default()
     })
     .await
@@ -165,7 +167,8 @@ async fn several_client_secrets_are_tried_in_order_and_the_working_one_is_kept()
     )
     .await;
     let mut c = h.client.clone();
-    c.get_org_token(org_request("acme")).await.unwrap();
+    let first = c.get_org_token(org_request("acme")).await.unwrap();
+    let first = first.into_inner().token.unwrap();
     assert_eq!(
         h.sandbox.stats().client_credentials,
         2,
@@ -175,6 +178,7 @@ async fn several_client_secrets_are_tried_in_order_and_the_working_one_is_kept()
     h.sandbox.revoke_refresh_tokens();
     c.refresh(RefreshRequest {
         org: "acme".into(),
+        stale_access_token: first.access_token,
         ..Default::default()
     })
     .await
@@ -308,7 +312,7 @@ async fn a_reload_adds_and_removes_orgs_and_swaps_callers_while_streams_of_kept_
         .await
         .unwrap()
         .into_inner();
-    acme_watch.message().await.unwrap();
+    let first = acme_watch.message().await.unwrap().unwrap().token.unwrap();
 
     let env = |n: &str| match n {
         "ACME_SECRET" => Some(h.sandbox.config().orgs[0].client_secret.clone()),
@@ -365,6 +369,7 @@ async fn a_reload_adds_and_removes_orgs_and_swaps_callers_while_streams_of_kept_
     c.refresh(with_key(
         RefreshRequest {
             org: "acme".into(),
+            stale_access_token: first.access_token,
             ..Default::default()
         },
         "key-two",

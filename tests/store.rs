@@ -151,9 +151,12 @@ impl Running {
         answer.into_inner().token.unwrap()
     }
 
-    async fn refresh(&self, user: &str) -> Token {
+    /// Rotates the key whose token `stale` is (the evidence that makes a Refresh rotate
+    /// at once, within `renewal.min_rotation_interval` of the last rotation too).
+    async fn refresh(&self, user: &str, stale: &str) -> Token {
         let request = RefreshRequest {
             user_id: user.into(),
+            stale_access_token: stale.into(),
             ..Default::default()
         };
         let answer = self.client().refresh(request).await.unwrap();
@@ -218,7 +221,14 @@ async fn a_broker_killed_mid_refresh_never_presents_that_refresh_token_again() {
         1,
     ));
     let mut client = broker.client();
-    let in_flight = tokio::spawn(async move { client.refresh(RefreshRequest::default()).await });
+    let stale = first.access_token.clone();
+    let in_flight = tokio::spawn(async move {
+        let request = RefreshRequest {
+            stale_access_token: stale,
+            ..Default::default()
+        };
+        client.refresh(request).await
+    });
     common::wait_for("the refresh at the platform", async || {
         s.sandbox.faults_left() == 0
     })
@@ -239,7 +249,7 @@ async fn a_broker_killed_mid_refresh_never_presents_that_refresh_token_again() {
     assert_eq!(s.upstream_requests(), requests);
     // ... and its rotation uses client credentials: the refresh token left the store
     // before it was sent, so the restarted broker has none to present.
-    let rotated = broker.refresh("").await;
+    let rotated = broker.refresh("", &again.access_token).await;
     assert_eq!(rotated.generation, 2);
     let stats = s.sandbox.stats();
     assert_eq!(
@@ -248,7 +258,8 @@ async fn a_broker_killed_mid_refresh_never_presents_that_refresh_token_again() {
     );
     assert_eq!((stats.refresh_token_reuse, stats.code_reuse), (0, 0));
     // It serves again, and its new refresh token works.
-    assert_eq!(broker.refresh("").await.generation, 3);
+    let third = broker.refresh("", &rotated.access_token).await;
+    assert_eq!(third.generation, 3);
     assert_eq!(s.sandbox.stats().refresh_token, presented + 1);
     assert_eq!(s.sandbox.stats().refresh_token_reuse, 0);
     broker.stop();
@@ -331,9 +342,9 @@ async fn keys_rotate_without_downtime() {
     );
     assert_eq!(s.upstream_requests(), requests);
     // Each key's next rotation is sealed with the new key.
-    let mut rotated = vec![broker.refresh("").await];
-    for user in &users {
-        rotated.push(broker.refresh(user).await);
+    let mut rotated = vec![broker.refresh("", &org.access_token).await];
+    for (user, token) in users.iter().zip(&first) {
+        rotated.push(broker.refresh(user, &token.access_token).await);
     }
     broker.stop();
 
@@ -474,8 +485,8 @@ async fn store_operations_are_counted_in_the_metrics() {
         move |name| (name == "STORE_KEY").then(|| key.clone()),
     )
     .await;
-    h.org_token().await.unwrap();
-    h.refresh("", "").await.unwrap();
+    let first = h.org_token().await.unwrap();
+    h.refresh("", &first.access_token).await.unwrap();
     let text = tokenbroker::metrics::render(&h.registry);
     for line in [
         "tokenbroker_store_operations_total{operation=\"put\",outcome=\"ok\"} 2",

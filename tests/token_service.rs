@@ -151,7 +151,7 @@ async fn many_callers_over_fifty_users_cost_fifty_grants_and_fifty_exchanges() {
 async fn refresh_rotates_through_the_refresh_token_and_bumps_the_generation() {
     let h = Harness::start().await;
     let first = h.org_token().await.unwrap();
-    let second = h.refresh("", "").await.unwrap();
+    let second = h.refresh("", &first.access_token).await.unwrap();
     assert_ne!(second.access_token, first.access_token);
     assert_eq!(second.generation, 2);
     assert_eq!(
@@ -313,20 +313,24 @@ async fn watch_of_users_sends_one_initial_token_per_user() {
         .await
         .unwrap()
         .into_inner();
-    let mut seen = HashSet::new();
+    let mut seen = std::collections::HashMap::new();
     for _ in 0..2 {
         let m = stream.message().await.unwrap().unwrap();
         assert_eq!(m.reason(), TokenEventReason::Initial);
-        seen.insert(m.token.unwrap().user_id);
+        let token = m.token.unwrap();
+        seen.insert(token.user_id.clone(), token);
     }
-    assert_eq!(seen, HashSet::from([a.clone(), b.clone()]));
+    assert_eq!(
+        seen.keys().cloned().collect::<HashSet<_>>(),
+        HashSet::from([a.clone(), b.clone()])
+    );
     let stats = h.sandbox.stats();
     assert_eq!(
         stats.authorization_code, 2,
         "a user listed twice is watched once"
     );
 
-    let rotated = h.refresh(&b, "").await.unwrap();
+    let rotated = h.refresh(&b, &seen[&b].access_token).await.unwrap();
     let m = stream.message().await.unwrap().unwrap();
     assert_eq!(
         (m.reason(), m.token.unwrap()),

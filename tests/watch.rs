@@ -30,13 +30,16 @@ async fn generations_only_grow_and_a_reconnect_gets_the_current_token_first() {
         (first.reason(), first.org.as_str(), first.user_id.as_str()),
         (TokenEventReason::Initial, "acme", "")
     );
-    let mut last = first.token.unwrap().generation;
+    let mut current = first.token.unwrap();
+    let mut last = current.generation;
     for _ in 0..5 {
         let refresh = RefreshRequest {
             org: "acme".into(),
+            stale_access_token: current.access_token.clone(),
             ..Default::default()
         };
-        h.client.clone().refresh(refresh).await.unwrap();
+        let answer = h.client.clone().refresh(refresh).await.unwrap();
+        current = answer.into_inner().token.unwrap();
     }
     // A slow reader may skip generations, never go back.
     while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(200), stream.message())
@@ -352,6 +355,7 @@ async fn two_thousand_subscribers_over_five_connections_all_get_a_forced_rotatio
         .clone()
         .refresh(RefreshRequest {
             org: "acme".into(),
+            stale_access_token: h.org_token().await.unwrap().access_token,
             ..Default::default()
         })
         .await

@@ -237,6 +237,16 @@ pub(crate) async fn rotation_delivered(
         futures::poll!(futures::StreamExt::next(&mut waits)).is_pending(),
         "a message before the rotation"
     );
+    // The rotation names the token held as stale: a Refresh naming none would be answered
+    // from the cache within renewal.min_rotation_interval of the last rotation.
+    let stale = TokenServiceClient::new(rotate_on.clone())
+        .get_org_token(tokenbroker::proto::GetOrgTokenRequest::default())
+        .await
+        .expect("the org token")
+        .into_inner()
+        .token
+        .expect("a token")
+        .access_token;
     let started = Instant::now();
     let collect = async {
         let mut arrived_in = Vec::with_capacity(n);
@@ -254,7 +264,10 @@ pub(crate) async fn rotation_delivered(
     };
     let rotate = async {
         TokenServiceClient::new(rotate_on.clone())
-            .refresh(RefreshRequest::default())
+            .refresh(RefreshRequest {
+                stale_access_token: stale,
+                ..Default::default()
+            })
             .await
             .expect("forced rotation")
     };

@@ -26,6 +26,7 @@ use super::{
     replicas::{Claimed, Waiters},
     slot::{Flight, Landing, Slot, Turn},
     stats::Counters,
+    unknown::UnknownUsers,
     want::Want,
     want::{Decision, decide},
 };
@@ -49,6 +50,8 @@ pub(super) struct SingleFlight {
     max_places: usize,
     /// Flights waiting for another replica's (with a shared store).
     pub waiters: Waiters,
+    /// Users the platform said lately it does not know.
+    pub unknown: UnknownUsers,
 }
 
 impl SingleFlight {
@@ -59,6 +62,7 @@ impl SingleFlight {
         planner: Planner,
         stats: Arc<Counters>,
         max_concurrent_flights: usize,
+        unknown: UnknownUsers,
     ) -> Self {
         let max_places = max_concurrent_flights.clamp(1, Semaphore::MAX_PERMITS);
         Self {
@@ -70,6 +74,7 @@ impl SingleFlight {
             places: Arc::new(Semaphore::new(max_places)),
             max_places,
             waiters: Waiters::default(),
+            unknown,
         }
     }
 
@@ -313,6 +318,15 @@ impl SingleFlight {
             }
         };
         flight.land(&outcome, hold);
+        if let (Err(BrokerError::UnknownUser { .. }), Some(user)) = (&outcome, &slot.key.user) {
+            // Remembered, and the slot goes unless a stream watches it (its watchers are
+            // told REVOKED when its token expires): a burst of ids that do not exist
+            // leaves nothing behind once the memory of them expires.
+            self.unknown.remember(&org.name, user, Instant::now());
+            if slot.watchers() == 0 && org.users.remove(&slot) {
+                slot.retire();
+            }
+        }
         self.planner.plan(&slot);
         drop(lease);
         outcome

@@ -58,6 +58,7 @@ mod slot;
 mod stats;
 mod timer;
 mod token;
+mod unknown;
 mod users;
 mod want;
 mod watch_events;
@@ -103,6 +104,11 @@ pub struct CachePolicy {
     pub max_user_tokens: usize,
     /// Fetch every org token at start (and keep trying), rather than on first use.
     pub prefetch_org_tokens: bool,
+    /// A user the platform does not know is answered `NOT_FOUND` from memory for this
+    /// long, with no upstream request.
+    pub unknown_user_ttl: Duration,
+    /// The most unknown users remembered (the oldest goes first).
+    pub max_unknown_users: usize,
 }
 
 impl Default for CachePolicy {
@@ -112,6 +118,8 @@ impl Default for CachePolicy {
             user_idle_timeout: Duration::from_secs(15 * 60),
             max_user_tokens: 100_000,
             prefetch_org_tokens: true,
+            unknown_user_ttl: Duration::from_secs(60),
+            max_unknown_users: 10_000,
         }
     }
 }
@@ -180,6 +188,7 @@ impl Broker {
             plan::Planner::new(&policy),
             Arc::clone(&stats),
             limits.max_concurrent_flights,
+            unknown::UnknownUsers::new(policy.unknown_user_ttl, policy.max_unknown_users),
         ));
         let registry: Arc<orgs::Orgs> = Arc::default();
         let shutdown = CancellationToken::new();
@@ -318,6 +327,7 @@ impl Broker {
         let mut stats = self.inner.stats.snapshot(held, watchers);
         stats.waiting_callers = self.inner.waiting.count();
         stats.flights_in_progress = self.inner.engine.in_progress();
+        stats.unknown_users = self.inner.engine.unknown.len();
         stats
     }
 
@@ -391,6 +401,7 @@ impl Broker {
         let org = &org.0;
         check_id("user_id", user)?;
         user_tokens_configured(org)?;
+        self.known(org, user)?;
         let slot = self.user_slot(org, user);
         let token = self.wait_for_token(org, &slot, min_valid_for).await?;
         Ok(served(slot, token))
@@ -418,6 +429,7 @@ impl Broker {
             Some(user) => {
                 check_id("user_id", user)?;
                 user_tokens_configured(org)?;
+                self.known(org, user)?;
                 self.user_slot(org, user)
             }
         };
@@ -440,6 +452,9 @@ impl Broker {
                 check_id("user_ids", user)?;
             }
             user_tokens_configured(org)?;
+            for user in users {
+                self.known(org, user)?;
+            }
             let mut slots: Vec<Arc<Slot>> = Vec::with_capacity(users.len());
             for user in users {
                 let slot = self.user_slot(org, user);
@@ -459,6 +474,24 @@ impl Broker {
             engine.planner.clone(),
             Arc::clone(&engine.stats),
         ))
+    }
+
+    /// Refuses a user the platform said lately it does not know, from memory: no slot,
+    /// no upstream request (`cache.unknown_user_ttl`).
+    fn known(&self, org: &Org, user: &str) -> Result<(), BrokerError> {
+        if self
+            .inner
+            .engine
+            .unknown
+            .contains(&org.name, user, Instant::now())
+        {
+            self.inner.stats.unknown_user_hit();
+            return Err(BrokerError::UnknownUser {
+                org: org.name.to_string(),
+                user: user.to_owned(),
+            });
+        }
+        Ok(())
     }
 
     /// The slot of `user` in `org`, created on first use. At the cap, a long idle unwatched

@@ -36,6 +36,10 @@ pub struct BrokerStats {
     pub rotations: [u64; 4],
     /// Tokens another replica made, taken from the shared store.
     pub adopted: u64,
+    /// Calls answered `NOT_FOUND` from the memory of unknown users, with no request.
+    pub unknown_user_hits: u64,
+    /// Unknown users remembered now.
+    pub unknown_users: usize,
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +53,7 @@ pub(crate) struct Counters {
     evictions: AtomicU64,
     streams: AtomicU64,
     adopted: AtomicU64,
+    unknown_user_hits: AtomicU64,
     rotations: [AtomicU64; 4],
 }
 
@@ -82,6 +87,9 @@ impl Counters {
     pub fn adopted(&self) {
         bump(&self.adopted);
     }
+    pub fn unknown_user_hit(&self) {
+        bump(&self.unknown_user_hits);
+    }
     pub fn rotation(&self, reason: Reason) {
         bump(&self.rotations[reason as usize]);
     }
@@ -110,6 +118,8 @@ impl Counters {
             flights_in_progress: 0,
             rotations: self.rotations.each_ref().map(get),
             adopted: get(&self.adopted),
+            unknown_user_hits: get(&self.unknown_user_hits),
+            unknown_users: 0,
         }
     }
 }

@@ -175,10 +175,12 @@ impl Config {
         );
         let _ = writeln!(
             out,
-            "\n[cache]\nuser_idle_timeout = {}\nmax_user_tokens = {}\nprefetch_org_tokens = {}",
+            "\n[cache]\nuser_idle_timeout = {}\nmax_user_tokens = {}\nprefetch_org_tokens = {}\nunknown_user_ttl = {}\nmax_unknown_users = {}",
             d(self.cache.user_idle_timeout),
             self.cache.max_user_tokens,
-            self.cache.prefetch_org_tokens
+            self.cache.prefetch_org_tokens,
+            d(self.cache.unknown_user_ttl),
+            self.cache.max_unknown_users
         );
         let _ = writeln!(
             out,

@@ -101,6 +101,12 @@ pub(super) fn cache_policy(
     if max_user_tokens == 0 {
         return Err(error("cache.max_user_tokens", "must be at least 1"));
     }
+    let max_unknown_users = cache
+        .max_unknown_users
+        .unwrap_or(defaults.max_unknown_users);
+    if max_unknown_users == 0 {
+        return Err(error("cache.max_unknown_users", "must be at least 1"));
+    }
     Ok(CachePolicy {
         renewal: policy,
         user_idle_timeout: duration(
@@ -112,6 +118,12 @@ pub(super) fn cache_policy(
         prefetch_org_tokens: cache
             .prefetch_org_tokens
             .unwrap_or(defaults.prefetch_org_tokens),
+        unknown_user_ttl: duration(
+            "cache.unknown_user_ttl",
+            &cache.unknown_user_ttl,
+            defaults.unknown_user_ttl,
+        )?,
+        max_unknown_users,
     })
 }
 

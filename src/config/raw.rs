@@ -91,6 +91,11 @@ pub(super) struct RawCache {
     pub(super) user_idle_timeout: Option<String>,
     /// The most user tokens held; at the cap the idlest unwatched of 32 sampled goes. Default 100000.
     pub(super) max_user_tokens: Option<usize>,
+    /// How long a user the platform does not know is answered `NOT_FOUND` from memory,
+    /// with no upstream request. Default "60s".
+    pub(super) unknown_user_ttl: Option<String>,
+    /// The most unknown users remembered; the oldest goes first. Default 10000.
+    pub(super) max_unknown_users: Option<usize>,
     /// Fetch every org token at start and keep trying until it is had. Default true.
     pub(super) prefetch_org_tokens: Option<bool>,
 }

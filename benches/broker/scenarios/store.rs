@@ -73,8 +73,21 @@ pub(crate) async fn run(
         let calls = rotation_ids.iter().enumerate().map(|(i, id)| {
             let mut c = TokenServiceClient::new(chans[i % chans.len()].clone());
             async move {
+                // Naming the held token as stale: a Refresh naming none would be answered
+                // from the cache within renewal.min_rotation_interval of the fill.
+                let held = c
+                    .get_user_token(GetUserTokenRequest {
+                        user_id: id.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("the held token")
+                    .into_inner()
+                    .token
+                    .expect("a token");
                 c.refresh(RefreshRequest {
                     user_id: id.clone(),
+                    stale_access_token: held.access_token,
                     ..Default::default()
                 })
                 .await
