@@ -320,6 +320,54 @@ impl Collector for State {
                 ConstCounter::new(count).encode(rotations.encode_family(&labels)?)?;
             }
         }
+        {
+            let budget = &stats.budget;
+            let by_priority = [
+                (
+                    "upstream_budget_waiting",
+                    "Requests waiting for the upstream budget now, by priority",
+                    prometheus_client::metrics::MetricType::Gauge,
+                    budget.waiting.map(|n| n as f64),
+                ),
+                (
+                    "upstream_budget_wait_seconds",
+                    "Time requests waited for the upstream budget, by priority",
+                    prometheus_client::metrics::MetricType::Counter,
+                    budget.waited_us.map(|us| us as f64 / 1e6),
+                ),
+                (
+                    "upstream_budget_requests",
+                    "Requests that went through the upstream budget, by priority",
+                    prometheus_client::metrics::MetricType::Counter,
+                    budget.waits.map(|n| n as f64),
+                ),
+            ];
+            for (name, help, kind, values) in by_priority {
+                let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+                for (priority, value) in crate::broker::Priority::ALL.iter().zip(values) {
+                    let labels = [("priority", priority.name())];
+                    if kind == prometheus_client::metrics::MetricType::Counter {
+                        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+                    } else {
+                        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+                    }
+                }
+            }
+            let throttled = ConstCounter::new(budget.throttled);
+            throttled.encode(encoder.encode_descriptor(
+                "upstream_throttled",
+                "429 answers from the platform (each holds every request to its host)",
+                None,
+                throttled.metric_type(),
+            )?)?;
+            let holds = ConstGauge::new(budget.holds as i64);
+            holds.encode(encoder.encode_descriptor(
+                "upstream_holds",
+                "Platform hosts held by a 429 now",
+                None,
+                holds.metric_type(),
+            )?)?;
+        }
         let expiries = self.broker.org_token_expiries();
         let mut family = encoder.encode_descriptor(
             "org_token_expiry_seconds",

@@ -737,3 +737,38 @@ async fn a_redis_over_tls_is_trusted_through_the_system_roots() {
     .await;
     assert_no_reuse(&cluster.sandbox);
 }
+
+/// With the Redis store the upstream budget is the cluster's: three replicas, each asked
+/// for its own cold users at once, send no more than one broker would (the default
+/// 10/s, burst 10), so a platform throttling at 15/s with a burst of 20 answers no 429.
+/// (Three budgets of their own would send a first burst of 30.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_one_upstream_budget() {
+    if !common::redis::available() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let cluster = Cluster::new().await;
+    let replicas = cluster.replicas(&redis.url(), 3).await;
+    cluster.sandbox.inject(FaultRule::always(
+        Fault::Throttle {
+            per_second: 15,
+            burst: 20,
+        },
+        Target::Any,
+    ));
+    let calls = replicas.iter().enumerate().map(|(r, h)| {
+        let users: Vec<String> = (1..=12).map(|i| h.user(r * 12 + i).person_id).collect();
+        h.user_tokens(users)
+    });
+    for answers in futures::future::join_all(calls).await {
+        common::assert_all_ok(&answers);
+    }
+    let stats = cluster.sandbox.stats();
+    assert_eq!(stats.throttled, 0, "{stats:?}");
+    assert_eq!(
+        (stats.authorization_grant, stats.authorization_code),
+        (36, 36)
+    );
+    assert_no_reuse(&cluster.sandbox);
+}

@@ -29,6 +29,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_tokenbroker");
 /// beside it, sealed with the keys in the variables named.
 struct Setup {
     dir: tempfile::TempDir,
+    /// Seeded users at the sandbox.
+    users: u32,
     sandbox: Sandbox,
     key_a: String,
     key_b: String,
@@ -46,6 +48,7 @@ impl Setup {
             .unwrap();
         Self {
             dir: tempfile::tempdir().unwrap(),
+            users,
             sandbox,
             key_a: StoreKey::generate().to_hex(),
             key_b: StoreKey::generate().to_hex(),
@@ -61,8 +64,11 @@ impl Setup {
     /// would hold the default's ten at every stop.)
     fn config(&self, keys: &[&str], more: &str) -> PathBuf {
         let names: Vec<String> = keys.iter().map(|k| format!("{k:?}")).collect();
+        // A thousand users' tokens at the default 10/s would take minutes to fill: these
+        // tests count requests, not their pace.
+        let budget = if self.users > 100 { common::VOLUME } else { "" };
         let extra = format!(
-            "{more}\n[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"1s\"\n[store]\npath = \"state/tokens.redb\"\nencryption_key_env = [{}]\n",
+            "{budget}{more}\n[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"1s\"\n[store]\npath = \"state/tokens.redb\"\nencryption_key_env = [{}]\n",
             names.join(", ")
         );
         let path = self.dir.path().join("broker.toml");

@@ -64,7 +64,7 @@ async fn main() {
     let mut table = Table(Vec::new());
     let mut figures = serde_json::Map::new();
     eprintln!(
-        "benchmark ({}): broker and sandbox as child processes on loopback",
+        "benchmark ({}): broker and sandbox as child processes on loopback; every broker with upstream.max_requests_per_second = 100000 and upstream.burst = 100000 (non-default: the scenarios measure the broker, not the upstream budget's 10/s pace)",
         if size.quick { "quick" } else { "full" }
     );
 

@@ -19,7 +19,8 @@ use tokio::{sync::Semaphore, time::Instant};
 use tracing::{debug, info, warn};
 
 use super::{
-    BrokerError, Reason, RenewalPolicy, SharedToken, Token, TokenKey,
+    BrokerError, CachePolicy, Limits, Reason, RenewalPolicy, SharedToken, Token, TokenKey,
+    budget::{Budget, Priority},
     grant::{Grants, Miss, OrgBearer},
     org::Org,
     plan::Planner,
@@ -52,29 +53,35 @@ pub(super) struct SingleFlight {
     pub waiters: Waiters,
     /// Users the platform said lately it does not know.
     pub unknown: UnknownUsers,
+    /// Every upstream request waits here (`upstream.max_requests_per_second`).
+    pub budget: Arc<Budget>,
 }
 
 impl SingleFlight {
+    /// The engine of a broker with `policy` and `limits`, its every upstream request
+    /// waiting for `budget`.
     pub fn new(
         upstream: Upstream,
         store: Option<Arc<Store>>,
-        renewal: RenewalPolicy,
-        planner: Planner,
+        policy: &CachePolicy,
+        limits: &Limits,
         stats: Arc<Counters>,
-        max_concurrent_flights: usize,
-        unknown: UnknownUsers,
+        budget: Arc<Budget>,
     ) -> Self {
-        let max_places = max_concurrent_flights.clamp(1, Semaphore::MAX_PERMITS);
+        let max_places = limits
+            .max_concurrent_flights
+            .clamp(1, Semaphore::MAX_PERMITS);
         Self {
-            grants: Grants::new(upstream, store.clone()),
+            grants: Grants::new(upstream, store.clone(), Arc::clone(&budget)),
+            budget,
             store,
-            renewal,
-            planner,
+            renewal: policy.renewal.clone(),
+            planner: Planner::new(policy),
             stats,
             places: Arc::new(Semaphore::new(max_places)),
             max_places,
             waiters: Waiters::default(),
-            unknown,
+            unknown: UnknownUsers::new(policy.unknown_user_ttl, policy.max_unknown_users),
         }
     }
 
@@ -90,11 +97,12 @@ impl SingleFlight {
         self: &Arc<Self>,
         org: &Arc<Org>,
         slot: &Arc<Slot>,
+        priority: Priority,
     ) -> Result<SharedToken, BrokerError> {
         if let Some(token) = slot.usable(Instant::now()) {
             return Ok(token);
         }
-        match self.token(org, slot, Want::Usable).await {
+        match self.token(org, slot, Want::Usable, priority).await {
             Err(
                 e @ (BrokerError::Unavailable { .. }
                 | BrokerError::Internal { .. }
@@ -114,12 +122,14 @@ impl SingleFlight {
 
     /// The heart of the cache: what `want` asks of the slot, with one flight per key. Takes
     /// the slot's turn: joins the flight in progress, or decides under the lock whether to
-    /// fly.
+    /// fly. A flight's requests wait for the upstream budget at `priority` (an org token
+    /// with no valid token held goes first, whoever asks).
     pub async fn token(
         self: &Arc<Self>,
         org: &Arc<Org>,
         slot: &Arc<Slot>,
         want: Want<'_>,
+        priority: Priority,
     ) -> Result<SharedToken, BrokerError> {
         let flight = match slot.turn().await {
             Turn::Joined(Ok(token)) if token.is_usable(Instant::now()) => return Ok(token),
@@ -189,6 +199,13 @@ impl SingleFlight {
                 }
             }
         };
+        let priority = if slot.key.user.is_none()
+            && !slot.current().is_some_and(|t| t.is_valid(Instant::now()))
+        {
+            Priority::OrgCold
+        } else {
+            priority
+        };
         let engine = Arc::clone(self);
         let org = Arc::clone(org);
         let places = (needs_place && place.is_none()).then(|| Arc::clone(&self.places));
@@ -199,7 +216,9 @@ impl SingleFlight {
                 Some(places) => places.acquire_owned().await.ok(),
                 None => place,
             };
-            engine.fly(&org, flight, reason, lease, offline).await
+            engine
+                .fly(&org, flight, reason, lease, offline, priority)
+                .await
         })
         .await
         .unwrap_or_else(|e| {
@@ -222,13 +241,14 @@ impl SingleFlight {
         reason: Reason,
         lease: Option<Lease>,
         offline: bool,
+        priority: Priority,
     ) -> Result<SharedToken, BrokerError> {
         let slot = Arc::clone(flight.slot());
         self.stats.flight();
         let requested = (Instant::now(), SystemTime::now());
         let obtained = self
             .grants
-            .obtain(org, &slot.key, &flight, reason, self, offline)
+            .obtain(org, &flight, reason, self, offline, priority)
             .await;
         let (outcome, hold) = match obtained {
             Ok((grant, reason)) => {
@@ -412,7 +432,7 @@ impl OrgBearer for Arc<SingleFlight> {
     ) -> BoxFuture<'a, Result<SharedToken, BrokerError>> {
         Box::pin(async move {
             match stale {
-                None => self.usable(org, &org.slot).await,
+                None => self.usable(org, &org.slot, Priority::Caller).await,
                 Some(stale) => {
                     let seen = org.slot.current().map_or(u64::MAX, |t| {
                         if t.access_token.expose() == stale {
@@ -426,7 +446,9 @@ impl OrgBearer for Arc<SingleFlight> {
                         stale: Some(stale),
                         seen,
                     };
-                    self.token(org, &org.slot, want).await
+                    // The org token was refused: every user flight of the org waits on its
+                    // replacement, so it goes before them.
+                    self.token(org, &org.slot, want, Priority::OrgCold).await
                 }
             }
         })

@@ -9,7 +9,12 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use tracing::{info, warn};
 
-use super::{BrokerError, Credentials, Reason, SharedToken, TokenKey, org::Org, slot::Flight};
+use super::{
+    BrokerError, Credentials, Reason, SharedToken, TokenKey,
+    budget::{Budget, Priority, host_of},
+    org::Org,
+    slot::Flight,
+};
 use crate::{
     secret::{AuthCode, RefreshToken},
     store::Store,
@@ -42,11 +47,38 @@ pub(super) struct Grants {
     upstream: Upstream,
     /// Where refresh tokens are kept between flights, when a store is configured.
     store: Option<Arc<Store>>,
+    /// What every request waits for.
+    budget: Arc<Budget>,
 }
 
 impl Grants {
-    pub fn new(upstream: Upstream, store: Option<Arc<Store>>) -> Self {
-        Self { upstream, store }
+    pub fn new(upstream: Upstream, store: Option<Arc<Store>>, budget: Arc<Budget>) -> Self {
+        Self {
+            upstream,
+            store,
+            budget,
+        }
+    }
+
+    /// `call`, a request of `org` to `url`, sent once the upstream budget lets it go at
+    /// `priority`. A 429 holds every request to that host.
+    async fn budgeted<T>(
+        &self,
+        url: &reqwest::Url,
+        org: &Arc<str>,
+        priority: Priority,
+        call: impl Future<Output = Result<T, UpstreamError>>,
+    ) -> Result<T, UpstreamError> {
+        let host = host_of(url);
+        self.budget.acquire(&host, org, priority).await;
+        let answer = call.await;
+        match &answer {
+            Err(UpstreamError::RateLimited { retry_after }) => {
+                self.budget.throttled(&host, *retry_after).await;
+            }
+            _ => self.budget.answered(&host),
+        }
+        answer
     }
 
     /// The refresh token to present for the flight's key, taken so that it can never be
@@ -87,11 +119,11 @@ impl Grants {
     pub async fn obtain(
         &self,
         org: &Arc<Org>,
-        key: &TokenKey,
         flight: &Flight,
         reason: Reason,
         bearer: &dyn OrgBearer,
         offline: bool,
+        priority: Priority,
     ) -> Result<(Grant, Reason), Miss> {
         // INVARIANT: a refresh token is presented at most once, ever. It is moved out of
         // the slot, or out of the store in a committed transaction, before it is sent, so
@@ -99,13 +131,21 @@ impl Grants {
         // connection, a 5xx after the platform spent it, a crash of the broker) it can
         // never be sent again: on any failure the token is re-issued through the primary
         // grant.
+        let key = &flight.slot().key;
         let taken = self.take_refresh_token(key, flight, offline).await;
         let Some(refresh_token) = taken else {
-            return Ok((self.primary_grant(org, key, bearer).await?, reason));
+            return Ok((
+                self.primary_grant(org, key, bearer, priority).await?,
+                reason,
+            ));
         };
-        match self
+        let config = org.config();
+        let secret = org.secret();
+        let refreshed = self
             .upstream
-            .refresh(&org.config().client, refresh_token, org.secret().as_ref())
+            .refresh(&config.client, refresh_token, secret.as_ref());
+        match self
+            .budgeted(&config.client.token_url, &org.name, priority, refreshed)
             .await
         {
             Ok(grant) => return Ok((grant, reason)),
@@ -125,7 +165,7 @@ impl Grants {
             }
         }
         Ok((
-            self.primary_grant(org, key, bearer).await?,
+            self.primary_grant(org, key, bearer, priority).await?,
             Reason::Reissued,
         ))
     }
@@ -137,9 +177,11 @@ impl Grants {
         org: &Arc<Org>,
         key: &TokenKey,
         bearer: &dyn OrgBearer,
+        priority: Priority,
     ) -> Result<Grant, Miss> {
         let fail = |e: UpstreamError| Miss::Failed(BrokerError::upstream(key, &e));
         let config = org.config();
+        let token_url = &config.client.token_url;
         match (&key.user, &config.credentials) {
             (None, Credentials::Client { client_id, secrets }) => {
                 // The secret that worked last goes first; a rejected one passes to the next.
@@ -148,11 +190,10 @@ impl Grants {
                 let tries = secrets.len().max(1);
                 let mut last_error = None;
                 for i in (0..tries).map(|k| (first + k) % tries) {
-                    match self
-                        .upstream
-                        .client_credentials(&config.client, client_id, secrets.get(i))
-                        .await
-                    {
+                    let issued =
+                        self.upstream
+                            .client_credentials(&config.client, client_id, secrets.get(i));
+                    match self.budgeted(token_url, &org.name, priority, issued).await {
                         Ok(grant) => {
                             if i != first {
                                 info!(org = %org.name, secret = i + 1, "switched to the next configured client secret");
@@ -180,21 +221,27 @@ impl Grants {
             (Some(user), _) => {
                 if let UserGrant::TokenExchange { subject_type } = &config.client.user_grant {
                     let token = bearer.org_token(org, None).await.map_err(Miss::Blocked)?;
+                    let secret = org.secret();
+                    let exchanged = self.upstream.token_exchange(
+                        &config.client,
+                        subject_type,
+                        &token.access_token,
+                        user,
+                        secret.as_ref(),
+                    );
                     return self
-                        .upstream
-                        .token_exchange(
-                            &config.client,
-                            subject_type,
-                            &token.access_token,
-                            user,
-                            org.secret().as_ref(),
-                        )
+                        .budgeted(token_url, &org.name, priority, exchanged)
                         .await
                         .map_err(fail);
                 }
-                let code = self.authorization_grant(org, key, user, bearer).await?;
-                self.upstream
-                    .exchange_code(&config.client, code, org.secret().as_ref())
+                let code = self
+                    .authorization_grant(org, key, user, bearer, priority)
+                    .await?;
+                let secret = org.secret();
+                let exchanged = self
+                    .upstream
+                    .exchange_code(&config.client, code, secret.as_ref());
+                self.budgeted(token_url, &org.name, priority, exchanged)
                     .await
                     .map_err(fail)
             }
@@ -210,23 +257,31 @@ impl Grants {
         key: &TokenKey,
         user: &str,
         bearer: &dyn OrgBearer,
+        priority: Priority,
     ) -> Result<AuthCode, Miss> {
         let config = org.config();
+        // The org's own requests (client credentials, refresh) go to the token URL; a user
+        // grant without a grant URL is refused before a flight.
+        let url = config
+            .client
+            .authorization_grant_url
+            .as_ref()
+            .unwrap_or(&config.client.token_url);
         let token = bearer.org_token(org, None).await.map_err(Miss::Blocked)?;
-        let answer = match self
+        let asked = self
             .upstream
-            .authorization_grant(&config.client, &token.access_token, user)
-            .await
-        {
+            .authorization_grant(&config.client, &token.access_token, user);
+        let answer = match self.budgeted(url, &org.name, priority, asked).await {
             Err(UpstreamError::BearerRejected)
                 if matches!(config.credentials, Credentials::Client { .. }) =>
             {
                 info!(org = %org.name, "the grant endpoint rejected the org token; rotating it once");
                 let stale = Some(token.access_token.expose());
                 let token = bearer.org_token(org, stale).await.map_err(Miss::Blocked)?;
-                self.upstream
-                    .authorization_grant(&config.client, &token.access_token, user)
-                    .await
+                let asked =
+                    self.upstream
+                        .authorization_grant(&config.client, &token.access_token, user);
+                self.budgeted(url, &org.name, priority, asked).await
             }
             other => other,
         };

@@ -5,10 +5,10 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::BrokerError;
+use super::{BrokerError, BudgetPolicy};
 
 /// The broker's bounds (`server.max_waiting_callers`, `upstream.max_concurrent_flights`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     /// The most callers waiting on the platform at once (a cache miss waits: for its own
     /// fetch, or for the one in progress for its key). Beyond it a caller is answered
@@ -18,6 +18,8 @@ pub struct Limits {
     /// at once; more wait their turn, first come first served. Org-token fetches never wait
     /// here: a user-token fetch may need one, and there is one org token per org.
     pub max_concurrent_flights: usize,
+    /// Requests per platform host (`upstream.max_requests_per_second`, `upstream.burst`).
+    pub upstream_budget: BudgetPolicy,
 }
 
 impl Limits {
@@ -32,6 +34,7 @@ impl Default for Limits {
         Self {
             max_waiting_callers: Self::DEFAULT_MAX_WAITING_CALLERS,
             max_concurrent_flights: Self::DEFAULT_MAX_CONCURRENT_FLIGHTS,
+            upstream_budget: BudgetPolicy::default(),
         }
     }
 }

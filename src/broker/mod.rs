@@ -40,6 +40,7 @@
 //! (This file is over 400 lines because it keeps every public entry point of the domain
 //! together, with the story above, so each RPC's path starts in one place.)
 
+mod budget;
 mod error;
 mod flight;
 mod grant;
@@ -70,6 +71,7 @@ use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+pub use budget::{BudgetPolicy, BudgetStats, Priority};
 pub use error::BrokerError;
 pub use key::{MAX_ID_LEN, TokenKey, check_id};
 pub use limits::Limits;
@@ -181,14 +183,14 @@ impl Broker {
             None => (None, Vec::new()),
         };
         let stats: Arc<stats::Counters> = Arc::default();
+        let budget = Arc::new(budget::Budget::new(limits.upstream_budget, store.clone()));
         let engine = Arc::new(SingleFlight::new(
             upstream,
             store,
-            policy.renewal.clone(),
-            plan::Planner::new(&policy),
+            &policy,
+            &limits,
             Arc::clone(&stats),
-            limits.max_concurrent_flights,
-            unknown::UnknownUsers::new(policy.unknown_user_ttl, policy.max_unknown_users),
+            budget,
         ));
         let registry: Arc<orgs::Orgs> = Arc::default();
         let shutdown = CancellationToken::new();
@@ -270,6 +272,12 @@ impl Broker {
         self.inner.shutdown.cancel();
     }
 
+    /// Whether some upstream request waits for the budget now (what a caller whose
+    /// deadline came while it waited is told).
+    pub fn waiting_for_budget(&self) -> bool {
+        self.inner.engine.budget.anyone_waiting()
+    }
+
     /// The configured org names, sorted.
     pub fn org_names(&self) -> Vec<String> {
         self.inner.orgs.names()
@@ -328,6 +336,7 @@ impl Broker {
         stats.waiting_callers = self.inner.waiting.count();
         stats.flights_in_progress = self.inner.engine.in_progress();
         stats.unknown_users = self.inner.engine.unknown.len();
+        stats.budget = self.inner.engine.budget.stats();
         stats
     }
 
@@ -437,7 +446,11 @@ impl Broker {
         let _waiting = self.inner.waiting.enter()?;
         let seen = seen_generation(&slot, stale);
         let want = Want::Rotation { stale, seen };
-        let token = self.inner.engine.token(org, &slot, want).await?;
+        let token = self
+            .inner
+            .engine
+            .token(org, &slot, want, Priority::Caller)
+            .await?;
         Ok(served(slot, token))
     }
 
@@ -520,7 +533,11 @@ impl Broker {
         }
         self.inner.stats.miss();
         let _waiting = self.inner.waiting.enter()?;
-        let token = self.inner.engine.usable(org, slot).await?;
+        let token = self
+            .inner
+            .engine
+            .usable(org, slot, Priority::Caller)
+            .await?;
         let Some(min) = min_valid_for else {
             return Ok(token);
         };
@@ -537,7 +554,11 @@ impl Broker {
             return Err(out_of_range(lifetime));
         }
         let want = Want::Renewal { of: &token };
-        let renewed = self.inner.engine.token(org, slot, want).await?;
+        let renewed = self
+            .inner
+            .engine
+            .token(org, slot, want, Priority::Caller)
+            .await?;
         if meets(&renewed, Instant::now(), Some(min)) {
             Ok(renewed)
         } else {

@@ -14,6 +14,7 @@ use crate::store::HoldKind;
 
 use super::{
     BrokerError, Gone, GoneReason, Held, SharedToken,
+    budget::Priority,
     flight::SingleFlight,
     org::Org,
     orgs::Orgs,
@@ -78,8 +79,15 @@ fn look(engine: &Arc<SingleFlight>, org: Arc<Org>, slot: Arc<Slot>) {
 /// One renewal (or fetch of a missing token) in the background.
 async fn renew(engine: &Arc<SingleFlight>, org: &Arc<Org>, slot: &Arc<Slot>, held: Held) {
     let renewed = match &held {
-        Held::Token(token) => engine.token(org, slot, Want::Renewal { of: token }).await,
-        Held::Gone(_) | Held::Empty => engine.token(org, slot, Want::Usable).await,
+        Held::Token(token) => {
+            let want = Want::Renewal { of: token };
+            engine.token(org, slot, want, Priority::Renewal).await
+        }
+        Held::Gone(_) | Held::Empty => {
+            engine
+                .token(org, slot, Want::Usable, Priority::Prefetch)
+                .await
+        }
     };
     engine.stats.renewal(renewed.is_ok());
     if let Err(e) = renewed {

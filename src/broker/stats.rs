@@ -40,6 +40,8 @@ pub struct BrokerStats {
     pub unknown_user_hits: u64,
     /// Unknown users remembered now.
     pub unknown_users: usize,
+    /// The upstream budget: requests waiting by priority, time waited, 429s, holds.
+    pub budget: super::BudgetStats,
 }
 
 #[derive(Debug, Default)]
@@ -120,6 +122,7 @@ impl Counters {
             adopted: get(&self.adopted),
             unknown_user_hits: get(&self.unknown_user_hits),
             unknown_users: 0,
+            budget: super::BudgetStats::default(),
         }
     }
 }

@@ -151,9 +151,11 @@ impl Config {
         }
         let _ = writeln!(
             out,
-            "\n[upstream]\nrequest_timeout = {}\nmax_concurrent_flights = {}",
+            "\n[upstream]\nrequest_timeout = {}\nmax_concurrent_flights = {}\nmax_requests_per_second = {:?}\nburst = {}",
             d(self.request_timeout),
-            self.limits.max_concurrent_flights
+            self.limits.max_concurrent_flights,
+            self.limits.upstream_budget.per_second,
+            self.limits.upstream_budget.burst
         );
         let _ = writeln!(
             out,

@@ -38,7 +38,7 @@ use serde::Deserialize;
 use crate::{
     audit::AuditPolicy,
     auth::Caller,
-    broker::{CachePolicy, Credentials, Limits, OrgSettings, RenewalPolicy},
+    broker::{BudgetPolicy, CachePolicy, Credentials, Limits, OrgSettings, RenewalPolicy},
     secret::{AccessToken, ClientSecret},
     upstream,
 };

@@ -12,7 +12,29 @@ pub(super) fn limits(server: &RawServer, upstream: &RawUpstream) -> Result<Limit
         max_concurrent_flights: upstream
             .max_concurrent_flights
             .unwrap_or(defaults.max_concurrent_flights),
+        upstream_budget: BudgetPolicy {
+            per_second: upstream
+                .max_requests_per_second
+                .unwrap_or(defaults.upstream_budget.per_second),
+            burst: upstream.burst.unwrap_or(defaults.upstream_budget.burst),
+        },
     };
+    let budget = limits.upstream_budget;
+    if !(budget.per_second >= 0.01 && budget.per_second <= 100_000.0) {
+        return Err(error(
+            "upstream.max_requests_per_second",
+            format!(
+                "{} is out of range; write 0.01 to 100000 (the platform was seen to throttle past about 15 quick requests)",
+                budget.per_second
+            ),
+        ));
+    }
+    if budget.burst == 0 || budget.burst > 100_000 {
+        return Err(error(
+            "upstream.burst",
+            format!("{} is out of range; write 1 to 100000", budget.burst),
+        ));
+    }
     for (key, value, max) in [
         (
             "server.max_waiting_callers",

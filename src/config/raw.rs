@@ -167,6 +167,11 @@ pub(super) struct RawUpstream {
     pub(super) request_timeout: Option<String>,
     /// User-token fetches in progress at once; more wait their turn. Default 64.
     pub(super) max_concurrent_flights: Option<usize>,
+    /// Requests per second to one platform host, from every org on it (cluster-wide with
+    /// the Redis store). Default 10.
+    pub(super) max_requests_per_second: Option<f64>,
+    /// Requests that may go at once after a quiet spell. Default 10.
+    pub(super) burst: Option<u32>,
 }
 
 /// A value or a list of values.

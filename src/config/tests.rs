@@ -190,7 +190,8 @@ fn limits_and_audit_have_defaults_and_the_old_concurrency_key_names_its_replacem
         tuned.limits,
         Limits {
             max_waiting_callers: 10,
-            max_concurrent_flights: 3
+            max_concurrent_flights: 3,
+            ..Limits::default()
         }
     );
     assert!(tuned.audit.every_call);

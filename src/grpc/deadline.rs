@@ -43,11 +43,14 @@ pub fn of(metadata: &MetadataMap) -> Option<Duration> {
 }
 
 /// Runs `call`, answering UNAVAILABLE shortly before `deadline` if it has not finished.
+/// `budget` says whether upstream requests wait for the budget then (the message names
+/// it).
 pub async fn within<T>(
     deadline: Option<Duration>,
     call: impl Future<Output = Result<T, Status>>,
+    budget: impl FnOnce() -> bool,
 ) -> Result<T, Status> {
-    within_or(deadline, call, || None).await
+    within_or(deadline, call, || None, budget).await
 }
 
 /// [`within`], but when the deadline comes first, `fallback`'s answer if it has one (the
@@ -56,16 +59,22 @@ pub async fn within_or<T>(
     deadline: Option<Duration>,
     call: impl Future<Output = Result<T, Status>>,
     fallback: impl FnOnce() -> Option<T>,
+    budget: impl FnOnce() -> bool,
 ) -> Result<T, Status> {
     let Some(deadline) = deadline else {
         return call.await;
     };
-    let budget = deadline.saturating_sub((deadline / 10).min(ANSWER_MARGIN));
-    match tokio::time::timeout(budget, call).await {
+    let margin = deadline.saturating_sub((deadline / 10).min(ANSWER_MARGIN));
+    match tokio::time::timeout(margin, call).await {
         Ok(answer) => answer,
         Err(_) => fallback().ok_or_else(|| {
+            let why = if budget() {
+                "its request waits for the upstream budget (upstream.max_requests_per_second), which keeps the platform from throttling; the request goes on"
+            } else {
+                "the platform is slow or unreachable; the broker keeps trying"
+            };
             Status::unavailable(format!(
-                "no token within the call's deadline ({} ms): the platform is slow or unreachable; the broker keeps trying, so retry shortly",
+                "no token within the call's deadline ({} ms): {why}, so retry shortly",
                 deadline.as_millis()
             ))
         }),
@@ -104,17 +113,36 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(60)).await;
             Ok::<_, Status>(())
         };
-        let status = within(Some(Duration::from_secs(1)), slow)
+        let status = within(Some(Duration::from_secs(1)), slow, || false)
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert_eq!(start.elapsed(), Duration::from_millis(950));
-        assert!(within(None, async { Ok::<_, Status>(7) }).await.is_ok());
+        assert!(
+            within(None, async { Ok::<_, Status>(7) }, || false)
+                .await
+                .is_ok()
+        );
+        // A request waiting for the upstream budget is named as the reason.
+        let waiting = within(
+            Some(Duration::from_secs(1)),
+            std::future::pending::<Result<(), Status>>(),
+            || true,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            waiting
+                .message()
+                .contains("upstream.max_requests_per_second"),
+            "{}",
+            waiting.message()
+        );
         let slow = async {
             tokio::time::sleep(Duration::from_secs(60)).await;
             Ok::<_, Status>(1)
         };
-        let held = within_or(Some(Duration::from_secs(1)), slow, || Some(2)).await;
+        let held = within_or(Some(Duration::from_secs(1)), slow, || Some(2), || false).await;
         assert_eq!(held.ok(), Some(2), "the fallback answers at the deadline");
     }
 }

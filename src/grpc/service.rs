@@ -215,6 +215,7 @@ impl TokenServiceImpl {
                     deadline::of(&metadata),
                     async { Ok(self.broker.org_token(&org, min_valid_for).await?) },
                     || self.broker.still_valid(&org, None, min_valid_for),
+                    || self.broker.waiting_for_budget(),
                 ))
                 .await?
             }
@@ -251,6 +252,7 @@ impl TokenServiceImpl {
                         self.broker
                             .still_valid(&org, Some(&r.user_id), min_valid_for)
                     },
+                    || self.broker.waiting_for_budget(),
                 ))
                 .await?
             }
@@ -276,9 +278,11 @@ impl TokenServiceImpl {
         let org = org_ref.name();
         let user = (!r.user_id.is_empty()).then_some(r.user_id.as_str());
         let stale = (!r.stale_access_token.is_empty()).then_some(r.stale_access_token.as_str());
-        let served = deadline::within(deadline, async {
-            Ok(self.broker.refresh(&org_ref, user, stale).await?)
-        })
+        let served = deadline::within(
+            deadline,
+            async { Ok(self.broker.refresh(&org_ref, user, stale).await?) },
+            || self.broker.waiting_for_budget(),
+        )
         .await?;
         self.audit(&admitted, "Refresh", &served);
         Ok(Response::new(RefreshResponse {
@@ -328,9 +332,11 @@ impl TokenServiceImpl {
                     limits.max_watched_keys
                 ))
             })?;
-        let events = deadline::within(deadline, async {
-            Ok(self.broker.watch(&org, &r.user_ids).await?)
-        })
+        let events = deadline::within(
+            deadline,
+            async { Ok(self.broker.watch(&org, &r.user_ids).await?) },
+            || self.broker.waiting_for_budget(),
+        )
         .await?;
         // The stream outlives the call's place among the calls in flight; its caller's
         // name goes on, for the audit line of every token it sends.

@@ -27,6 +27,10 @@ pub enum Fault {
     /// Answer `307 Temporary Redirect` to `location`, before doing anything. A client that
     /// follows it would send its credentials there.
     Redirect { location: String },
+    /// Throttle like the platform: beyond `burst` requests at once, or `per_second` in
+    /// steady state (over every request the rule targets), answer 429 with
+    /// `Retry-After: 1`; answer normally otherwise.
+    Throttle { per_second: u32, burst: u32 },
 }
 
 /// The broken bodies a [`Fault::Malformed`] can send.

@@ -122,6 +122,18 @@ async fn before(app: &App, fault: &Option<Fault>, kind: RequestKind) -> Option<R
         return None;
     }
     let response = match fault {
+        Fault::Throttle { per_second, burst } => {
+            let now = tokio::time::Instant::now();
+            if app.lock().passes_throttle(*per_second, *burst, now) {
+                return None;
+            }
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, "1")],
+                Json(json!({"error": "rate_limited", "error_description": "too many requests"})),
+            )
+                .into_response()
+        }
         Fault::Status { status } => {
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let page = format!("<html><body><h1>{status}</h1></body></html>");

@@ -39,6 +39,8 @@ pub struct Stats {
     pub refresh_token_reuse: u64,
     /// Authorization codes presented after they were already used.
     pub code_reuse: u64,
+    /// Requests answered 429 by a [`Fault::Throttle`].
+    pub throttled: u64,
 }
 
 impl Stats {
@@ -156,6 +158,8 @@ pub struct State {
     revoked_families: HashSet<u64>,
     /// The `jti` of every client assertion accepted: each works once.
     assertion_ids: HashSet<String>,
+    /// The theoretical arrival time of a [`Fault::Throttle`]'s bucket.
+    throttle_tat: Instant,
     next_family: u64,
     faults: Vec<FaultRule>,
     /// Person ids of users removed from the platform: their tokens stop working.
@@ -200,6 +204,7 @@ impl State {
             codes: HashMap::new(),
             revoked_families: HashSet::new(),
             assertion_ids: HashSet::new(),
+            throttle_tat: Instant::now(),
             next_family: 0,
             faults: Vec::new(),
             removed_users: HashSet::new(),
@@ -590,6 +595,20 @@ impl State {
             }
         }
         Some(fault)
+    }
+
+    /// Whether a request may pass a [`Fault::Throttle`] of `per_second` and `burst` at
+    /// `now` (GCRA over the requests it targets).
+    pub fn passes_throttle(&mut self, per_second: u32, burst: u32, now: Instant) -> bool {
+        let interval = Duration::from_secs_f64(1.0 / f64::from(per_second.max(1)));
+        let tolerance = interval * burst.max(1).saturating_sub(1);
+        let tat = self.throttle_tat.max(now);
+        if tat - now > tolerance {
+            self.stats.throttled += 1;
+            return false;
+        }
+        self.throttle_tat = tat + interval;
+        true
     }
 
     /// Counts a request of `kind` that a fault answered before any work was done.

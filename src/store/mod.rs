@@ -269,6 +269,29 @@ impl Store {
         }
     }
 
+    /// One place in the cluster's upstream budget for `host` (a shared store only; a file
+    /// store answers at once, the process's own bucket deciding): `Ok(())` to go now, or
+    /// how long to wait.
+    pub async fn budget_take(
+        &self,
+        host: &str,
+        interval: Duration,
+        tolerance: Duration,
+    ) -> Result<Result<(), Duration>, StoreError> {
+        match &self.backend {
+            Records::File(_) => Ok(Ok(())),
+            Records::Redis(redis) => redis.budget_take(host, interval, tolerance).await,
+        }
+    }
+
+    /// Holds every replica's requests to `host` for `hold` (a 429 one of them saw).
+    pub async fn budget_hold(&self, host: &str, hold: Duration) -> Result<(), StoreError> {
+        match &self.backend {
+            Records::File(_) => Ok(()),
+            Records::Redis(redis) => redis.budget_hold(host, hold).await,
+        }
+    }
+
     /// Holds every replica off the key (the org's token when `user` is `None`) for
     /// `hold.left`. Nothing to do for a file: the one process holds the key itself.
     pub async fn hold(&self, org: &str, user: Option<&str>, hold: &Hold) -> Result<(), StoreError> {

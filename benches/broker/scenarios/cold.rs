@@ -116,7 +116,7 @@ pub(crate) async fn run(
         .expect("a free port")
         .port();
     let waiting_toml = format!(
-        "[cache]\nprefetch_org_tokens = false\n[upstream]\nrequest_timeout = \"60s\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\""
+        "upstream.request_timeout = \"60s\"\n[cache]\nprefetch_org_tokens = false\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\""
     );
     let (b, _d) = broker(platform, &waiting_toml).await_ready().await;
     let n = size.waiters;

@@ -38,7 +38,9 @@ use super::{RedisSettings, RedisTarget, StoreError, file::Key};
 use crate::sync::LockUnpoisoned;
 use messages::{message, subscribe};
 use primary::{Primary, Target, unreachable};
-use scripts::{CLAIM, INSTALL, RELEASE, RENEW, REPLID, TAKE, bytes, millis, number, text};
+use scripts::{
+    BUDGET, BUDGET_HOLD, CLAIM, INSTALL, RELEASE, RENEW, REPLID, TAKE, bytes, millis, number, text,
+};
 
 /// How long a record lives after its last install: a key nobody asked for in this long
 /// is fetched anew. (A shared record is never removed because one replica dropped it.)
@@ -96,6 +98,8 @@ struct Scripts {
     take: Script,
     renew: Script,
     release: Script,
+    budget: Script,
+    budget_hold: Script,
 }
 
 impl RedisStore {
@@ -165,6 +169,8 @@ impl RedisStore {
                 take: Script::new(&format!("{REPLID}{TAKE}")),
                 renew: Script::new(RENEW),
                 release: Script::new(RELEASE),
+                budget: Script::new(BUDGET),
+                budget_hold: Script::new(BUDGET_HOLD),
             },
         });
         let records = match shared.load().await {
@@ -343,6 +349,46 @@ impl RedisStore {
             async move { c.pset_ex::<_, _, ()>(key, value, ms).await }
         })
         .await
+    }
+}
+
+impl RedisStore {
+    /// One place in the cluster's upstream budget for `host`: `Ok(())` to go now, or how
+    /// long to wait (its GCRA of `interval` and `tolerance`, or its 429 hold).
+    pub async fn budget_take(
+        &self,
+        host: &str,
+        interval: Duration,
+        tolerance: Duration,
+    ) -> Result<Result<(), Duration>, StoreError> {
+        let s = &self.shared;
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let mut script = s.scripts.budget.prepare_invoke();
+        script
+            .key(format!("{}:budget:{host}", s.prefix))
+            .key(format!("{}:budget-hold:{host}", s.prefix))
+            .arg(micros(interval).max(1))
+            .arg(micros(tolerance));
+        let answer: Vec<Value> = s.invoke(&script).await?;
+        match answer.first().and_then(text).as_deref() {
+            Some("go") => Ok(Ok(())),
+            Some("wait") => {
+                let us = answer.get(1).and_then(number).unwrap_or_default();
+                Ok(Err(Duration::from_micros(us.max(1))))
+            }
+            other => Err(StoreError::Protocol(format!("budget answered {other:?}"))),
+        }
+    }
+
+    /// Holds every replica's requests to `host` for `hold` (a 429).
+    pub async fn budget_hold(&self, host: &str, hold: Duration) -> Result<(), StoreError> {
+        let s = &self.shared;
+        let mut script = s.scripts.budget_hold.prepare_invoke();
+        script
+            .key(format!("{}:budget-hold:{host}", s.prefix))
+            .arg(millis(hold).max(1));
+        let _: i64 = s.invoke(&script).await?;
+        Ok(())
     }
 }
 

@@ -12,6 +12,29 @@ pub(super) const REPLID: &str = "local function replid()
 end
 ";
 
+/// The upstream budget's GCRA, on Redis's clock (so every replica's requests count in one
+/// bucket). KEYS: the host's theoretical arrival time (µs), its 429 hold. ARGV: the
+/// interval and the tolerance, in µs. Answers `{'go'}`, or `{'wait', µs}`.
+pub(super) const BUDGET: &str = "local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local held = redis.call('PTTL', KEYS[2])
+if held > 0 then return {'wait', held * 1000} end
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if tat < now then tat = now end
+local ahead = tat - now
+if ahead > tonumber(ARGV[2]) then return {'wait', ahead - tonumber(ARGV[2])} end
+local new = tat + tonumber(ARGV[1])
+redis.call('SET', KEYS[1], string.format('%d', new), 'PX', math.floor((new - now) / 1000) + 1000)
+return {'go'}
+";
+
+/// KEYS: a host's 429 hold. ARGV: its length in ms. Lengthens the hold, never shortens it.
+pub(super) const BUDGET_HOLD: &str = "if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+end
+return 1
+";
+
 /// KEYS: record, hold, lease. ARGV: the generation known, lease id, lease ms.
 pub(super) const CLAIM: &str =
     "local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0') or 0
