@@ -159,7 +159,6 @@ async fn a_missing_expires_in_takes_the_configured_default_or_names_it() {
 /// with `ca_file`, it works.
 #[tokio::test]
 async fn a_private_ca_is_trusted_through_ca_file() {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
     use tokio_rustls::{
         TlsAcceptor,
         rustls::{
@@ -174,13 +173,7 @@ async fn a_private_ca_is_trusted_through_ca_file() {
     .await
     .unwrap();
     // A TLS front for the sandbox, its certificate from a CA of the test's own.
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca).unwrap();
+    let pki = common::TestPki::new();
     let config = ServerConfig::builder_with_provider(std::sync::Arc::new(
         tokio_rustls::rustls::crypto::ring::default_provider(),
     ))
@@ -188,8 +181,8 @@ async fn a_private_ca_is_trusted_through_ca_file() {
     .unwrap()
     .with_no_client_auth()
     .with_single_cert(
-        vec![CertificateDer::from(cert.der().to_vec())],
-        PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        vec![CertificateDer::from(pki.leaf_der.clone())],
+        PrivateKeyDer::try_from(pki.leaf_key_der.clone()).unwrap(),
     )
     .unwrap();
     let acceptor = TlsAcceptor::from(std::sync::Arc::new(config));
@@ -210,9 +203,7 @@ async fn a_private_ca_is_trusted_through_ca_file() {
             });
         }
     });
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let ca_file = pki.path("ca.pem");
     let toml = |extra: &str| {
         format!(
             "[orgs.acme]\ntoken_url = \"https://{front_addr}/oauth/token\"\nclient_id = \"acme-client\"\nclient_secret_env = \"{}\"\n{extra}",
@@ -226,7 +217,7 @@ async fn a_private_ca_is_trusted_through_ca_file() {
     assert!(e.message().contains("orgs.acme.ca_file"), "{}", e.message());
     drop(h);
 
-    let trusted = format!("ca_file = {:?}", ca_file.display().to_string());
+    let trusted = format!("ca_file = {ca_file:?}");
     let h = Harness::on(sandbox.handle(), &toml(&trusted), |_| None).await;
     h.org_token().await.expect("trusted through ca_file");
 }

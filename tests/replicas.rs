@@ -18,7 +18,6 @@ use common::{
     refresh_request, sandbox_config, user_request, wait_for,
 };
 use futures::future::join_all;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
 use tokenbroker::{
     proto::{Token, TokenEventReason, token_service_client::TokenServiceClient},
     sandbox::{Fault, FaultRule, Sandbox, Target},
@@ -680,23 +679,11 @@ async fn a_redis_over_tls_is_trusted_through_the_system_roots() {
         return;
     }
     // A private CA, trusted as an operator would: SSL_CERT_FILE (read by the system roots).
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca).unwrap();
-    let pki = tempfile::tempdir().unwrap();
-    let write = |name: &str, pem: String| {
-        let path = pki.path().join(name);
-        std::fs::write(&path, pem).unwrap();
-        path.display().to_string()
-    };
+    let pki = common::TestPki::new();
     let (ca_file, cert_file, key_file) = (
-        write("ca.pem", ca.pem()),
-        write("cert.pem", cert.pem()),
-        write("key.pem", key.serialize_pem()),
+        pki.path("ca.pem"),
+        pki.path("leaf.pem"),
+        pki.path("leaf-key.pem"),
     );
     let tls_port = common::redis::free_port();
     let redis = Redis::start_with(

@@ -329,22 +329,11 @@ async fn refusals_are_preconditions_naming_what_to_fix(kind: Kind) {
 }
 
 async fn a_private_ca_is_trusted_through_ca_file(kind: Kind) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
     if !kind.available() {
         return;
     }
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = params.signed_by(&leaf_key, &ca).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = |name: &str| dir.path().join(name).display().to_string();
-    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(path("leaf.pem"), leaf.pem()).unwrap();
-    std::fs::write(path("leaf-key.pem"), leaf_key.serialize_pem()).unwrap();
+    let pki = common::TestPki::new();
+    let path = |name: &str| pki.path(name);
     let key = key();
     let server = OAuthServer::start(
         kind,

@@ -578,3 +578,43 @@ impl Harness {
         .await
     }
 }
+
+/// A private CA of the test's own and a certificate for 127.0.0.1 it signed, also written
+/// as PEM files (`ca.pem`, `leaf.pem`, `leaf-key.pem`) in a folder removed with it: what
+/// the TLS tests serve, and trust through `ca_file` or `SSL_CERT_FILE`.
+pub struct TestPki {
+    pub leaf_der: Vec<u8>,
+    pub leaf_key_der: Vec<u8>,
+    dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    pub fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+        let key = KeyPair::generate().unwrap();
+        let leaf = params.signed_by(&key, &ca).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for (name, pem) in [
+            ("ca.pem", ca.pem()),
+            ("leaf.pem", leaf.pem()),
+            ("leaf-key.pem", key.serialize_pem()),
+        ] {
+            std::fs::write(dir.path().join(name), pem).unwrap();
+        }
+        Self {
+            leaf_der: leaf.der().to_vec(),
+            leaf_key_der: key.serialize_der(),
+            dir,
+        }
+    }
+
+    /// The path of one of its files, as text for a config.
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}

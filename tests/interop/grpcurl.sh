@@ -15,7 +15,15 @@ grpcurl -plaintext -max-time 6 -d '{"user_ids": ["EMP-00007"]}' "$BROKER" tokenb
 watcher=$!
 for _ in $(seq 50); do grep -q INITIAL "$out" && break; sleep 0.1; done
 grep -q TOKEN_EVENT_REASON_INITIAL "$out" || fail "WatchTokens sent no initial token"
-fresh=$(call Refresh '{"user_id": "EMP-00007"}' | field "['token']['accessToken']")
+# The Refresh names the token it saw as stale (one naming none, within a second of the last
+# rotation, gets the current token: renewal.min_rotation_interval).
+initial=$(python3 - "$out" <<'PY'
+import json, sys
+message, _ = json.JSONDecoder().raw_decode(open(sys.argv[1]).read().lstrip())
+print(message["token"]["accessToken"])
+PY
+)
+fresh=$(call Refresh "{\"user_id\": \"EMP-00007\", \"stale_access_token\": \"$initial\"}" | field "['token']['accessToken']")
 for _ in $(seq 50); do grep -q FORCED "$out" && break; sleep 0.1; done
 python3 - "$out" "$fresh" <<'PY' || fail "WatchTokens did not push the rotation"
 import json, sys
