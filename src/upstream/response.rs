@@ -237,10 +237,15 @@ fn sanitize(text: &str) -> String {
         .collect()
 }
 
+/// The longest `Retry-After` honoured: a larger one (a broken header, or a server that
+/// means "never") is taken as an hour, so no hold overflows a clock.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 /// `Retry-After` in seconds (the HTTP-date form is not used by token endpoints in practice;
-/// it is ignored and the caller's own backoff applies).
+/// it is ignored and the caller's own backoff applies), at most [`MAX_RETRY_AFTER`].
 fn retry_after(value: Option<&str>) -> Option<Duration> {
-    value?.trim().parse::<u64>().ok().map(Duration::from_secs)
+    let seconds = value?.trim().parse::<u64>().ok()?;
+    Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
 }
 
 fn classify(endpoint: Endpoint, answer: Answer<'_>) -> UpstreamError {
@@ -595,5 +600,15 @@ mod properties {
                 }
             );
         }
+    }
+
+    #[test]
+    fn a_huge_retry_after_is_an_hour() {
+        assert_eq!(retry_after(Some(" 5 ")), Some(Duration::from_secs(5)));
+        assert_eq!(
+            retry_after(Some("18446744073709551615")),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(retry_after(Some("Wed, 21 Oct 2015 07:28:00 GMT")), None);
     }
 }
