@@ -284,6 +284,25 @@ impl State {
         Ok((claims.client_id, client.secret.clone()))
     }
 
+    /// The org of the client a refresh or token exchange names, once its authentication
+    /// is checked.
+    fn client_org(
+        &self,
+        client_id: Option<&str>,
+        secret: Option<&str>,
+    ) -> Result<Arc<str>, OauthError> {
+        let Some(client) = client_id.and_then(|id| self.clients.get(id)) else {
+            return Err(oauth_error(
+                401,
+                "invalid_client",
+                "client_id is missing or unknown",
+            ));
+        };
+        let org = Arc::clone(&client.org);
+        self.authenticated(client_id, secret)?;
+        Ok(org)
+    }
+
     /// Checks a client's authentication on a refresh or code exchange: a secret sent must
     /// be the client's; none sent is refused only when strict (a standard server).
     fn authenticated(
@@ -317,15 +336,7 @@ impl State {
         refresh_token: Option<&str>,
     ) -> Result<TokenPair, OauthError> {
         self.stats.refresh_token += 1;
-        let Some(client) = client_id.and_then(|id| self.clients.get(id)) else {
-            return Err(oauth_error(
-                401,
-                "invalid_client",
-                "client_id is missing or unknown",
-            ));
-        };
-        let client_org = Arc::clone(&client.org);
-        self.authenticated(client_id, secret)?;
+        let client_org = self.client_org(client_id, secret)?;
         let Some(record) = refresh_token.and_then(|t| self.refresh.get_mut(t)) else {
             return Err(oauth_error(400, "invalid_grant", "unknown refresh token"));
         };
@@ -429,15 +440,7 @@ impl State {
         actor: Option<&str>,
     ) -> Result<TokenPair, OauthError> {
         self.stats.token_exchange += 1;
-        let Some(client) = client_id.and_then(|id| self.clients.get(id)) else {
-            return Err(oauth_error(
-                401,
-                "invalid_client",
-                "client_id is missing or unknown",
-            ));
-        };
-        let client_org = Arc::clone(&client.org);
-        self.authenticated(client_id, secret)?;
+        let client_org = self.client_org(client_id, secret)?;
         if subject_type != Some(USER_ID_TOKEN_TYPE) {
             return Err(oauth_error(
                 400,

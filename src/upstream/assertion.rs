@@ -109,12 +109,11 @@ impl ClientKey {
                 })
             }
             Signer::Rs256(key) => {
-                let public = key.public().as_ref();
-                let (n, e) = rsa_public_parts(public).unwrap_or_default();
+                let public = signature::RsaPublicKeyComponents::<Vec<u8>>::from(key.public());
                 serde_json::json!({
                     "kty": "RSA",
-                    "n": URL_SAFE_NO_PAD.encode(n),
-                    "e": URL_SAFE_NO_PAD.encode(e),
+                    "n": URL_SAFE_NO_PAD.encode(public.n),
+                    "e": URL_SAFE_NO_PAD.encode(public.e),
                 })
             }
         };
@@ -179,36 +178,6 @@ impl ClientKey {
         jwt.push_str(&URL_SAFE_NO_PAD.encode(signature));
         Ok(jwt)
     }
-}
-
-/// The modulus and exponent of a DER `RSAPublicKey` (SEQUENCE { INTEGER n, INTEGER e }),
-/// without leading zero bytes.
-fn rsa_public_parts(der: &[u8]) -> Option<(&[u8], &[u8])> {
-    fn element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-        let (&t, rest) = input.split_first()?;
-        if t != tag {
-            return None;
-        }
-        let (&first, rest) = rest.split_first()?;
-        let (len, rest) = if first < 0x80 {
-            (usize::from(first), rest)
-        } else {
-            let n = usize::from(first & 0x7f);
-            if n > 4 || rest.len() < n {
-                return None;
-            }
-            let len = rest[..n]
-                .iter()
-                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-            (len, &rest[n..])
-        };
-        (rest.len() >= len).then(|| rest.split_at(len))
-    }
-    let (sequence, _) = element(der, 0x30)?;
-    let (n, rest) = element(sequence, 0x02)?;
-    let (e, _) = element(rest, 0x02)?;
-    let trim = |int: &[u8]| -> usize { int.iter().take_while(|&&b| b == 0).count() };
-    Some((&n[trim(n)..], &e[trim(e)..]))
 }
 
 #[cfg(test)]
@@ -320,16 +289,5 @@ mod tests {
             .expect("b64");
         assert_eq!(n.len(), 256);
         assert_eq!(jwk["e"], "AQAB");
-    }
-
-    #[test]
-    fn rsa_public_parts_reads_modulus_and_exponent() {
-        // SEQUENCE { INTEGER 0x00c5 (n), INTEGER 0x010001 (e) }
-        let der = [
-            0x30, 0x09, 0x02, 0x02, 0x00, 0xc5, 0x02, 0x03, 0x01, 0x00, 0x01,
-        ];
-        let (n, e) = rsa_public_parts(&der).expect("parsed");
-        assert_eq!(n, &[0xc5]);
-        assert_eq!(e, &[0x01, 0x00, 0x01]);
     }
 }
