@@ -759,3 +759,47 @@ async fn three_replicas_share_one_upstream_budget() {
     );
     assert_no_reuse(&cluster.sandbox);
 }
+
+/// A 429 one replica sees holds every replica's requests to that host, for other keys
+/// too: the other replica's cold user waits (its caller past its deadline is told it
+/// waits for the upstream budget), and the platform is not asked again meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_on_one_replica_holds_the_host_for_every_key_on_every_replica() {
+    if !common::redis::available() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let cluster = Cluster::new().await;
+    let replicas = cluster.replicas(&redis.url(), 2).await;
+    org_tokens(&replicas).await;
+    cluster.sandbox.inject(FaultRule::times(
+        Fault::RateLimit {
+            retry_after_secs: 30,
+        },
+        Target::AuthorizationGrant,
+        1,
+    ));
+    let throttled = replicas[0].user_token("EMP-00001").await.unwrap_err();
+    assert_eq!(throttled.code(), tonic::Code::Unavailable, "{throttled:?}");
+    let requests = cluster.sandbox.stats().upstream_requests();
+    let mut request = tonic::Request::new(user_request("EMP-00002"));
+    request.set_timeout(std::time::Duration::from_millis(500));
+    let held = replicas[1]
+        .client
+        .clone()
+        .get_user_token(request)
+        .await
+        .unwrap_err();
+    assert_eq!(held.code(), tonic::Code::Unavailable, "{held:?}");
+    assert!(
+        held.message().contains("upstream budget"),
+        "{}",
+        held.message()
+    );
+    assert_eq!(cluster.sandbox.stats().upstream_requests(), requests);
+    assert_eq!(
+        replicas[1].broker.stats().budget.holds,
+        0,
+        "the hold is Redis's"
+    );
+}

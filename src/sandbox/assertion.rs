@@ -32,6 +32,8 @@ pub struct Claims {
     pub client_id: String,
     /// `jti`: a server refuses a second use.
     pub jti: String,
+    /// `exp` (Unix seconds): after it the assertion is refused anyway.
+    pub exp: u64,
 }
 
 /// The client an assertion names, without checking it (to find its key).
@@ -101,12 +103,48 @@ pub fn verify(
     Ok(Claims {
         client_id: sub.to_owned(),
         jti: jti.to_owned(),
+        exp,
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, SystemTime};
+
     use super::*;
+    use crate::upstream::ClientKey;
+
+    /// A key, its public point, and an assertion it signed for `aud` at `at`.
+    fn signed(aud: &str, at: SystemTime) -> (Vec<u8>, String) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let signer = ClientKey::from_pem(key.serialize_pem().as_bytes(), None).unwrap();
+        let jwt = signer.assertion("demo-client", aud, at).unwrap();
+        (key.public_key_raw().to_vec(), jwt)
+    }
+
+    #[test]
+    fn an_assertion_is_checked_for_signature_audience_and_expiry() {
+        let token_url = "http://127.0.0.1:1/oauth/token".to_owned();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let now = 1_800_000_010;
+        let (point, jwt) = signed(&token_url, at);
+        let claims = verify(&jwt, &point, std::slice::from_ref(&token_url), now).unwrap();
+        assert_eq!(claims.client_id, "demo-client");
+        assert_eq!(claims.exp, 1_800_000_060);
+        assert!(verify(&jwt, &point, &["http://elsewhere".into()], now).is_err());
+        assert!(
+            verify(
+                &jwt,
+                &point,
+                std::slice::from_ref(&token_url),
+                1_800_000_060
+            )
+            .is_err()
+        );
+        let (other, _) = signed(&token_url, at);
+        assert!(verify(&jwt, &other, std::slice::from_ref(&token_url), now).is_err());
+        assert!(verify("a.b", &point, &[token_url], now).is_err());
+    }
 
     #[test]
     fn a_p256_public_key_pem_gives_its_point() {

@@ -156,8 +156,9 @@ pub struct State {
     refresh: HashMap<String, Refresh>,
     codes: HashMap<String, Code>,
     revoked_families: HashSet<u64>,
-    /// The `jti` of every client assertion accepted: each works once.
-    assertion_ids: HashSet<String>,
+    /// The `jti` of each client assertion accepted, until its `exp` (Unix seconds): each
+    /// works once, and an expired one is refused anyway, so that is all it needs to keep.
+    assertion_ids: HashMap<String, u64>,
     /// The theoretical arrival time of a [`Fault::Throttle`]'s bucket.
     throttle_tat: Instant,
     next_family: u64,
@@ -203,7 +204,7 @@ impl State {
             refresh: HashMap::new(),
             codes: HashMap::new(),
             revoked_families: HashSet::new(),
-            assertion_ids: HashSet::new(),
+            assertion_ids: HashMap::new(),
             throttle_tat: Instant::now(),
             next_family: 0,
             faults: Vec::new(),
@@ -278,9 +279,13 @@ impl State {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let claims = super::assertion::verify(assertion, key, audiences, now).map_err(rejected)?;
-        if !self.assertion_ids.insert(claims.jti) {
+        if self.assertion_ids.contains_key(&claims.jti) {
             return Err(rejected("the client assertion was already used".into()));
         }
+        if self.assertion_ids.len() >= 1024 {
+            self.assertion_ids.retain(|_, exp| *exp > now);
+        }
+        self.assertion_ids.insert(claims.jti, claims.exp);
         Ok((claims.client_id, client.secret.clone()))
     }
 
