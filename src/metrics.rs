@@ -262,6 +262,11 @@ impl Collector for State {
                 "Calls answered NOT_FOUND from the memory of users the platform does not know, with no upstream request",
                 stats.unknown_user_hits,
             ),
+            (
+                "renewals_over_budget",
+                "Renewals planned beyond half of upstream.max_requests_per_second: more tokens come due than the budget renews before their safety margin",
+                stats.renewals_over_budget,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value);

@@ -26,6 +26,7 @@ use super::{
     plan::Planner,
     replicas::{Claimed, Waiters},
     slot::{Flight, Landing, Slot, Turn},
+    spread::Renewals,
     stats::Counters,
     unknown::UnknownUsers,
     want::Want,
@@ -55,6 +56,8 @@ pub(super) struct SingleFlight {
     pub unknown: UnknownUsers,
     /// Every upstream request waits here (`upstream.max_requests_per_second`).
     pub budget: Arc<Budget>,
+    /// Where each token's renewal is placed, so that a burst's renewals spread out.
+    pub renewals: Renewals,
 }
 
 impl SingleFlight {
@@ -73,6 +76,7 @@ impl SingleFlight {
             .clamp(1, Semaphore::MAX_PERMITS);
         Self {
             grants: Grants::new(upstream, store.clone(), Arc::clone(&budget)),
+            renewals: Renewals::new(limits.upstream_budget.per_second),
             budget,
             store,
             renewal: policy.renewal.clone(),
@@ -169,7 +173,7 @@ impl SingleFlight {
                 place = Arc::clone(&self.places).acquire_owned().await.ok();
             }
             // Boxed: the miss path only, and it keeps the callers' futures small.
-            match Box::pin(self.claim(&flight)).await {
+            match Box::pin(self.claim(org, &flight)).await {
                 Claimed::Fly(lease) => break (reason, lease, false),
                 Claimed::Again => {}
                 Claimed::Held { error, hold } => {
@@ -253,9 +257,13 @@ impl SingleFlight {
         let (outcome, hold) = match obtained {
             Ok((grant, reason)) => {
                 let generation = flight.state().generation + 1;
-                let renew_after = self
-                    .renewal
-                    .renew_after(grant.expires_in, rand::rng().random());
+                let window = self.renewal.window(grant.expires_in, rand::rng().random());
+                let renew_after = self.renewals.place(
+                    &org.token_host(),
+                    requested.0,
+                    window,
+                    rand::rng().random(),
+                );
                 let mut token = Token::issued(
                     grant.access_token,
                     grant.token_type,
@@ -280,7 +288,7 @@ impl SingleFlight {
                         // Another replica rotated the key meanwhile (its lease lapsed): its
                         // token stays, and this one's refresh token was never stored.
                         warn!(key = %slot.key, "another replica installed a newer token first; using it");
-                        if let Some(adopted) = self.adopt(&flight, stored) {
+                        if let Some(adopted) = self.adopt(org, &flight, stored) {
                             let outcome = Ok(adopted);
                             flight.land(&outcome, None);
                             self.planner.plan(&slot);

@@ -56,6 +56,7 @@ mod restore;
 mod schedule;
 mod served;
 mod slot;
+mod spread;
 mod stats;
 mod timer;
 mod token;
@@ -243,7 +244,8 @@ impl Broker {
     fn start_org(&self, settings: OrgSettings, stored: Vec<Loaded>, renewal: &RenewalPolicy) {
         let store = self.inner.engine.store.as_deref();
         let max_users = self.inner.max_user_tokens;
-        let (org, users) = restore::org(settings, stored, max_users, renewal, store);
+        let renewals = &self.inner.engine.renewals;
+        let (org, users) = restore::org(settings, stored, max_users, renewal, store, renewals);
         for slot in users.iter().chain([&org.slot]) {
             self.inner.engine.planner.plan(slot);
         }
@@ -336,6 +338,7 @@ impl Broker {
         stats.waiting_callers = self.inner.waiting.count();
         stats.flights_in_progress = self.inner.engine.in_progress();
         stats.unknown_users = self.inner.engine.unknown.len();
+        stats.renewals_over_budget = self.inner.engine.renewals.over_budget();
         stats.budget = self.inner.engine.budget.stats();
         stats
     }
@@ -442,7 +445,7 @@ impl Broker {
                 self.user_slot(org, user)
             }
         };
-        slot.touch(Instant::now());
+        self.touch(&slot, Instant::now());
         let _waiting = self.inner.waiting.enter()?;
         let seen = seen_generation(&slot, stale);
         let want = Want::Rotation { stale, seen };
@@ -568,14 +571,22 @@ impl Broker {
 
     /// The slot's token if it may be handed out now (and meets `min_valid_for`): the cache
     /// hit. Records the use either way.
-    fn hit(&self, slot: &Slot, min_valid_for: Option<Duration>) -> Option<SharedToken> {
+    fn hit(&self, slot: &Arc<Slot>, min_valid_for: Option<Duration>) -> Option<SharedToken> {
         let now = Instant::now();
-        slot.touch(now);
+        self.touch(slot, now);
         let token = slot
             .usable(now)
             .filter(|token| meets(token, now, min_valid_for))?;
         self.inner.stats.hit();
         Some(token)
+    }
+
+    /// Records a caller's use of `slot`. A token restored from the store is renewed from
+    /// its first use on, so that use plans it.
+    fn touch(&self, slot: &Arc<Slot>, now: Instant) {
+        if slot.touch(now) {
+            self.inner.engine.planner.plan(slot);
+        }
     }
 }
 

@@ -121,6 +121,11 @@ impl Org {
         Arc::clone(&self.config.read_unpoisoned())
     }
 
+    /// The platform host its tokens are renewed at (the upstream budget's key).
+    pub fn token_host(&self) -> String {
+        super::budget::host_of(&self.config().client.token_url)
+    }
+
     pub fn is_static(&self) -> bool {
         matches!(self.config().credentials, Credentials::Static(_))
     }

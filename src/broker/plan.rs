@@ -53,6 +53,7 @@ impl Planner {
             retry_at: state.retry_at(),
             failing: state.last_error().is_some(),
             idle_at: (is_user && !watched).then(|| slot.last_used() + self.user_idle_timeout),
+            dormant: is_user && !watched && !slot.used(),
         }
     }
 
@@ -82,6 +83,10 @@ pub(super) struct View {
     pub failing: bool,
     /// When the key counts as idle (an unwatched user token).
     pub idle_at: Option<Instant>,
+    /// A user token restored from the store that nobody used or watched since: it is
+    /// kept for the idle window, but renewed only once used (a restart does not renew
+    /// every stored token, wanted or not).
+    pub dormant: bool,
 }
 
 /// The part of what a slot holds that timing depends on.
@@ -113,6 +118,7 @@ impl View {
     /// for a lost or missing token that someone needs, at the failures' pace.
     fn due(&self, now: Instant) -> Option<Instant> {
         let needed = match self.held {
+            HeldKind::Token { .. } if self.dormant => return None,
             HeldKind::Token { renew_at, .. } => {
                 return renew_at.map(|at| self.retry_at.map_or(at, |r| r.max(at)));
             }
@@ -172,7 +178,33 @@ mod tests {
             retry_at: None,
             failing: false,
             idle_at: Some(at(t0, 900)),
+            dormant: false,
         }
+    }
+
+    #[test]
+    fn a_restored_token_nobody_used_is_kept_for_the_idle_window_but_not_renewed() {
+        let t0 = Instant::now();
+        // Restored at t0 with its renewal 10 s away (or already past): no renewal comes
+        // due while it is dormant, only its idle drop.
+        let dormant = View {
+            held: HeldKind::Token {
+                renew_at: Some(at(t0, 10)),
+                expires: Some(at(t0, 600)),
+            },
+            dormant: true,
+            ..user_with_token(t0)
+        };
+        assert_eq!(next_wake(&dormant, t0), Some(at(t0, 900)));
+        assert_eq!(action(&dormant, at(t0, 100)), Action::Wait);
+        assert_eq!(action(&dormant, at(t0, 900)), Action::Drop);
+        // Once used, it renews at its time (or at once, if that has passed).
+        let used = View {
+            dormant: false,
+            ..dormant
+        };
+        assert_eq!(next_wake(&used, at(t0, 100)), Some(at(t0, 10)));
+        assert_eq!(action(&used, at(t0, 100)), Action::Renew);
     }
 
     #[test]

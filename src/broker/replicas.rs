@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 use super::{
     BrokerError, SharedToken, TokenKey,
     flight::SingleFlight,
+    org::Org,
     orgs::Orgs,
     restore::restore,
     slot::{Flight, Slot, Turn},
@@ -135,7 +136,7 @@ impl SingleFlight {
     /// Before flying for the flight's key: with a shared store, takes the key's lease, or
     /// the newer token another replica made, or that replica's hold, or waits (at most a
     /// lease period, less if its rotation arrives) for the replica flying now.
-    pub(super) async fn claim(&self, flight: &Flight) -> Claimed {
+    pub(super) async fn claim(&self, org: &Org, flight: &Flight) -> Claimed {
         let Some(store) = self.store.as_ref().filter(|s| s.is_shared()) else {
             return Claimed::Fly(None);
         };
@@ -154,7 +155,7 @@ impl SingleFlight {
                         "the store's generation {generation} is not newer than {known}"
                     )));
                 }
-                self.adopt(flight, stored);
+                self.adopt(org, flight, stored);
                 Claimed::Again
             }
             Ok(Claim::Held(hold)) => Claimed::Held {
@@ -171,13 +172,19 @@ impl SingleFlight {
         }
     }
 
-    /// Installs `stored` (newer than what the slot holds) in the flight's slot: the token
-    /// if it is still usable, its generation in any case.
-    pub(super) fn adopt(&self, flight: &Flight, stored: Stored) -> Option<SharedToken> {
+    /// Installs `stored` (newer than what the slot holds) in the flight's slot of `org`:
+    /// the token if it is still usable (its renewal placed as a new token's), its
+    /// generation in any case.
+    pub(super) fn adopt(&self, org: &Org, flight: &Flight, stored: Stored) -> Option<SharedToken> {
         let now = (Instant::now(), SystemTime::now());
+        let host = org.token_host();
+        let place = |requested, window| {
+            self.renewals
+                .place(&host, requested, window, rand::random())
+        };
         let token = stored
             .token
-            .and_then(|t| restore(t, &self.renewal, now, rand::random()).token);
+            .and_then(|t| restore(t, &self.renewal, now, rand::random(), place).token);
         if flight.adopt(token.clone(), stored.generation) {
             debug!(key = %flight.slot().key, generation = stored.generation, "took the token another replica made");
             self.stats.adopted();
@@ -236,10 +243,10 @@ pub(super) async fn listen(
                     user: user.map(Into::into),
                 };
                 engine.waiters.wake(&key);
-                if let Some(slot) = find(&orgs, &key)
+                if let Some((org, slot)) = find(&orgs, &key)
                     && slot.state().generation < generation
                 {
-                    tokio::spawn(catch_up(engine, slot, generation));
+                    tokio::spawn(catch_up(engine, org, slot, generation));
                 }
             }
             Event::Released { org, user } => {
@@ -256,18 +263,19 @@ pub(super) async fn listen(
     }
 }
 
-/// The slot held for `key`, if this replica holds one.
-fn find(orgs: &Orgs, key: &TokenKey) -> Option<Arc<Slot>> {
+/// The slot held for `key` and its org, if this replica holds one.
+fn find(orgs: &Orgs, key: &TokenKey) -> Option<(Arc<Org>, Arc<Slot>)> {
     let org = orgs.get(&key.org)?;
-    match &key.user {
+    let slot = match &key.user {
         None => Some(Arc::clone(&org.slot)),
         Some(user) => org.users.get(user),
-    }
+    }?;
+    Some((org, slot))
 }
 
 /// Brings `slot` up to `generation` from the store, under its lock (after any flight of
 /// this replica, which may have brought it there already, or failed: then it looks again).
-async fn catch_up(engine: Arc<SingleFlight>, slot: Arc<Slot>, generation: u64) {
+async fn catch_up(engine: Arc<SingleFlight>, org: Arc<Org>, slot: Arc<Slot>, generation: u64) {
     let Some(store) = engine.store.clone() else {
         return;
     };
@@ -284,7 +292,7 @@ async fn catch_up(engine: Arc<SingleFlight>, slot: Arc<Slot>, generation: u64) {
     let key = &slot.key;
     match store.read(&key.org, key.user.as_deref()).await {
         Ok(Some(stored)) if stored.generation > flight.state().generation => {
-            engine.adopt(&flight, stored);
+            engine.adopt(&org, &flight, stored);
         }
         Ok(_) => {}
         Err(e) => debug!(key = %key, error = %e, "could not read another replica's token"),
@@ -315,15 +323,15 @@ async fn resync(engine: &Arc<SingleFlight>, orgs: &Orgs) -> bool {
     let mut slots = Vec::new();
     for org in orgs.all() {
         if !org.is_static() {
-            slots.push(Arc::clone(&org.slot));
+            slots.push((Arc::clone(&org), Arc::clone(&org.slot)));
         }
-        slots.extend(org.users.all());
+        slots.extend(org.users.all().into_iter().map(|s| (Arc::clone(&org), s)));
     }
     let (mut newer, mut written) = (0, 0);
     for batch in slots.chunks(RESYNC_BATCH) {
         let keys: Vec<_> = batch
             .iter()
-            .map(|s| (&*s.key.org, s.key.user.as_deref()))
+            .map(|(_, s)| (&*s.key.org, s.key.user.as_deref()))
             .collect();
         let generations = match store.generations(&keys).await {
             Ok(generations) => generations,
@@ -332,11 +340,16 @@ async fn resync(engine: &Arc<SingleFlight>, orgs: &Orgs) -> bool {
                 return false;
             }
         };
-        for (slot, stored) in batch.iter().zip(generations) {
+        for ((org, slot), stored) in batch.iter().zip(generations) {
             let ours = slot.state().generation;
             if stored > ours {
                 newer += 1;
-                tokio::spawn(catch_up(Arc::clone(engine), Arc::clone(slot), stored));
+                tokio::spawn(catch_up(
+                    Arc::clone(engine),
+                    Arc::clone(org),
+                    Arc::clone(slot),
+                    stored,
+                ));
             } else if stored < ours && write_back(&store, slot).await {
                 written += 1;
             }

@@ -13,8 +13,8 @@ use tokio::time::Instant;
 use tracing::info;
 
 use super::{
-    Credentials, OrgSettings, Reason, RenewalPolicy, SharedToken, Token, org::Org, slot::Slot,
-    token::usable_until,
+    Credentials, OrgSettings, Reason, RenewalPolicy, SharedToken, Token, budget::host_of, org::Org,
+    schedule::Window, slot::Slot, spread::Renewals, token::usable_until,
 };
 use crate::store::{Loaded, Store, StoredToken};
 
@@ -36,9 +36,14 @@ pub(super) fn org(
     max_users: usize,
     renewal: &RenewalPolicy,
     store: Option<&Store>,
+    renewals: &Renewals,
 ) -> (Arc<Org>, Vec<Arc<Slot>>) {
     let now = (Instant::now(), SystemTime::now());
-    let restore = |token| restore(token, renewal, now, rand::random());
+    let host = host_of(&settings.client.token_url);
+    let restore = |token| {
+        let place = |requested, window| renewals.place(&host, requested, window, rand::random());
+        restore(token, renewal, now, rand::random(), place)
+    };
     let (mut org_token, mut users) = (None, Vec::new());
     for loaded in stored {
         match loaded.user {
@@ -86,13 +91,15 @@ pub(super) struct Restored {
     pub generation: u64,
 }
 
-/// `stored` as a slot's start, at `now` (monotonic and wall clock), its renewal drawn with
-/// `draw` (uniform in [0, 1)).
+/// `stored` as a slot's start, at `now` (monotonic and wall clock): its renewal window
+/// drawn with `draw` (uniform in [0, 1)), the renewal placed in it by `place` (given the
+/// token's request time and window, it answers how long after the request to renew).
 pub(super) fn restore(
     stored: StoredToken,
     policy: &RenewalPolicy,
     now: (Instant, SystemTime),
     draw: f64,
+    place: impl FnOnce(Instant, Window) -> Duration,
 ) -> Restored {
     let (mono, wall) = now;
     let generation = stored.generation;
@@ -100,7 +107,8 @@ pub(super) fn restore(
     let token = mono.checked_sub(elapsed).and_then(|requested| {
         let until = usable_until(requested, stored.lifetime);
         let usable_left = until.checked_duration_since(mono)?;
-        let renew_after = policy.renew_after_restart(stored.lifetime, elapsed, usable_left, draw);
+        let window = policy.window_after_restart(stored.lifetime, elapsed, usable_left, draw);
+        let renew_after = place(requested, window);
         let mut token = Token::issued(
             stored.access_token,
             stored.token_type,
@@ -138,7 +146,14 @@ mod tests {
         tokio::time::advance(Duration::from_secs(7200)).await;
         let policy = RenewalPolicy::default();
         let now = (Instant::now(), SystemTime::now());
-        let fresh = restore(stored(Duration::from_secs(600)), &policy, now, 0.5);
+        let earliest = |_, w: Window| w.earliest;
+        let fresh = restore(
+            stored(Duration::from_secs(600)),
+            &policy,
+            now,
+            0.5,
+            earliest,
+        );
         let token = fresh.token.expect("still usable");
         assert_eq!((token.generation, fresh.generation), (7, 7));
         assert_eq!(token.reason, Reason::Renewed);
@@ -155,7 +170,13 @@ mod tests {
         assert_eq!(renew_in.as_secs(), 1200);
 
         // Past its usable life (the last tenth, at most 10 s, before expiry): left out.
-        let old = restore(stored(Duration::from_secs(3595)), &policy, now, 0.5);
+        let old = restore(
+            stored(Duration::from_secs(3595)),
+            &policy,
+            now,
+            0.5,
+            earliest,
+        );
         assert!(old.token.is_none());
         assert_eq!(old.generation, 7);
     }

@@ -39,6 +39,15 @@ impl Default for RenewalPolicy {
     }
 }
 
+/// When a token may be renewed, counted from when it was requested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Its planned renewal (the lifetime's `fraction`, ± `jitter`).
+    pub earliest: Duration,
+    /// The last moment the safety margin allows.
+    pub latest: Duration,
+}
+
 impl RenewalPolicy {
     /// How long after a token of `lifetime` was requested to renew it. `draw` is uniform in
     /// [0, 1): `fraction` of the lifetime, ± `jitter` of that, clamped to start at least the
@@ -46,29 +55,46 @@ impl RenewalPolicy {
     pub fn renew_after(&self, lifetime: Duration, draw: f64) -> Duration {
         let factor = self.fraction * (1.0 + self.jitter * (2.0 * draw - 1.0));
         let planned = lifetime.mul_f64(factor.clamp(0.0, 1.0));
-        let latest = lifetime.saturating_sub(self.safety_margin.min(lifetime / 5));
-        planned.min(latest)
+        planned.min(self.latest_renewal(lifetime))
     }
 
-    /// When to renew a token of `lifetime` found in the store at start, `elapsed` after it
-    /// was requested, with `usable_left` of its usable life to go: at its planned time
-    /// ([`Self::renew_after`], from `draw`) if that is still ahead, else spread uniformly
-    /// over the first half of what is left, so that a broker restarted after a long stop
-    /// does not renew every overdue token at once. Counted from the request, as
-    /// `renew_after` is.
-    pub fn renew_after_restart(
+    /// When a token of `lifetime` may be renewed, counted from its request: from its
+    /// planned time ([`Self::renew_after`], from `draw`) to the last moment the safety
+    /// margin allows. [`super::spread`] places the renewal within it.
+    pub fn window(&self, lifetime: Duration, draw: f64) -> Window {
+        Window {
+            earliest: self.renew_after(lifetime, draw),
+            latest: self.latest_renewal(lifetime),
+        }
+    }
+
+    /// The window of a token of `lifetime` found in the store at start, `elapsed` after it
+    /// was requested, with `usable_left` of its usable life to go: as [`Self::window`] if
+    /// its planned time is still ahead; else from now over the first half of what is
+    /// left, so that a broker restarted after a long stop does not renew every overdue
+    /// token at once, and a failed renewal still has time for its retries.
+    pub fn window_after_restart(
         &self,
         lifetime: Duration,
         elapsed: Duration,
         usable_left: Duration,
         draw: f64,
-    ) -> Duration {
-        let planned = self.renew_after(lifetime, draw);
-        if planned > elapsed {
-            planned
+    ) -> Window {
+        let window = self.window(lifetime, draw);
+        if window.earliest > elapsed {
+            window
         } else {
-            elapsed + (usable_left / 2).mul_f64(draw.clamp(0.0, 1.0))
+            Window {
+                earliest: elapsed,
+                latest: elapsed + usable_left / 2,
+            }
         }
+    }
+
+    /// The latest a renewal of a token of `lifetime` starts: the safety margin before its
+    /// expiry (a fifth of the lifetime, if that is less).
+    fn latest_renewal(&self, lifetime: Duration) -> Duration {
+        lifetime.saturating_sub(self.safety_margin.min(lifetime / 5))
     }
 
     /// The wait before attempt `failures + 1` after `failures` failures in a row: "full
@@ -91,20 +117,18 @@ mod tests {
     fn a_stored_token_renews_as_planned_or_spread_when_overdue() {
         let p = RenewalPolicy::default();
         let hour = Duration::from_secs(3600);
-        // Planned at half the lifetime (± 10 %): still ahead 10 minutes in.
-        let ahead = p.renew_after_restart(hour, Duration::from_secs(600), hour, 0.5);
-        assert_eq!(ahead, p.renew_after(hour, 0.5));
-        // 50 minutes in, with 4 of its usable life left: within the next 2 minutes,
-        // spread by the draw.
+        // Planned at half the lifetime (± 10 %) up to the safety margin: still ahead 10
+        // minutes in.
+        let ahead = p.window_after_restart(hour, Duration::from_secs(600), hour, 0.5);
+        assert_eq!(ahead, p.window(hour, 0.5));
+        assert_eq!(ahead.earliest, Duration::from_secs(1800));
+        assert_eq!(ahead.latest, Duration::from_secs(3540));
+        // 50 minutes in, with 4 of its usable life left: within the next 2 minutes.
         let elapsed = Duration::from_secs(3000);
         let left = Duration::from_secs(240);
-        let soonest = p.renew_after_restart(hour, elapsed, left, 0.0);
-        let latest = p.renew_after_restart(hour, elapsed, left, 0.999);
-        assert_eq!(soonest, elapsed);
-        assert!(
-            latest > elapsed + Duration::from_secs(119)
-                && latest < elapsed + left / 2 + Duration::from_millis(1)
-        );
+        let overdue = p.window_after_restart(hour, elapsed, left, 0.5);
+        assert_eq!(overdue.earliest, elapsed);
+        assert_eq!(overdue.latest, elapsed + Duration::from_secs(120));
     }
 
     const HOUR: Duration = Duration::from_secs(3600);

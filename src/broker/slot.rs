@@ -37,7 +37,8 @@ pub(crate) struct Slot {
     flights: AtomicU64,
     state: Mutex<SlotState>,
     created: Instant,
-    /// Milliseconds after `created` of the last caller's use.
+    /// One more than the milliseconds after `created` of the last caller's use; 0 for a
+    /// slot no caller has used yet (one restored from the store).
     last_used_ms: AtomicU64,
 }
 
@@ -216,18 +217,27 @@ impl Slot {
     }
 
     /// Records a caller's use at `now`, to the millisecond (so callers of a hot key write
-    /// its cache line at most once a millisecond).
-    pub fn touch(&self, now: Instant) {
+    /// its cache line at most once a millisecond). True for the slot's first use.
+    pub fn touch(&self, now: Instant) -> bool {
         let ms = now.saturating_duration_since(self.created).as_millis();
-        let ms = u64::try_from(ms).unwrap_or(u64::MAX);
-        if ms > self.last_used_ms.load(Ordering::Relaxed) {
+        let ms = u64::try_from(ms).unwrap_or(u64::MAX).saturating_add(1);
+        let last = self.last_used_ms.load(Ordering::Relaxed);
+        if ms > last {
             self.last_used_ms.store(ms, Ordering::Relaxed);
         }
+        last == 0
     }
 
     /// When a caller last used the slot (its creation, if never).
     pub fn last_used(&self) -> Instant {
-        self.created + Duration::from_millis(self.last_used_ms.load(Ordering::Relaxed))
+        let ms = self.last_used_ms.load(Ordering::Relaxed).saturating_sub(1);
+        self.created + Duration::from_millis(ms)
+    }
+
+    /// Whether any caller or stream has used the slot since it was made: a token restored
+    /// from the store is renewed only once someone uses it again.
+    pub fn used(&self) -> bool {
+        self.last_used_ms.load(Ordering::Relaxed) != 0
     }
 
     /// Takes the slot out of service: the renewal timer forgets it.

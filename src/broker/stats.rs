@@ -40,6 +40,9 @@ pub struct BrokerStats {
     pub unknown_user_hits: u64,
     /// Unknown users remembered now.
     pub unknown_users: usize,
+    /// Renewals planned past the renewal share of the upstream budget: more come due than
+    /// it can renew before their safety margin.
+    pub renewals_over_budget: u64,
     /// The upstream budget: requests waiting by priority, time waited, 429s, holds.
     pub budget: super::BudgetStats,
 }
@@ -122,6 +125,7 @@ impl Counters {
             adopted: get(&self.adopted),
             unknown_user_hits: get(&self.unknown_user_hits),
             unknown_users: 0,
+            renewals_over_budget: 0,
             budget: super::BudgetStats::default(),
         }
     }

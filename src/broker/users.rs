@@ -79,8 +79,8 @@ impl Users {
         if slots.len() >= self.max || slots.get(user).is_some() {
             return None;
         }
+        // Not touched: a restored slot counts as unused until a caller comes.
         let slot = make();
-        slot.touch(tokio::time::Instant::now());
         slots.insert(Arc::clone(&slot));
         Some(slot)
     }
