@@ -38,7 +38,13 @@ struct Setup {
 
 impl Setup {
     async fn new(users: u32) -> Self {
+        Self::with_lifetime(users, SandboxConfig::demo().token_lifetime).await
+    }
+
+    /// [`Setup::new`], the sandbox issuing tokens of `lifetime`.
+    async fn with_lifetime(users: u32, lifetime: std::time::Duration) -> Self {
         let mut config = SandboxConfig::demo();
+        config.token_lifetime = lifetime;
         config.orgs = vec![SandboxOrg {
             users,
             ..config.orgs[0].clone()
@@ -326,6 +332,47 @@ async fn a_restart_with_a_thousand_user_tokens_costs_no_upstream_request_and_the
             &secret[..6]
         );
     }
+    assert_eq!(s.sandbox.stats().refresh_token_reuse, 0);
+}
+
+/// A restart renews only the stored tokens someone uses again: the others are served as
+/// they are while they last and dropped when idle, so a restart with many stored tokens
+/// is no burst of renewals.
+#[tokio::test]
+async fn after_a_restart_only_the_stored_tokens_used_again_are_renewed() {
+    use std::time::Duration;
+    // Tokens of 30 s: renewed from about 15 s, by 24 s (the safety margin: a fifth).
+    let s = Setup::with_lifetime(8, Duration::from_secs(30)).await;
+    let users = users(8);
+    let broker = s.start(&["KEY_A"]).await;
+    let before = broker.user_tokens(&users).await;
+    broker.stop();
+    // Past every token's planned renewal, still in its usable life.
+    tokio::time::sleep(Duration::from_secs(17)).await;
+    let requests = s.sandbox.stats();
+
+    let broker = s.start(&["KEY_A"]).await;
+    // One user comes back: its token is the stored one, and it is renewed.
+    let used = broker.user_token(&users[0]).await;
+    assert_eq!(used.access_token, before[0].access_token);
+    let mut renewed = false;
+    for _ in 0..100 {
+        if broker.user_token(&users[0]).await.access_token != before[0].access_token {
+            renewed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(renewed, "the used token was renewed before its safety margin");
+    let after = s.sandbox.stats();
+    // That user's refresh, and at most the org token's: not the other seven.
+    let refreshes = after.refresh_token - requests.refresh_token;
+    assert!((1..=2).contains(&refreshes), "{refreshes} refreshes");
+    assert_eq!(after.authorization_grant, requests.authorization_grant);
+    // Another user, back now, still gets its stored token.
+    let other = broker.user_token(&users[1]).await;
+    assert_eq!(other.access_token, before[1].access_token);
+    broker.stop();
     assert_eq!(s.sandbox.stats().refresh_token_reuse, 0);
 }
 
