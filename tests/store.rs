@@ -363,7 +363,10 @@ async fn after_a_restart_only_the_stored_tokens_used_again_are_renewed() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(renewed, "the used token was renewed before its safety margin");
+    assert!(
+        renewed,
+        "the used token was renewed before its safety margin"
+    );
     let after = s.sandbox.stats();
     // That user's refresh, and at most the org token's: not the other seven.
     let refreshes = after.refresh_token - requests.refresh_token;

@@ -8,7 +8,8 @@
 //!     cargo bench --bench broker -- --quick         # smoke run (seconds; CI runs it)
 //!     cargo bench --bench broker -- --soak 120      # a shorter soak
 //!     cargo bench --bench broker -- --only users    # some scenario groups: org, users,
-//!                                                   # cold, watch, store, replicas, soak
+//!                                                   # cold, watch, store, replicas, budget,
+//!                                                   # soak
 //!                                                   # (comma-separated)
 //!     cargo bench --bench broker -- --users 20000   # fewer user tokens held
 //!     cargo bench --bench broker -- --rounds 20 --phase-ms 500   # speed phases (default 10 x 2 s)
@@ -64,7 +65,7 @@ async fn main() {
     let mut table = Table(Vec::new());
     let mut figures = serde_json::Map::new();
     eprintln!(
-        "benchmark ({}): broker and sandbox as child processes on loopback; every broker with upstream.max_requests_per_second = 100000 and upstream.burst = 100000 (non-default: the scenarios measure the broker, not the upstream budget's 10/s pace)",
+        "benchmark ({}): broker and sandbox as child processes on loopback; every broker with upstream.max_requests_per_second = 100000 and upstream.burst = 100000 (non-default: the scenarios measure the broker, not the upstream budget's 10/s pace), except the budget group's, at the default",
         if size.quick { "quick" } else { "full" }
     );
 
@@ -112,6 +113,12 @@ async fn main() {
         scenarios::replicas::run(&size, &platform, &mut table, &mut figures).await;
     }
     drop(platform);
+
+    // 11. The upstream budget at its defaults against a throttling sandbox: a cold burst,
+    // and a restart holding the user tokens while some are in use (full run only).
+    if size.runs("budget") {
+        scenarios::budget::run(&size, &mut table, &mut figures).await;
+    }
 
     // 8. Soak: 1-second tokens under steady load.
     if size.runs("soak") {

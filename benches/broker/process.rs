@@ -140,8 +140,13 @@ pub(crate) fn broker_in(dir: &std::path::Path, sandbox: &Process, extra: &str) -
     // Non-default, and said so with every figure: the scenarios measure the broker with
     // thousands of cold keys, which the default upstream budget (10/s) would pace to
     // minutes each.
+    broker_with_budget(dir, sandbox, &format!("{BUDGET}{extra}"))
+}
+
+/// [`broker_in`] at the default upstream budget (10/s, burst 10), with `extra`.
+pub(crate) fn broker_with_budget(dir: &std::path::Path, sandbox: &Process, extra: &str) -> Process {
     let config = format!(
-        "{BUDGET}{extra}\n[orgs.demo]\ntoken_url = \"http://{0}/oauth/token\"\nauthorization_grant_url = \"http://{0}/oauth/authorization-grant\"\nclient_id = \"demo-client\"\nclient_secret_env = \"DEMO_SECRET\"\n",
+        "{extra}\n[orgs.demo]\ntoken_url = \"http://{0}/oauth/token\"\nauthorization_grant_url = \"http://{0}/oauth/authorization-grant\"\nclient_id = \"demo-client\"\nclient_secret_env = \"DEMO_SECRET\"\n",
         sandbox.addr
     );
     let path = dir.join("broker.toml");

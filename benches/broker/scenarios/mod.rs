@@ -1,5 +1,7 @@
-//! One module per scenario group (`--only org,users,cold,watch,store,replicas,soak`), run in this order.
+//! One module per scenario group (`--only org,users,cold,watch,store,replicas,budget,soak`), run
+//! in this order.
 
+pub(crate) mod budget;
 pub(crate) mod cold;
 pub(crate) mod org;
 pub(crate) mod replicas;
