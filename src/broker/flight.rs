@@ -89,6 +89,27 @@ impl SingleFlight {
         }
     }
 
+    /// When a token restored from the store is renewed, placed on its host's calendar at
+    /// its first use (`now`): its window as found at start
+    /// ([`RenewalPolicy::window_after_restart`]) from now on. `None` for a long-lived one.
+    pub fn place_restored(&self, org: &Org, token: &Token, now: Instant) -> Option<Instant> {
+        let (lifetime, until) = (token.lifetime?, token.usable_until()?);
+        let requested = token.requested();
+        let window = self.renewal.window_after_restart(
+            lifetime,
+            now.saturating_duration_since(requested),
+            until.saturating_duration_since(now),
+            rand::rng().random(),
+        );
+        let host = org.token_host();
+        Some(
+            requested
+                + self
+                    .renewals
+                    .place(&host, requested, window, rand::rng().random()),
+        )
+    }
+
     /// User-token flights holding a place now.
     pub fn in_progress(&self) -> usize {
         self.max_places - self.places.available_permits()

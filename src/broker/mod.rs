@@ -351,7 +351,7 @@ impl Broker {
         min_valid_for: Option<Duration>,
     ) -> Option<Served> {
         let slot = &org.0.slot;
-        self.hit(slot, min_valid_for)
+        self.hit(&org.0, slot, min_valid_for)
             .map(|token| served(Arc::clone(slot), token))
     }
 
@@ -365,7 +365,7 @@ impl Broker {
     ) -> Result<Option<Served>, BrokerError> {
         check_id("user_id", user)?;
         Ok(org.0.users.get(user).and_then(|slot| {
-            let token = self.hit(&slot, min_valid_for)?;
+            let token = self.hit(&org.0, &slot, min_valid_for)?;
             Some(served(slot, token))
         }))
     }
@@ -445,7 +445,7 @@ impl Broker {
                 self.user_slot(org, user)
             }
         };
-        self.touch(&slot, Instant::now());
+        self.touch(org, &slot, Instant::now());
         let _waiting = self.inner.waiting.enter()?;
         let seen = seen_generation(&slot, stale);
         let want = Want::Rotation { stale, seen };
@@ -531,7 +531,7 @@ impl Broker {
         slot: &Arc<Slot>,
         min_valid_for: Option<Duration>,
     ) -> Result<SharedToken, BrokerError> {
-        if let Some(token) = self.hit(slot, min_valid_for) {
+        if let Some(token) = self.hit(org, slot, min_valid_for) {
             return Ok(token);
         }
         self.inner.stats.miss();
@@ -571,9 +571,14 @@ impl Broker {
 
     /// The slot's token if it may be handed out now (and meets `min_valid_for`): the cache
     /// hit. Records the use either way.
-    fn hit(&self, slot: &Arc<Slot>, min_valid_for: Option<Duration>) -> Option<SharedToken> {
+    fn hit(
+        &self,
+        org: &Org,
+        slot: &Arc<Slot>,
+        min_valid_for: Option<Duration>,
+    ) -> Option<SharedToken> {
         let now = Instant::now();
-        self.touch(slot, now);
+        self.touch(org, slot, now);
         let token = slot
             .usable(now)
             .filter(|token| meets(token, now, min_valid_for))?;
@@ -582,11 +587,18 @@ impl Broker {
     }
 
     /// Records a caller's use of `slot`. A token restored from the store is renewed from
-    /// its first use on, so that use plans it.
-    fn touch(&self, slot: &Arc<Slot>, now: Instant) {
-        if slot.touch(now) {
-            self.inner.engine.planner.plan(slot);
+    /// its first use on: that use places its renewal on the calendar and plans it.
+    fn touch(&self, org: &Org, slot: &Arc<Slot>, now: Instant) {
+        if !slot.touch(now) {
+            return;
         }
+        let engine = &self.inner.engine;
+        if let Some(token) = slot.current()
+            && let Some(at) = engine.place_restored(org, &token, now)
+        {
+            slot.place_renewal(&token, at);
+        }
+        engine.planner.plan(slot);
     }
 }
 

@@ -37,7 +37,7 @@ impl Planner {
         let held = match slot.held() {
             Held::Empty => HeldKind::Empty,
             Held::Token(t) => HeldKind::Token {
-                renew_at: t.renew_at(),
+                renew_at: slot.renew_at(&t),
                 expires: t.expires(),
             },
             Held::Gone(_) => HeldKind::Gone,

@@ -40,14 +40,23 @@ pub(super) fn org(
 ) -> (Arc<Org>, Vec<Arc<Slot>>) {
     let now = (Instant::now(), SystemTime::now());
     let host = host_of(&settings.client.token_url);
-    let restore = |token| {
-        let place = |requested, window| renewals.place(&host, requested, window, rand::random());
-        restore(token, renewal, now, rand::random(), place)
-    };
+    // The org token's renewal goes on the calendar now; a user token's once it is used
+    // again (`SingleFlight::place_restored`): until then it is not renewed at all.
+    let placed = |requested, window| renewals.place(&host, requested, window, rand::random());
+    let unplaced = |_, window: Window| window.earliest;
+    let restore = |token| restore(token, renewal, now, rand::random(), unplaced);
     let (mut org_token, mut users) = (None, Vec::new());
     for loaded in stored {
         match loaded.user {
-            None => org_token = Some(restore(loaded.token)),
+            None => {
+                org_token = Some(self::restore(
+                    loaded.token,
+                    renewal,
+                    now,
+                    rand::random(),
+                    placed,
+                ));
+            }
             Some(user) => users.push((user, loaded.token)),
         }
     }

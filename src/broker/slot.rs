@@ -17,7 +17,7 @@ use tokio::{
 };
 
 use super::{
-    BrokerError, Gone, Held, SharedToken, TokenKey,
+    BrokerError, Gone, Held, SharedToken, Token, TokenKey,
     timer::{Timed, WakeAt},
 };
 use crate::secret::RefreshToken;
@@ -40,6 +40,10 @@ pub(crate) struct Slot {
     /// One more than the milliseconds after `created` of the last caller's use; 0 for a
     /// slot no caller has used yet (one restored from the store).
     last_used_ms: AtomicU64,
+    /// A restored token's renewal, placed on the calendar at its first use: one more than
+    /// its milliseconds after `created`; 0 for none. Cleared when the slot's token changes
+    /// (a newer token plans its own).
+    placed_ms: AtomicU64,
 }
 
 /// What flights and the renewal timer share. The refresh token is taken only by the flight
@@ -151,6 +155,7 @@ impl Slot {
             }),
             created: Instant::now(),
             last_used_ms: AtomicU64::new(0),
+            placed_ms: AtomicU64::new(0),
         }
     }
 
@@ -191,6 +196,7 @@ impl Slot {
     /// Replaces what the key holds and tells its watchers.
     fn install(&self, held: Held) {
         let mut current = self.current.write_unpoisoned();
+        self.placed_ms.store(0, Ordering::Relaxed);
         if let Some(watch) = self.watch.get() {
             watch.send_replace(held.clone());
         }
@@ -203,6 +209,7 @@ impl Slot {
         if !matches!(&*current, Held::Token(t) if Arc::ptr_eq(t, expired)) {
             return false;
         }
+        self.placed_ms.store(0, Ordering::Relaxed);
         let held = Held::Gone(Arc::new(gone));
         if let Some(watch) = self.watch.get() {
             watch.send_replace(held.clone());
@@ -232,6 +239,25 @@ impl Slot {
     pub fn last_used(&self) -> Instant {
         let ms = self.last_used_ms.load(Ordering::Relaxed).saturating_sub(1);
         self.created + Duration::from_millis(ms)
+    }
+
+    /// Sets the renewal of `token` to `at`, in place of its own, if it is still the one
+    /// held.
+    pub fn place_renewal(&self, token: &SharedToken, at: Instant) {
+        let current = self.current.read_unpoisoned();
+        if matches!(&*current, Held::Token(t) if Arc::ptr_eq(t, token)) {
+            let ms = at.saturating_duration_since(self.created).as_millis();
+            let ms = u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1;
+            self.placed_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// When the held `token` is renewed: as placed at its first use, else its own plan.
+    pub fn renew_at(&self, token: &Token) -> Option<Instant> {
+        match self.placed_ms.load(Ordering::Relaxed) {
+            0 => token.renew_at(),
+            ms => Some(self.created + Duration::from_millis(ms - 1)),
+        }
     }
 
     /// Whether any caller or stream has used the slot since it was made: a token restored
