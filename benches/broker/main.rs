@@ -4,7 +4,7 @@
 //! run, because the machines are shared and noisy. Counts come from the sandbox's
 //! counters, memory from the broker's `/proc/PID/status`.
 //!
-//!     cargo bench --bench broker                    # full run (about 14 minutes)
+//!     cargo bench --bench broker                    # full run (about 25 minutes)
 //!     cargo bench --bench broker -- --quick         # smoke run (seconds; CI runs it)
 //!     cargo bench --bench broker -- --soak 120      # a shorter soak
 //!     cargo bench --bench broker -- --only users    # some scenario groups: org, users,

@@ -91,9 +91,14 @@ impl SingleFlight {
 
     /// When a token restored from the store is renewed, placed on its host's calendar at
     /// its first use (`now`): its window as found at start
-    /// ([`RenewalPolicy::window_after_restart`]) from now on. `None` for a long-lived one.
+    /// ([`RenewalPolicy::window_after_restart`]) from now on. `None` for a long-lived one,
+    /// and for one past its usable life (the caller's flight replaces it, and the new
+    /// token is placed as any).
     pub fn place_restored(&self, org: &Org, token: &Token, now: Instant) -> Option<Instant> {
         let (lifetime, until) = (token.lifetime?, token.usable_until()?);
+        if now >= until {
+            return None;
+        }
         let requested = token.requested();
         let window = self.renewal.window_after_restart(
             lifetime,
