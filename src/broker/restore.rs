@@ -44,19 +44,11 @@ pub(super) fn org(
     // again (`SingleFlight::place_restored`): until then it is not renewed at all.
     let placed = |requested, window| renewals.place(&host, requested, window, rand::random());
     let unplaced = |_, window: Window| window.earliest;
-    let restore = |token| restore(token, renewal, now, rand::random(), unplaced);
+    let restore_user = |token| restore(token, renewal, now, rand::random(), unplaced);
     let (mut org_token, mut users) = (None, Vec::new());
     for loaded in stored {
         match loaded.user {
-            None => {
-                org_token = Some(self::restore(
-                    loaded.token,
-                    renewal,
-                    now,
-                    rand::random(),
-                    placed,
-                ));
-            }
+            None => org_token = Some(restore(loaded.token, renewal, now, rand::random(), placed)),
             Some(user) => users.push((user, loaded.token)),
         }
     }
@@ -72,7 +64,7 @@ pub(super) fn org(
     let mut restored = usize::from(org.slot.current().is_some() && !is_static);
     let mut slots = Vec::with_capacity(users.len());
     for (user, token) in users {
-        match org.restore_user(&user, restore(token)) {
+        match org.restore_user(&user, restore_user(token)) {
             Some(slot) => {
                 restored += usize::from(slot.current().is_some());
                 slots.push(slot);
