@@ -182,6 +182,56 @@ async fn codes_need_a_live_org_token_and_work_once() {
 }
 
 #[tokio::test]
+async fn one_access_token_can_be_revoked_over_http_and_its_refresh_token_still_works() {
+    let s = start().await;
+    let first = client_credentials(&s).await;
+    let other = client_credentials(&s).await;
+    let token = first["access_token"].as_str().unwrap();
+    let organization = format!("{}/api/v1/admin/organization", s.base_url());
+    let call = |token: String| {
+        let url = organization.clone();
+        async move {
+            let answer = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            answer.status().as_u16()
+        }
+    };
+    assert_eq!(call(token.into()).await, 200);
+    let revoke = |token: String| {
+        let url = format!("{}/sandbox/revoke", s.base_url());
+        async move {
+            let answer = reqwest::Client::new()
+                .post(url)
+                .json(&serde_json::json!({ "access_token": token }))
+                .send()
+                .await
+                .unwrap();
+            answer.status().as_u16()
+        }
+    };
+    assert_eq!(revoke(token.into()).await, 204);
+    assert_eq!(call(token.into()).await, 401, "the revoked token");
+    let other = other["access_token"].as_str().unwrap();
+    assert_eq!(call(other.into()).await, 200, "only that token");
+    assert_eq!(revoke("never-issued".into()).await, 404);
+    let (status, _) = post(
+        &s.token_url(),
+        &[
+            ("grant_type", "refresh_token"),
+            ("client_id", "acme-client"),
+            ("refresh_token", first["refresh_token"].as_str().unwrap()),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "its refresh token still works");
+}
+
+#[tokio::test]
 async fn counters_are_served_for_users_own_tests() {
     let s = start().await;
     client_credentials(&s).await;

@@ -200,6 +200,12 @@ impl Sandbox {
         self.lock().revoke_access_tokens();
     }
 
+    /// Makes one access token unusable (401 on use); its refresh token still works. False
+    /// if the sandbox has no such token.
+    pub fn revoke_access_token(&self, token: &str) -> bool {
+        self.lock().revoke_access_token(token)
+    }
+
     /// Removes a user (by person id or ExternalSourceID) from `org`, as an administrator
     /// would: no new codes, and its tokens stop working.
     pub fn remove_user(&self, org: &str, id: &str) -> bool {

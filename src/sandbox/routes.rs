@@ -50,6 +50,7 @@ pub fn router(state: Arc<Mutex<State>>, stop: CancellationToken) -> Router {
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/sandbox/stats", get(stats))
         .route("/sandbox/faults", post(inject).delete(clear))
+        .route("/sandbox/revoke", post(revoke))
         .with_state(App { state, stop })
 }
 
@@ -422,6 +423,21 @@ async fn stats(Shared(app): Shared<App>) -> Response {
 async fn inject(Shared(app): Shared<App>, Json(rule): Json<FaultRule>) -> StatusCode {
     app.lock().inject(rule);
     StatusCode::NO_CONTENT
+}
+
+/// `POST /sandbox/revoke` with `{"access_token": "..."}`: that token answers 401 from now
+/// on (its refresh token still works). 204, or 404 if the sandbox never issued it.
+async fn revoke(Shared(app): Shared<App>, Json(body): Json<Revoke>) -> StatusCode {
+    if app.lock().revoke_access_token(&body.access_token) {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Revoke {
+    access_token: String,
 }
 
 /// `DELETE /sandbox/faults`: behave again.

@@ -636,6 +636,13 @@ impl State {
         self.access.clear();
     }
 
+    /// Makes one access token unusable (401 on use), as the platform does when a user signs
+    /// out or an administrator revokes a session; its refresh token still works. False if
+    /// the sandbox never issued it (or has forgotten it after it expired).
+    pub fn revoke_access_token(&mut self, token: &str) -> bool {
+        self.access.remove(token).is_some()
+    }
+
     fn new_family(&mut self) -> u64 {
         self.next_family += 1;
         self.next_family
