@@ -232,6 +232,33 @@ async fn one_access_token_can_be_revoked_over_http_and_its_refresh_token_still_w
 }
 
 #[tokio::test]
+async fn a_user_can_be_removed_over_http() {
+    let s = start().await;
+    let remove = |user: &str| {
+        let url = format!("{}/sandbox/remove-user", s.base_url());
+        let body = serde_json::json!({ "org": "acme", "user_id": user });
+        async move {
+            let answer = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            answer.status().as_u16()
+        }
+    };
+    let org = client_credentials(&s).await;
+    let org = org["access_token"].as_str().unwrap();
+    let url = s.authorization_grant_url();
+    let form = [("user_id", "EMP-00003")];
+    assert_eq!(post(&url, &form, Some(org)).await.0, 200);
+    assert_eq!(remove("EMP-00003").await, 204);
+    let (status, _) = post(&url, &form, Some(org)).await;
+    assert_eq!(status, 404, "no new codes for a removed user");
+    assert_eq!(remove("EMP-00003").await, 404, "already gone");
+}
+
+#[tokio::test]
 async fn counters_are_served_for_users_own_tests() {
     let s = start().await;
     client_credentials(&s).await;

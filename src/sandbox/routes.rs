@@ -51,6 +51,7 @@ pub fn router(state: Arc<Mutex<State>>, stop: CancellationToken) -> Router {
         .route("/sandbox/stats", get(stats))
         .route("/sandbox/faults", post(inject).delete(clear))
         .route("/sandbox/revoke", post(revoke))
+        .route("/sandbox/remove-user", post(remove_user))
         .with_state(App { state, stop })
 }
 
@@ -438,6 +439,24 @@ async fn revoke(Shared(app): Shared<App>, Json(body): Json<Revoke>) -> StatusCod
 #[derive(serde::Deserialize)]
 struct Revoke {
     access_token: String,
+}
+
+/// `POST /sandbox/remove-user` with `{"org": "demo", "user_id": "EMP-00001"}` (a person id
+/// or an ExternalSourceID): the user is gone, as when an administrator removes them; its
+/// tokens and refresh tokens stop working and it gets no new codes. 204, or 404 if there
+/// is no such user.
+async fn remove_user(Shared(app): Shared<App>, Json(body): Json<RemoveUser>) -> StatusCode {
+    if app.lock().remove_user(&body.org, &body.user_id) {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct RemoveUser {
+    org: String,
+    user_id: String,
 }
 
 /// `DELETE /sandbox/faults`: behave again.
