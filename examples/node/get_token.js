@@ -1,28 +1,26 @@
-// Get an org token and a user token from tokenbroker, and watch the org token.
-// npm install @grpc/grpc-js @grpc/proto-loader; run from the repository root:
-//   node examples/node/get_token.js
-const grpc = require('@grpc/grpc-js');
-const loader = require('@grpc/proto-loader');
+// A user token from tokenbroker with the Node client (clients/node), and a fetch that
+// carries it. Run `npm install` in clients/node first (or set NODE_PATH to a
+// node_modules with @grpc/grpc-js and @grpc/proto-loader), then from the repository root:
+//   node examples/node/get_token.js     # BROKER=host:port (default 127.0.0.1:50051); SANDBOX=URL
+// In a project: `npm install ./clients/node` and `require('tokenbroker')`.
+'use strict';
+const { TokenSource, withToken } = require('../../clients/node');
 
-const definition = loader.loadSync('tokenbroker/v1/token_service.proto', {
-  includeDirs: ['proto'], keepCase: true, longs: String, enums: String, defaults: true,
-});
-const { TokenService } = grpc.loadPackageDefinition(definition).tokenbroker.v1;
-const broker = new TokenService(process.env.BROKER || '127.0.0.1:50051', grpc.credentials.createInsecure());
-// With callers configured, pass metadata: const md = new grpc.Metadata(); md.set('authorization', `Bearer ${key}`);
-
-broker.GetOrgToken({}, (err, answer) => {
-  if (err) throw err;
-  console.log(`org token for ${answer.token.org}, generation ${answer.token.generation}`);
-  broker.GetUserToken({ user_id: 'EMP-00001' }, (err, answer) => {
-    if (err) throw err;
-    console.log(`user token for ${answer.token.user_id}: Bearer ${answer.token.access_token.slice(0, 8)}...`);
-    // The current token at once, then every new one: keep the newest and use it.
-    const stream = broker.WatchTokens({});
-    stream.on('data', (m) => {
-      console.log(`${m.reason}: generation ${m.token.generation}`);
-      stream.cancel();
-    });
-    stream.on('error', () => process.exit(0));
-  });
+(async () => {
+  // The org may be left out when the broker has one (`tokenbroker demo`: "demo").
+  const src = new TokenSource(process.env.BROKER || '127.0.0.1:50051', { userId: 'EMP-00001' });
+  try {
+    const token = await src.token(); // the current token; the source follows every new one
+    console.log(`user token for EMP-00001: Bearer ${token.slice(0, 8)}...`);
+    const fetchAuthed = withToken(src); // Authorization: Bearer <token>; 401 -> Refresh -> retry once
+    if (process.env.SANDBOX) {
+      const me = await (await fetchAuthed(`${process.env.SANDBOX}/api/v1/expense/me`)).json();
+      console.log(`the platform sees ${me.externalSourceId} (${me.name})`);
+    }
+  } finally {
+    src.close();
+  }
+})().catch((error) => {
+  console.error(`failed: ${error.code ?? ''} ${error.message}`);
+  process.exit(1);
 });

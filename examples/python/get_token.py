@@ -1,27 +1,22 @@
 #!/usr/bin/env python3
-"""Get an org token and a user token from tokenbroker, and watch the org token.
-pip install grpcio grpcio-tools; run from the repository root: python3 examples/python/get_token.py"""
-import importlib.resources, os, sys, tempfile
-from grpc_tools import protoc
+"""The current tokenbroker access tokens with the Python client (clients/python).
 
-# Generate the stubs from proto/ (a real project would generate them once, at build time).
-out = tempfile.mkdtemp()
-protoc.main(["protoc", "-Iproto", f"-I{importlib.resources.files('grpc_tools') / '_proto'}",
-             f"--python_out={out}", f"--grpc_python_out={out}", "tokenbroker/v1/token_service.proto"])
-sys.path.insert(0, out)
-import grpc
-from tokenbroker.v1 import token_service_pb2 as pb, token_service_pb2_grpc as rpc
+pip install ./clients/python, start `tokenbroker demo`, then: python3 examples/python/get_token.py
+BROKER: the broker's address (default 127.0.0.1:50051)."""
 
-broker = rpc.TokenServiceStub(grpc.insecure_channel(os.environ.get("BROKER", "127.0.0.1:50051")))
-# With callers configured, send your API key: metadata=[("authorization", "Bearer " + key)].
+import os
 
-org = broker.GetOrgToken(pb.GetOrgTokenRequest(), timeout=10).token
-print(f"org token for {org.org}, generation {org.generation}, expires {org.expires_at.ToJsonString()}")
+from tokenbroker import Connection, TokenSource
 
-user = broker.GetUserToken(pb.GetUserTokenRequest(user_id="EMP-00001"), timeout=10).token
-print(f"user token for {user.user_id}: Authorization: Bearer {user.access_token[:8]}...")
-
-# The current token at once, then every new one: keep the newest and use it.
-for message in broker.WatchTokens(pb.WatchTokensRequest(), timeout=5):
-    print(f"{pb.TokenEventReason.Name(message.reason)}: generation {message.token.generation}")
-    break
+# One connection, shared by both sources. With callers configured: api_key="..."; for TLS:
+# root_certificates=open("ca.pem", "rb").read().
+broker = Connection(os.environ.get("BROKER", "127.0.0.1:50051"))
+with TokenSource(broker) as org, TokenSource(broker, user_id="EMP-00001") as user:
+    # Each source follows its key's WatchTokens stream: token() answers from memory.
+    print(f"org token: Authorization: Bearer {org.token()[:8]}...")
+    token = user.token()
+    print(f"EMP-00001's token: Authorization: Bearer {token[:8]}...")
+    # When the platform rejects a token: one Refresh however many callers saw it rejected
+    # (tokenbroker.requests.BearerAuth and tokenbroker.httpx.BearerAuth do this for you).
+    print(f"EMP-00001's token after a refresh: Bearer {user.refresh(token)[:8]}...")
+broker.close()

@@ -76,7 +76,8 @@ impl ConnectionBuilder {
         self
     }
 
-    /// Uses TLS, trusting the CA certificate(s) in `pem` for the broker's certificate.
+    /// Uses TLS, trusting the CA certificate(s) in `pem` for the broker's certificate
+    /// (without it, an `https://` target trusts the system's roots).
     pub fn ca_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.ca = Some(pem.into());
         self
@@ -142,9 +143,10 @@ impl ConnectionBuilder {
             let mut endpoint = endpoint(&uri).map_err(invalid)?;
             if tls {
                 let mut config = ClientTlsConfig::new();
-                if let Some(ca) = &self.ca {
-                    config = config.ca_certificate(Certificate::from_pem(ca));
-                }
+                config = match &self.ca {
+                    Some(ca) => config.ca_certificate(Certificate::from_pem(ca)),
+                    None => config.with_native_roots(),
+                };
                 if let Some((cert, key)) = &self.identity {
                     config = config.identity(Identity::from_pem(cert, key.as_slice()));
                 }

@@ -113,6 +113,9 @@ impl TokenSource {
         loop {
             {
                 let state = updates.borrow_and_update();
+                if state.closed {
+                    return Err(closed());
+                }
                 match &state.held {
                     Held::Token(token) if token.usable_at(SystemTime::now()) => {
                         return Ok(token.clone());
@@ -140,6 +143,9 @@ impl TokenSource {
     /// many callers that saw the same token rejected cost one rotation, and one that
     /// names a token already replaced gets the current one. The new token is held.
     pub async fn refresh(&self, stale: &AccessToken) -> Result<AccessToken, Error> {
+        if self.inner.state.borrow().closed {
+            return Err(closed());
+        }
         let key = &self.inner.key;
         let mut request = tonic::Request::new(RefreshRequest {
             org: key.org.clone(),
@@ -156,10 +162,11 @@ impl TokenSource {
         Ok(token)
     }
 
-    /// Ends the stream now, rather than when the last clone is dropped. `token()` still
-    /// answers, by asking the broker itself.
+    /// Ends the stream now, rather than when the last clone is dropped; from then on
+    /// `token()` and `refresh()` return `CANCELLED`.
     pub fn close(&self) {
         self.inner.stream.abort();
+        self.inner.state.send_modify(|state| state.closed = true);
     }
 
     /// `GetOrgToken` / `GetUserToken` within what is left of `deadline`.
@@ -270,6 +277,13 @@ fn arrival(message: WatchTokensResponse, first: bool) -> Option<Arrival> {
                 Arrival::Update(token)
             })
         }
+    }
+}
+
+fn closed() -> Error {
+    Error::Status {
+        code: Code::Cancelled,
+        message: "the token source is closed".into(),
     }
 }
 

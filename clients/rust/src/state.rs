@@ -118,6 +118,8 @@ pub struct State {
     pub held: Held,
     /// The stream's last failure, until its next message.
     pub stream_error: Option<tonic::Status>,
+    /// `close()` was called: no more tokens.
+    pub closed: bool,
 }
 
 impl State {

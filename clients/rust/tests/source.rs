@@ -141,6 +141,8 @@ async fn a_source_follows_a_forced_rotation() {
         rotated.access_token
     );
     assert!(source.token().await.unwrap().generation() > first.generation());
+    source.close();
+    assert_eq!(source.token().await.unwrap_err().code(), "CANCELLED");
 }
 
 #[tokio::test]
