@@ -15,6 +15,7 @@ use tracing::{error, info};
 
 /// jemalloc rather than the system allocator: with 100,000 user tokens held, its size
 /// classes keep the heap smaller and its per-call allocations stay fast (BENCHMARKS.md).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -25,16 +26,19 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// (`MADV_DONTNEED`, which RSS shows) rather than lazily. Measured in BENCHMARKS.md: of
 /// the memory 100,000 watched keys took, 4 % was left 15 s after their streams closed,
 /// 114 % before.
+#[cfg(feature = "jemalloc")]
 #[allow(unsafe_code)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static JEMALLOC_CONF: JemallocConf =
     JemallocConf(c"background_thread:true,dirty_decay_ms:5000,muzzy_decay_ms:0".as_ptr());
 
 /// A C string pointer, as jemalloc reads `malloc_conf`.
+#[cfg(feature = "jemalloc")]
 #[repr(transparent)]
 struct JemallocConf(*const std::ffi::c_char);
 
 // SAFETY: the pointer is to a static C string literal, never written.
+#[cfg(feature = "jemalloc")]
 #[allow(unsafe_code)]
 unsafe impl Sync for JemallocConf {}
 
