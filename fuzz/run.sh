@@ -7,6 +7,8 @@
 # it broke, then fix the code.
 set -euo pipefail
 cd "$(dirname "$0")"
+# Its own target dir, whatever the caller's CARGO_TARGET_DIR (.ci/run builds it ahead).
+export CARGO_TARGET_DIR="$PWD/target"
 seconds=${FUZZ_SECONDS:-20}
 cargo +nightly fuzz build --dev
 for target in upstream_response config grpc_timeout; do
