@@ -385,3 +385,66 @@ async fn sources_on_one_connection_each_follow_their_own_key() {
         .unwrap();
     assert_eq!(answer.status(), 200);
 }
+
+/// A CA and a certificate it signed for `name`, as (CA PEM, certificate PEM, key PEM).
+fn certificates(
+    name: &str,
+) -> (
+    rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    String,
+    String,
+) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let (cert, key) = leaf(&ca, name);
+    (ca, cert, key)
+}
+
+fn leaf(ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>, name: &str) -> (String, String) {
+    let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, ca).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test]
+async fn mutual_tls_names_the_caller_by_its_certificate() {
+    let (ca, server_cert, server_key) = certificates("localhost");
+    let (client_cert, client_key) = leaf(&ca, "client.example");
+    let dir = tempfile::tempdir().unwrap();
+    for (name, pem) in [
+        ("server.pem", &server_cert),
+        ("server.key", &server_key),
+        ("ca.pem", &ca.pem()),
+    ] {
+        std::fs::write(dir.path().join(name), pem).unwrap();
+    }
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let extra = format!(
+        "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n[[callers]]\nname = \"tests\"\ntls_names = [\"client.example\"]\norgs = [\"*\"]\npermissions = [\"org_token\", \"user_token\", \"refresh\", \"watch\"]\n",
+        file("server.pem"),
+        file("server.key"),
+        file("ca.pem")
+    );
+    let rig = Rig::start(Duration::from_secs(3600), &extra).await;
+    let tls = || {
+        Connection::builder(&rig.target())
+            .ca_certificate(ca.pem())
+            .domain_name("localhost")
+    };
+    let with_certificate = tls().identity(client_cert, client_key).build().unwrap();
+    let token = TokenSource::user(&with_certificate, "demo", USER);
+    assert!(token.token().await.unwrap().usable_at(SystemTime::now()));
+    let anonymous = tls().build().unwrap();
+    let error = TokenSource::user(&anonymous, "demo", USER)
+        .token()
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), "UNAUTHENTICATED", "{error}");
+    // Plain text to the TLS port gets no token (tonic says UNKNOWN: transport error).
+    let plain = Connection::lazy(&rig.target()).unwrap();
+    let error = TokenSource::org(&plain, "demo").token().await.unwrap_err();
+    assert!(matches!(error, Error::Status { .. }), "{error}");
+}
