@@ -236,7 +236,7 @@ impl Broker {
 
     /// Adds an org (replacing any of that name) and starts renewing its token.
     fn add_org(&self, settings: OrgSettings) {
-        self.start_org(settings, Vec::new(), &RenewalPolicy::default());
+        self.start_org(settings, Vec::new(), &self.inner.engine.renewal);
     }
 
     /// Adds an org with the tokens `stored` for it (each installed while still usable,
