@@ -27,6 +27,7 @@ pub mod demo;
 pub mod grpc;
 mod listener;
 pub mod metrics;
+pub mod proxy;
 mod reload;
 pub mod sandbox;
 pub mod secret;
