@@ -8,6 +8,8 @@
 //! these tests are skipped, saying so, unless `TOKENBROKER_CLIENT_TESTS=required` (as CI
 //! sets), which makes their absence a failure.
 
+mod common;
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -26,15 +28,11 @@ fn installed(language: &str, probe: &mut Command, how: &str) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if ok {
-        return true;
-    }
-    assert!(
-        std::env::var("TOKENBROKER_CLIENT_TESTS").as_deref() != Ok("required"),
-        "the {language} client's dev packages are not installed: {how}"
-    );
-    eprintln!("skipped: the {language} client's dev packages are not installed ({how})");
-    false
+    ok || common::skip_unless_required(
+        "TOKENBROKER_CLIENT_TESTS",
+        &format!("the {language} client's dev packages are not installed"),
+        how,
+    )
 }
 
 /// Runs `clients/<language>/check.sh` against this build's broker and asserts it passed.

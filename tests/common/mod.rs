@@ -27,6 +27,19 @@ pub mod redis;
 
 pub const SECRET_ENV: &str = "ACME_SECRET";
 
+/// For tests that need something beyond Rust (a Debian package, a PyPI or npm package):
+/// `missing` is absent, so the test is skipped, saying `how` to run it, unless the
+/// variable `required_var` is `required` (as CI sets), which makes the absence a failure.
+/// Always false, so that `if !available() { return }` reads as it should.
+pub fn skip_unless_required(required_var: &str, missing: &str, how: &str) -> bool {
+    assert!(
+        std::env::var(required_var).as_deref() != Ok("required"),
+        "{missing}: {how}"
+    );
+    eprintln!("skipped: {missing} ({how} runs these tests)");
+    false
+}
+
 /// A budget no test reaches (`upstream.max_requests_per_second`, not the default 10/s),
 /// for the tests that count a thousand cold keys' requests rather than their pace (they
 /// would take minutes at the default): the first lines of their TOML.

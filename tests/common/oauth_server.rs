@@ -76,16 +76,11 @@ impl Kind {
             Self::OidcProvider => "npm install in tests/oauth_servers/oidc-provider",
             Self::Authlib => "pip install -r tests/oauth_servers/authlib/requirements.txt",
         };
-        assert!(
-            std::env::var("TOKENBROKER_OAUTH_SERVER_TESTS").as_deref() != Ok("required"),
-            "{} is not installed: {how}",
-            self.name()
-        );
-        eprintln!(
-            "skipped: {} is not installed ({how} runs these tests)",
-            self.name()
-        );
-        false
+        super::skip_unless_required(
+            "TOKENBROKER_OAUTH_SERVER_TESTS",
+            &format!("{} is not installed", self.name()),
+            how,
+        )
     }
 }
 

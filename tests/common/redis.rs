@@ -28,15 +28,12 @@ const STARTUP: Duration = Duration::from_secs(10);
 /// `redis-server`; `.ci/run` installs it). Without it they are skipped, saying so, unless
 /// `TOKENBROKER_REDIS_TESTS=required` (as CI sets), which makes its absence a failure.
 pub fn available() -> bool {
-    if Path::new(SERVER).exists() {
-        return true;
-    }
-    assert!(
-        std::env::var("TOKENBROKER_REDIS_TESTS").as_deref() != Ok("required"),
-        "{SERVER} is missing: install Debian's redis-server package"
-    );
-    eprintln!("skipped: {SERVER} is missing (apt-get install redis-server runs these tests)");
-    false
+    Path::new(SERVER).exists()
+        || super::skip_unless_required(
+            "TOKENBROKER_REDIS_TESTS",
+            &format!("{SERVER} is missing"),
+            "apt-get install redis-server",
+        )
 }
 
 /// A `redis-server` the test started itself, on 127.0.0.1 and an ephemeral port, persisting
