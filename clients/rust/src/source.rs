@@ -101,10 +101,11 @@ impl TokenSource {
     /// The current token; never one within 5 s of its expiry.
     ///
     /// - A valid token held is returned at once, with no call.
-    /// - Before the first arrives, it waits for the stream up to `timeout`; if the stream
-    ///   fails first, or nothing came in time, it asks the broker itself
-    ///   (`GetOrgToken`/`GetUserToken`) within what is left. So it does too when the
-    ///   token held has expired (the stream has been down that long).
+    /// - Before the first arrives, it waits for the stream up to `timeout`. If the stream
+    ///   fails first, it asks the broker itself (`GetOrgToken`/`GetUserToken`) within
+    ///   what is left; if nothing came in time, it returns `DEADLINE_EXCEEDED`. It asks
+    ///   the broker too when the token held has expired (the stream has been down that
+    ///   long).
     /// - After a `REVOKED` or `UNAVAILABLE` event, and until the next token, it returns
     ///   [`Error::Event`] at once.
     pub async fn token_within(&self, timeout: Duration) -> Result<AccessToken, Error> {
