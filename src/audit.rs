@@ -58,6 +58,18 @@ pub struct HandOut<'a> {
     pub rpc: &'static str,
     pub key: &'a KeyRef,
     pub token: &'a SharedToken,
+    /// The request the proxy sent with the token, if that is how it was used.
+    pub proxied: Option<Proxied<'a>>,
+}
+
+/// A request the proxy sent to the platform with a token.
+#[derive(Debug, Clone, Copy)]
+pub struct Proxied<'a> {
+    pub method: &'a str,
+    /// The path, without its query (which may carry personal data).
+    pub path: &'a str,
+    /// The platform's status, or the proxy's own when the platform gave none.
+    pub status: u16,
 }
 
 /// The audit: the hand-outs counted since their last line.
@@ -367,6 +379,23 @@ impl Audit {
 /// The line of a first hand-out (and of every hand-out with `every_call`).
 fn first_line(h: &HandOut<'_>) {
     let key = h.key.key();
+    if let Some(request) = h.proxied {
+        tracing::info!(
+            target: "tokenbroker::audit",
+            caller = h.caller.name(),
+            peer = %Peer(h.peer),
+            rpc = h.rpc,
+            org = %key.org,
+            user_id = key.user.as_deref().unwrap_or(""),
+            method = request.method,
+            path = request.path,
+            status = request.status,
+            fingerprint = %h.token.fingerprint,
+            generation = h.token.generation,
+            "token used by the proxy"
+        );
+        return;
+    }
     tracing::info!(
         target: "tokenbroker::audit",
         caller = h.caller.name(),

@@ -19,10 +19,18 @@ pub enum Permission {
     Refresh,
     /// `WatchTokens`.
     Watch,
+    /// Requests through the token-injecting HTTP proxy (`[proxy]`).
+    Proxy,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 4] = [Self::OrgToken, Self::UserToken, Self::Refresh, Self::Watch];
+    pub const ALL: [Permission; 5] = [
+        Self::OrgToken,
+        Self::UserToken,
+        Self::Refresh,
+        Self::Watch,
+        Self::Proxy,
+    ];
 
     /// The name used in the config and in messages.
     pub fn name(self) -> &'static str {
@@ -31,6 +39,7 @@ impl Permission {
             Self::UserToken => "user_token",
             Self::Refresh => "refresh",
             Self::Watch => "watch",
+            Self::Proxy => "proxy",
         }
     }
 
@@ -248,6 +257,14 @@ impl Callers {
     }
 }
 
+/// The key in an `Authorization` (or `Proxy-Authorization`) value `Bearer <key>`; the
+/// scheme's case is not significant (RFC 9110 §11.1).
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, key) = value.split_once(' ')?;
+    let key = key.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then_some(key)
+}
+
 /// The SHA-256 of an API key, as the config holds it (64 hex digits).
 pub fn api_key_hash(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
@@ -370,6 +387,10 @@ mod tests {
         });
         assert!(limited.admit().is_ok() && limited.admit().is_ok());
         assert!(matches!(limited.admit(), Err(AuthError::RateLimited(_))));
+        assert_eq!(bearer("Bearer k1"), Some("k1"));
+        assert_eq!(bearer("bearer  k1 "), Some("k1"));
+        assert_eq!(bearer("Basic k1"), None);
+        assert_eq!(bearer("Bearer "), None);
         assert_eq!(
             api_key_hash("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

@@ -69,6 +69,7 @@ pub async fn start(listen: Listen) -> io::Result<(Config, Sandbox)> {
         secret_sources: Default::default(),
         store: None,
         store_source: None,
+        proxy: None,
     };
     Ok((config, sandbox))
 }

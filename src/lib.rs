@@ -24,7 +24,9 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod demo;
+pub mod gate;
 pub mod grpc;
+mod incoming;
 mod listener;
 pub mod metrics;
 pub mod proxy;
@@ -34,6 +36,7 @@ pub mod secret;
 mod server;
 pub mod store;
 mod sync;
+mod tls;
 pub mod upstream;
 
 /// The generated `tokenbroker.v1` messages and client. (The server is built from its own

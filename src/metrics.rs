@@ -56,6 +56,16 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -73,6 +83,43 @@ pub struct Metrics {
     auth_failures: Family<OutcomeLabels, Counter>,
     store_operations: Family<StoreLabels, Counter>,
     store_seconds: Histograms<OperationLabels>,
+    proxy: ProxyMetrics,
+}
+
+/// What the token-injecting proxy counts: requests by the status answered, the time to
+/// the answer's headers, and the body bytes each way.
+#[derive(Debug, Clone)]
+pub struct ProxyMetrics {
+    requests: Family<StatusLabels, Counter>,
+    seconds: Histogram,
+    bytes: Family<DirectionLabels, Counter>,
+}
+
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            seconds: latency_histogram(),
+            bytes: Family::default(),
+        }
+    }
+}
+
+impl ProxyMetrics {
+    /// One request answered with `status` (the platform's, or the proxy's own) after
+    /// `elapsed` (to the answer's headers).
+    pub fn answered(&self, status: u16, elapsed: Duration) {
+        self.requests.get_or_create(&StatusLabels { status }).inc();
+        self.seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// The counter of body bytes passed `direction`: `request` (to the platform) or
+    /// `response` (back to callers).
+    pub fn bytes(&self, direction: &'static str) -> Counter {
+        self.bytes
+            .get_or_create(&DirectionLabels { direction })
+            .clone()
+    }
 }
 
 impl Default for Metrics {
@@ -85,6 +132,7 @@ impl Default for Metrics {
             auth_failures: Family::default(),
             store_operations: Family::default(),
             store_seconds: Family::new_with_constructor(latency_histogram),
+            proxy: ProxyMetrics::default(),
         }
     }
 }
@@ -131,6 +179,11 @@ impl Metrics {
                 .clone(),
             requests: self.rpc_requests.clone(),
         }
+    }
+
+    /// The proxy's metrics.
+    pub fn proxy(&self) -> ProxyMetrics {
+        self.proxy.clone()
     }
 
     /// One call refused for its credentials (`refused`), or refused unlooked-at because its
@@ -187,6 +240,21 @@ pub fn registry(broker: &Broker, metrics: &Metrics) -> Registry {
         "upstream_duration_seconds",
         "Platform request latency, by grant",
         metrics.upstream_seconds.clone(),
+    );
+    registry.register(
+        "proxy_requests",
+        "Requests through the token-injecting proxy, by the status answered",
+        metrics.proxy.requests.clone(),
+    );
+    registry.register(
+        "proxy_duration_seconds",
+        "Time from a proxied request to its answer's headers",
+        metrics.proxy.seconds.clone(),
+    );
+    registry.register(
+        "proxy_body_bytes",
+        "Body bytes through the proxy, by direction (request: to the platform; response: back to callers)",
+        metrics.proxy.bytes.clone(),
     );
     registry.register(
         "authentication_failures",

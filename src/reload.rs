@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::{auth, broker::Broker, config::Config, grpc, sync::LockUnpoisoned};
+use crate::{auth, broker::Broker, config::Config, sync::LockUnpoisoned};
 
 /// Applies a new config to a running server: orgs (added, removed, new endpoints or
 /// secrets) and callers change at once; what needs a restart is named and kept.
@@ -12,7 +12,9 @@ pub struct Reloader {
     /// For the discovery of orgs configured by `issuer`.
     pub(crate) upstream: crate::upstream::Upstream,
     pub(crate) broker: Broker,
-    pub(crate) gate: Arc<grpc::Gate>,
+    pub(crate) gate: Arc<crate::gate::Gate>,
+    /// The running proxy, whose orgs' `api_url`s follow the config.
+    pub(crate) proxy: Option<Arc<crate::proxy::Proxy>>,
     pub(crate) running: Arc<std::sync::Mutex<Config>>,
 }
 
@@ -29,10 +31,26 @@ impl Reloader {
         let changes = self.broker.reload_orgs(orgs).await;
         self.gate
             .set_callers(auth::Callers::new(new.callers.clone()));
+        if let (Some(proxy), Some(settings)) = (&self.proxy, &new.proxy) {
+            proxy.set_api_urls(settings.api_urls.clone());
+        }
         let mut running = self.running.lock_unpoisoned();
         let old = &*running;
         let mut restart = Vec::new();
-        let checks: [(&'static str, bool); 12] = [
+        let proxy_settings = |c: &Config| {
+            c.proxy.as_ref().map(|p| {
+                (
+                    p.listen.clone(),
+                    p.limits,
+                    p.tls.as_ref().map(|t| t.cert_pem.clone()),
+                )
+            })
+        };
+        let checks: [(&'static str, bool); 13] = [
+            (
+                "[proxy] (but the orgs' api_url)",
+                proxy_settings(old) != proxy_settings(&new),
+            ),
             ("server.listen", old.listen != new.listen),
             (
                 "server.tls",

@@ -13,6 +13,7 @@ use crate::{
     config::Config,
     grpc,
     metrics::{self, Metrics},
+    proxy::Proxy,
     upstream::Upstream,
 };
 
@@ -87,9 +88,15 @@ pub async fn run(
 /// A broker ready to serve: its cache, its gate (callers and limits), its config.
 pub struct Server {
     broker: Broker,
+    /// The audit of tokens handed out (and used by the proxy).
+    audit: Arc<audit::Audit>,
+    /// The token-injecting proxy, when `[proxy]` is configured.
+    proxy: Option<Arc<Proxy>>,
+    /// Where the proxy listens, when the caller bound it (tests); else `proxy.listen`.
+    proxy_listener: Option<Listener>,
     /// The platform's HTTP client, kept for the discovery of orgs at each reload.
     upstream: Upstream,
-    gate: Arc<grpc::Gate>,
+    gate: Arc<crate::gate::Gate>,
     /// What the server's components count (the broker's own state is read at scrape).
     metrics: Arc<Metrics>,
     config: Config,
@@ -126,17 +133,43 @@ impl Server {
             config.limits,
             store,
         );
-        let gate = Arc::new(grpc::Gate::new(
+        let gate = Arc::new(crate::gate::Gate::new(
             auth::Callers::new(config.callers.clone()),
             Arc::clone(&metrics),
         ));
+        let audit = Arc::new(audit::Audit::new(config.audit));
+        let proxy = config
+            .proxy
+            .as_ref()
+            .map(|settings| {
+                Proxy::new(
+                    settings,
+                    broker.clone(),
+                    Arc::clone(&gate),
+                    Arc::clone(&audit),
+                    metrics.proxy(),
+                )
+                .map(Arc::new)
+            })
+            .transpose()
+            .map_err(Error::HttpClient)?;
         Ok(Self {
             broker,
+            audit,
+            proxy,
+            proxy_listener: None,
             upstream,
             gate,
             metrics,
             config,
         })
+    }
+
+    /// The proxy listens on `listener` rather than binding `proxy.listen` (tests bind
+    /// `127.0.0.1:0` and learn the port first).
+    pub fn with_proxy_listener(mut self, listener: impl Into<Listener>) -> Self {
+        self.proxy_listener = Some(listener.into());
+        self
     }
 
     /// The broker behind the server.
@@ -155,6 +188,7 @@ impl Server {
             upstream: self.upstream.clone(),
             broker: self.broker.clone(),
             gate: Arc::clone(&self.gate),
+            proxy: self.proxy.clone(),
             running: Arc::new(std::sync::Mutex::new(self.config.clone())),
         }
     }
@@ -165,10 +199,30 @@ impl Server {
         listener: impl Into<Listener>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), Error> {
+        let proxy = match (self.proxy, &self.config.proxy) {
+            (Some(proxy), Some(settings)) => {
+                let listener =
+                    match self.proxy_listener {
+                        Some(listener) => listener,
+                        None => Listener::bind(&settings.listen).await.map_err(|source| {
+                            Error::Listen {
+                                addr: settings.listen.to_string(),
+                                source,
+                            }
+                        })?,
+                    };
+                Some((proxy, listener))
+            }
+            _ => None,
+        };
         serve(
-            self.broker,
-            self.gate,
-            self.metrics,
+            Parts {
+                broker: self.broker,
+                gate: self.gate,
+                metrics: self.metrics,
+                audit: self.audit,
+                proxy,
+            },
             self.config,
             listener,
             shutdown,
@@ -206,17 +260,33 @@ fn connection_limits(config: &Config) -> grpc::ConnectionLimits {
     }
 }
 
-/// Serves `broker` on `listener` with `config`'s server settings until `shutdown`
-/// completes. Then every watch stream ends with UNAVAILABLE, open calls get up to
-/// `drain_timeout` to finish, and the broker's background renewal stops.
-async fn serve(
+/// What [`serve`] runs.
+struct Parts {
     broker: Broker,
-    gate: Arc<grpc::Gate>,
+    gate: Arc<crate::gate::Gate>,
     metrics: Arc<Metrics>,
+    audit: Arc<audit::Audit>,
+    /// The proxy and its bound listener, when configured.
+    proxy: Option<(Arc<Proxy>, Listener)>,
+}
+
+/// Serves the broker on `listener` (and the proxy on its own) with `config`'s server
+/// settings until `shutdown` completes. Then every watch stream ends with UNAVAILABLE,
+/// open calls and proxied requests get up to `drain_timeout` to finish, and the broker's
+/// background renewal stops.
+async fn serve(
+    parts: Parts,
     config: Config,
     listener: impl Into<Listener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
+    let Parts {
+        broker,
+        gate,
+        metrics,
+        audit,
+        proxy,
+    } = parts;
     let listener = listener.into();
     let addr = listener.local_addr();
     if !config.callers.is_empty() && config.tls.is_none() && !config.listen.is_local() {
@@ -229,8 +299,34 @@ async fn serve(
     let signalled = Arc::new(Notify::new());
     let notify = Arc::clone(&signalled);
     let streams_end = CancellationToken::new();
-    let audit = Arc::new(audit::Audit::new(config.audit));
     tokio::spawn(Arc::clone(&audit).run(streams_end.clone()));
+    let connections = connection_limits(&config);
+    let proxy_task = match (proxy, &config.proxy) {
+        (Some((proxy, proxy_listener)), Some(settings)) => {
+            let tls = settings
+                .tls
+                .as_ref()
+                .map(|files| crate::tls::acceptor(files, "proxy.tls", &[b"h2", b"http/1.1"]))
+                .transpose()
+                .map_err(Error::Tls)?;
+            if !config.callers.is_empty() && tls.is_none() && !settings.listen.is_local() {
+                tracing::warn!(
+                    "callers' API keys travel to the proxy in clear text: configure [proxy.tls] when listening beyond loopback"
+                );
+            }
+            tracing::info!(addr = %proxy_listener.local_addr(), "token-injecting proxy listening");
+            let stop = streams_end.clone();
+            Some(tokio::spawn(crate::proxy::serve(
+                proxy,
+                proxy_listener,
+                tls,
+                connections,
+                drain_timeout,
+                async move { stop.cancelled().await },
+            )))
+        }
+        _ => None,
+    };
     let options = grpc::ServiceOptions {
         limits: config.watch.clone(),
         gate,
@@ -245,7 +341,7 @@ async fn serve(
         max_concurrent_streams: u32::try_from(config.watch.max_streams_per_connection + 256)
             .unwrap_or(u32::MAX),
         max_request_bytes: config.max_request_bytes,
-        connections: connection_limits(&config),
+        connections,
         tls: config.tls.clone(),
     };
     if let Some(addr) = config.metrics_listen {
@@ -282,6 +378,9 @@ async fn serve(
             Ok(())
         }
     };
+    if let Some(task) = proxy_task {
+        let _ = task.await;
+    }
     broker.shutdown();
     // The calls have drained: every repeat counted since the last summary is written.
     audit.flush(audit::Flush::All);

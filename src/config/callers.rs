@@ -163,22 +163,25 @@ pub struct TlsFiles {
     pub paths: [Option<String>; 3],
 }
 
-pub(super) fn tls(raw: RawTls, base: &Path) -> Result<TlsFiles, ConfigError> {
+/// The TLS files `raw` names (configured at `table`, e.g. `server.tls`), read and checked.
+pub(super) fn tls(raw: RawTls, base: &Path, table: &str) -> Result<TlsFiles, ConfigError> {
     // Certificate chains and keys are kilobytes; a megabyte is far beyond any.
     let read = |field: &str, path: &str| {
-        super::read_small_file(
-            &format!("server.tls.{field}"),
-            &base.join(path),
-            1024 * 1024,
-        )
+        super::read_small_file(&format!("{table}.{field}"), &base.join(path), 1024 * 1024)
     };
     let cert_pem = read("cert_file", &raw.cert_file)?;
     if !cert_pem.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(error("server.tls.cert_file", "holds no PEM certificate"));
+        return Err(error(
+            format!("{table}.cert_file"),
+            "holds no PEM certificate",
+        ));
     }
     let key_pem = read("key_file", &raw.key_file)?;
     if !key_pem.contains("PRIVATE KEY-----") {
-        return Err(error("server.tls.key_file", "holds no PEM private key"));
+        return Err(error(
+            format!("{table}.key_file"),
+            "holds no PEM private key",
+        ));
     }
     let client_ca_pem = raw
         .client_ca_file
@@ -190,7 +193,7 @@ pub(super) fn tls(raw: RawTls, base: &Path) -> Result<TlsFiles, ConfigError> {
         .is_some_and(|p| !p.contains("-----BEGIN CERTIFICATE-----"))
     {
         return Err(error(
-            "server.tls.client_ca_file",
+            format!("{table}.client_ca_file"),
             "holds no PEM certificate",
         ));
     }

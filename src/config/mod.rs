@@ -8,6 +8,7 @@ mod files;
 mod listen;
 mod orgs;
 mod policy;
+mod proxy;
 mod raw;
 mod store;
 
@@ -138,6 +139,8 @@ pub struct Config {
     pub store: Option<crate::store::StoreSettings>,
     /// `[store]` as TOML for [`Config::describe`] (its keys named, never shown).
     pub store_source: Option<String>,
+    /// The token-injecting HTTP proxy (`[proxy]`); `None`: off.
+    pub proxy: Option<crate::proxy::ProxySettings>,
 }
 
 /// A configuration error: the key at fault and what to do.
@@ -283,6 +286,10 @@ impl Config {
             ));
         }
         let org_names: Vec<String> = raw.orgs.keys().cloned().collect();
+        let proxy = raw
+            .proxy
+            .map(|p| proxy::proxy_settings(p, &raw.orgs, base))
+            .transpose()?;
         let secret_sources = raw
             .orgs
             .iter()
@@ -299,7 +306,11 @@ impl Config {
             .map(|s| store::store_settings(s, env, base))
             .transpose()?;
         let callers = callers::callers(raw.callers, &org_names)?;
-        let tls = raw.server.tls.map(|t| callers::tls(t, base)).transpose()?;
+        let tls = raw
+            .server
+            .tls
+            .map(|t| callers::tls(t, base, "server.tls"))
+            .transpose()?;
         let metrics_listen: Option<std::net::SocketAddr> = raw
             .metrics
             .listen
@@ -353,6 +364,7 @@ impl Config {
             secret_sources,
             store,
             store_source,
+            proxy,
         }
         .checked()
     }
@@ -372,6 +384,26 @@ impl Config {
                     self.listen
                 ),
             ));
+        }
+        if let Some(proxy) = &self.proxy {
+            if self.callers.is_empty() && !proxy.listen.is_local() && !self.allow_unauthenticated {
+                return Err(error(
+                    "proxy.listen",
+                    format!(
+                        "{} is reachable from other machines and no [[callers]] are configured, so anyone who reaches it could call the platform as your orgs; add [[callers]] with the proxy permission, listen on loopback or a Unix socket, or set server.allow_unauthenticated = true",
+                        proxy.listen
+                    ),
+                ));
+            }
+            if proxy.listen == self.listen {
+                return Err(error(
+                    "proxy.listen",
+                    format!(
+                        "{} is server.listen already; give the proxy its own address",
+                        proxy.listen
+                    ),
+                ));
+            }
         }
         if self.tls.is_some() && matches!(self.listen, Listen::Unix(_)) {
             return Err(error(

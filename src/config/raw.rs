@@ -25,6 +25,14 @@ impl Environment {
             ),
         }
     }
+
+    /// The base of the platform's HTTP API, which the proxy forwards to.
+    pub(super) fn api_url(self) -> &'static str {
+        match self {
+            Self::Production => "https://expense.findity.com",
+            Self::Sandbox => "https://stage-api.findity.com",
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -49,6 +57,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) orgs: BTreeMap<String, RawOrg>,
     pub(super) store: Option<store::RawStore>,
+    pub(super) proxy: Option<proxy::RawProxy>,
 }
 
 /// `[audit]`: the audit lines of tokens handed out.
@@ -199,6 +208,9 @@ pub(super) struct RawOrg {
     pub(super) environment: Option<Environment>,
     /// The platform's token endpoint.
     pub(super) token_url: Option<String>,
+    /// The base of the platform's HTTP API, where `[proxy]` forwards this org's requests.
+    /// Default from `environment`.
+    pub(super) api_url: Option<String>,
     /// An OAuth server's issuer: its metadata (OIDC / RFC 8414 discovery) gives the token
     /// endpoint and the client authentication methods, at start.
     pub(super) issuer: Option<String>,

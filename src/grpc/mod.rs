@@ -9,10 +9,8 @@ mod convert;
 mod deadline;
 mod gate;
 mod health;
-mod incoming;
 mod service;
 mod status;
-mod tls;
 mod watch;
 
 /// The `tokenbroker.v1` messages and server as the broker serves them: the same bytes on
@@ -27,11 +25,10 @@ use std::{future::Future, sync::Arc, time::Duration};
 use coalesce::Coalesced;
 use watch::ConnectionStreams;
 
+pub use crate::incoming::{ConnectionLimits, default_max_connections, open_file_limit};
 #[doc(hidden)]
 /// The `grpc-timeout` parser, for the fuzz target (`fuzz/`).
 pub use deadline::parse as parse_grpc_timeout;
-pub use gate::Gate;
-pub use incoming::{ConnectionLimits, default_max_connections, open_file_limit};
 pub use service::{ServiceOptions, TokenServiceImpl};
 
 use crate::{Listener, broker::Broker, config::TlsFiles};
@@ -96,7 +93,7 @@ pub async fn serve(
     let tls = settings
         .tls
         .as_ref()
-        .map(tls::acceptor)
+        .map(|files| crate::tls::acceptor(files, "server.tls", &[b"h2"]))
         .transpose()
         .map_err(crate::Error::Tls)?;
     let watch_streams = Arc::new(ConnectionStreams::default());
@@ -119,7 +116,7 @@ pub async fn serve(
     let limits = settings.connections;
     match (listener, tls) {
         (Listener::Tcp(listener), None) => {
-            let incoming = incoming::connections(listener, limits, move |io| {
+            let incoming = crate::incoming::connections(listener, limits, move |io| {
                 let streams = tcp_setup(&io, &watch_streams);
                 async move { Ok(Coalesced::new(io, streams)) }
             });
@@ -128,7 +125,7 @@ pub async fn serve(
                 .await
         }
         (Listener::Tcp(listener), Some(tls)) => {
-            let incoming = incoming::connections(listener, limits, move |io| {
+            let incoming = crate::incoming::connections(listener, limits, move |io| {
                 let streams = tcp_setup(&io, &watch_streams);
                 let accept = tls.accept(io);
                 async move { Ok(Coalesced::new(accept.await?, streams)) }
@@ -138,7 +135,7 @@ pub async fn serve(
                 .await
         }
         (Listener::Unix(listener), _) => {
-            let incoming = incoming::connections(listener, limits, |io| {
+            let incoming = crate::incoming::connections(listener, limits, |io| {
                 std::future::ready(Ok(authority::Lenient::new(io)))
             });
             router

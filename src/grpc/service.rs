@@ -8,8 +8,7 @@ use tonic::{Request, Response, Status};
 use super::{
     budget::Budget,
     convert::token_message,
-    deadline,
-    gate::{Admitted, Gate},
+    deadline, gate,
     watch::{ConnectionStreams, RotationAudits, WatchResponses},
 };
 use crate::{
@@ -17,6 +16,7 @@ use crate::{
     auth::Permission,
     broker::{Broker, OrgRef, Served},
     config::WatchLimits,
+    gate::{Admitted, Gate},
     grpc::wire::{
         GetOrgTokenRequest, GetOrgTokenResponse, GetUserTokenRequest, GetUserTokenResponse,
         RefreshRequest, RefreshResponse, WatchTokensRequest, token_service_server::TokenService,
@@ -195,6 +195,7 @@ impl TokenServiceImpl {
             rpc,
             key: &served.key,
             token: &served.token,
+            proxied: None,
         });
     }
 
@@ -202,7 +203,7 @@ impl TokenServiceImpl {
         &self,
         request: Request<GetOrgTokenRequest>,
     ) -> Result<Response<GetOrgTokenResponse>, Status> {
-        let admitted = self.options.gate.admit(&request)?;
+        let admitted = gate::admit(&self.options.gate, &request)?;
         let (metadata, _, r) = request.into_parts();
         let org = self.authorized_org(&admitted, Permission::OrgToken, &r.org)?;
         let min_valid_for = min_valid_for(r.min_valid_for)?;
@@ -230,7 +231,7 @@ impl TokenServiceImpl {
         &self,
         request: Request<GetUserTokenRequest>,
     ) -> Result<Response<GetUserTokenResponse>, Status> {
-        let admitted = self.options.gate.admit(&request)?;
+        let admitted = gate::admit(&self.options.gate, &request)?;
         let (metadata, _, r) = request.into_parts();
         let org = self.authorized_org(&admitted, Permission::UserToken, &r.org)?;
         let min_valid_for = min_valid_for(r.min_valid_for)?;
@@ -271,7 +272,7 @@ impl TokenServiceImpl {
         &self,
         request: Request<RefreshRequest>,
     ) -> Result<Response<RefreshResponse>, Status> {
-        let admitted = self.options.gate.admit(&request)?;
+        let admitted = gate::admit(&self.options.gate, &request)?;
         let deadline = deadline::of(request.metadata());
         let r = request.into_inner();
         let org_ref = self.authorized_org(&admitted, Permission::Refresh, &r.org)?;
@@ -294,7 +295,7 @@ impl TokenServiceImpl {
         &self,
         request: Request<WatchTokensRequest>,
     ) -> Result<Response<WatchResponses>, Status> {
-        let admitted = self.options.gate.admit(&request)?;
+        let admitted = gate::admit(&self.options.gate, &request)?;
         let deadline = deadline::of(request.metadata());
         let peer = request.remote_addr();
         let r = request.into_inner();

@@ -1,6 +1,6 @@
 //! The sandbox's HTTP surface: the platform's token and grant endpoints (with any injected
-//! faults), two API calls to check a token with, and the counters and fault controls for
-//! tests.
+//! faults), API calls to check a token with (who it acts as, an upload, a slow export),
+//! and the counters and fault controls for tests.
 
 use crate::sync::LockUnpoisoned;
 use std::{
@@ -47,6 +47,11 @@ pub fn router(state: Arc<Mutex<State>>, stop: CancellationToken) -> Router {
         .route("/oauth/authorization-grant", post(authorization_grant))
         .route("/api/v1/expense/me", get(me))
         .route("/api/v1/admin/organization", get(organization))
+        .route(
+            "/api/v1/expense/receipts",
+            post(upload).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/api/v1/expense/export", get(export))
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/sandbox/stats", get(stats))
         .route("/sandbox/faults", post(inject).delete(clear))
@@ -405,6 +410,83 @@ async fn organization(Shared(app): Shared<App>, headers: HeaderMap) -> Response 
         }
     };
     answer(&app, result)
+}
+
+/// Counts an API call and names who its bearer token acts as: `"org"` or the user's
+/// person id.
+fn api_subject(app: &App, headers: &HeaderMap) -> Result<String, OauthError> {
+    let mut s = app.lock();
+    s.stats.api += 1;
+    match s.authenticate(bearer(headers)) {
+        Some(Subject::Org { .. }) => Ok("org".into()),
+        Some(Subject::User { user, .. }) => Ok(user.person_id.clone()),
+        None => {
+            s.stats.errors += 1;
+            Err(unauthorized())
+        }
+    }
+}
+
+/// An upload (a receipt image, say), read as it streams in: how many bytes came, their
+/// SHA-256, and who sent them. Any token of the org may upload.
+async fn upload(Shared(app): Shared<App>, headers: HeaderMap, body: Body) -> Response {
+    use futures::StreamExt;
+    use sha2::Digest;
+    let subject = match api_subject(&app, &headers) {
+        Ok(subject) => subject,
+        Err(e) => return e.into_response(),
+    };
+    let mut stream = body.into_data_stream();
+    let (mut bytes, mut digest) = (0u64, sha2::Sha256::new());
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => {
+                bytes += chunk.len() as u64;
+                digest.update(&chunk);
+            }
+            Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+        }
+    }
+    Json(json!({
+        "bytes": bytes,
+        "sha256": hex::encode(digest.finalize()),
+        "subject": subject,
+    }))
+    .into_response()
+}
+
+/// `GET /api/v1/expense/export?chunks=N&interval_ms=M`: an answer that streams `N` lines
+/// (default 5, at most 1000), one every `M` ms (default 100, at most 10000), as a slow
+/// report export does.
+async fn export(
+    Shared(app): Shared<App>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, u64>>,
+) -> Response {
+    if let Err(e) = api_subject(&app, &headers) {
+        return e.into_response();
+    }
+    let chunks = query.get("chunks").copied().unwrap_or(5).min(1000);
+    let interval = std::time::Duration::from_millis(
+        query.get("interval_ms").copied().unwrap_or(100).min(10_000),
+    );
+    let lines = futures::stream::unfold(0u64, move |i| async move {
+        if i == chunks {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(interval).await;
+        }
+        Some((
+            Ok::<_, io::Error>(Bytes::from(format!("{{\"line\":{i}}}\n"))),
+            i + 1,
+        ))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response()
 }
 
 fn unauthorized() -> OauthError {

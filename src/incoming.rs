@@ -1,6 +1,7 @@
-//! The accept loop: a bounded number of connections, a deadline for each to finish its
-//! handshake (TLS, then the HTTP/2 preface), and accept errors (out of file descriptors)
-//! logged and backed off instead of spun on.
+//! The accept loop of the gRPC listener and the proxy's: a bounded number of connections,
+//! a deadline for each to finish its handshake (TLS, then its first 24 bytes: the HTTP/2
+//! preface, or more than an HTTP/1 request line), and accept errors (out of file
+//! descriptors) logged and backed off instead of spun on.
 //!
 //! hyper's HTTP/2 keepalive starts only once the preface is in, and tonic's accept loop
 //! retries a failing `accept` at once: without this, silent sockets are held forever and,
@@ -172,6 +173,11 @@ pub struct Guarded<IO> {
 }
 
 impl<IO> Guarded<IO> {
+    /// The connection inside (its peer's address, its TLS session).
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
     fn new(io: IO, deadline: Instant, place: OwnedSemaphorePermit) -> Self {
         Self {
             io,
