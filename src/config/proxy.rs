@@ -71,12 +71,6 @@ pub(super) fn proxy_settings(
         None => defaults.request_timeout,
         Some(text) => parse_duration("proxy.request_timeout", text)?,
     };
-    if request_timeout.is_zero() {
-        return Err(error(
-            "proxy.request_timeout",
-            "must be more than 0, e.g. \"30s\"",
-        ));
-    }
     let limits = ProxyLimits {
         max_retry_body_bytes: raw
             .max_retry_body_bytes

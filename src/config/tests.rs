@@ -673,3 +673,88 @@ fn private_key_jwt_needs_its_key_alone_and_describes_the_public_half() {
         assert!(e.message.contains(says), "{extra}: {e}");
     }
 }
+
+#[test]
+fn the_proxy_takes_each_orgs_api_url_from_its_environment_or_its_key() {
+    let config = parse(&format!("[proxy]\nlisten = \"127.0.0.1:8081\"\n{GOOD}")).unwrap();
+    let proxy = config.proxy.expect("[proxy] set");
+    assert_eq!(proxy.listen.to_string(), "127.0.0.1:8081");
+    assert_eq!(
+        proxy.api_urls["acme"].as_str(),
+        "https://expense.findity.com/"
+    );
+    assert_eq!(proxy.limits, crate::proxy::ProxyLimits::default());
+    assert_eq!(proxy.limits.max_retry_body_bytes, 1024 * 1024);
+    assert!(parse(GOOD).unwrap().proxy.is_none(), "no [proxy], no proxy");
+    let own = parse(&format!(
+        "[proxy]\nlisten = \"unix:///run/tb-proxy.sock\"\nrequest_timeout = \"5s\"\nmax_concurrent_requests = 10\n{}",
+        GOOD.replace(
+            "environment = \"production\"",
+            "environment = \"production\"\napi_url = \"http://127.0.0.1:9/base\""
+        )
+    ))
+    .unwrap()
+    .proxy
+    .unwrap();
+    assert_eq!(own.api_urls["acme"].as_str(), "http://127.0.0.1:9/base");
+    assert_eq!(own.limits.request_timeout, Duration::from_secs(5));
+    assert_eq!(own.limits.max_concurrent_requests, 10);
+}
+
+#[test]
+fn proxy_errors_name_the_key() {
+    let local = "[orgs.x]\ntoken_url = \"http://127.0.0.1:1/oauth/token\"\nclient_id = \"x\"\nclient_secret_env = \"ACME_SECRET\"\n";
+    let cases = [
+        (
+            format!("[proxy]\nlisten = \"127.0.0.1:8081\"\n{local}"),
+            "orgs.x.api_url",
+            "is missing",
+        ),
+        (
+            format!(
+                "[proxy]\nlisten = \"127.0.0.1:8081\"\n{local}api_url = \"http://api.example\"\n"
+            ),
+            "orgs.x.api_url",
+            "plain HTTP",
+        ),
+        (
+            format!(
+                "[proxy]\nlisten = \"127.0.0.1:8081\"\n{local}api_url = \"https://api.example/?a=1\"\n"
+            ),
+            "orgs.x.api_url",
+            "without ?query",
+        ),
+        (
+            format!("[proxy]\nlisten = \"0.0.0.0:8081\"\n{GOOD}"),
+            "proxy.listen",
+            "reachable from other machines",
+        ),
+        (
+            format!("[proxy]\nlisten = \"127.0.0.1:6000\"\n{GOOD}"),
+            "proxy.listen",
+            "server.listen already",
+        ),
+        (
+            format!(
+                "[proxy]\nlisten = \"127.0.0.1:8081\"\nmax_retry_body_bytes = 10\nmax_request_bytes = 5\n{GOOD}"
+            ),
+            "proxy.max_retry_body_bytes",
+            "more than proxy.max_request_bytes",
+        ),
+        (
+            format!("[proxy]\nlisten = \"127.0.0.1:8081\"\nrequest_timeout = \"0s\"\n{GOOD}"),
+            "proxy.request_timeout",
+            "not a positive duration",
+        ),
+        (
+            format!("[proxy]\nlisten = \"127.0.0.1:8081\"\nmax_concurrent_requests = 0\n{GOOD}"),
+            "proxy.max_concurrent_requests",
+            "1 to 1000000",
+        ),
+    ];
+    for (text, key, says) in cases {
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.message.contains(says), "{e}");
+    }
+}

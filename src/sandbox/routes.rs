@@ -443,6 +443,7 @@ async fn upload(Shared(app): Shared<App>, headers: HeaderMap, body: Body) -> Res
             Ok(chunk) => {
                 bytes += chunk.len() as u64;
                 digest.update(&chunk);
+                app.lock().stats.upload_bytes += chunk.len() as u64;
             }
             Err(_) => return StatusCode::BAD_REQUEST.into_response(),
         }

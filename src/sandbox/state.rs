@@ -41,6 +41,8 @@ pub struct Stats {
     pub code_reuse: u64,
     /// Requests answered 429 by a [`Fault::Throttle`].
     pub throttled: u64,
+    /// Body bytes received by uploads so far, counted as they arrive.
+    pub upload_bytes: u64,
 }
 
 impl Stats {

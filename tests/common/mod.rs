@@ -145,6 +145,8 @@ pub struct Harness {
     /// What a scrape of the broker's `/metrics` renders (`tokenbroker::metrics::render`).
     pub registry: Arc<prometheus_client::registry::Registry>,
     pub addr: SocketAddr,
+    /// The token-injecting proxy's address, when the config has `[proxy]`.
+    pub proxy: Option<SocketAddr>,
     pub client: TokenServiceClient<Channel>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), tokenbroker::Error>>>,
@@ -187,7 +189,17 @@ impl Harness {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokenbroker::Server::new(config).await.unwrap();
+        // A proxy on 127.0.0.1:0 is bound here, to learn its port; others bind their own.
+        let has_proxy = config.proxy.as_ref().is_some_and(
+            |p| matches!(p.listen, tokenbroker::config::Listen::Tcp(addr) if addr.port() == 0),
+        );
+        let mut server = tokenbroker::Server::new(config).await.unwrap();
+        let mut proxy = None;
+        if has_proxy {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            proxy = Some(listener.local_addr().unwrap());
+            server = server.with_proxy_listener(listener);
+        }
         let broker = server.broker().clone();
         let reloader = server.reloader();
         let registry = Arc::new(server.registry());
@@ -203,6 +215,7 @@ impl Harness {
             reloader,
             registry,
             addr,
+            proxy,
             client,
             stop: Some(stop),
             server: Some(server),
