@@ -1,5 +1,6 @@
 //! Demo mode: with no configuration, the broker runs the built-in sandbox on an ephemeral
-//! loopback port and configures one org, `demo`, against it, so grpcurl works at once.
+//! loopback port and configures one org, `demo`, against it, with the token-injecting
+//! proxy in front of its API, so grpcurl and curl work at once.
 
 use std::io;
 
@@ -12,6 +13,7 @@ use crate::{
         Config, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
         DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, Listen, WatchLimits,
     },
+    proxy::{ProxyLimits, ProxySettings},
     sandbox::{Sandbox, SandboxConfig},
     secret::ClientSecret,
     upstream,
@@ -69,13 +71,19 @@ pub async fn start(listen: Listen) -> io::Result<(Config, Sandbox)> {
         secret_sources: Default::default(),
         store: None,
         store_source: None,
-        proxy: None,
+        // The proxy on a loopback port `main` binds (and names in the usage).
+        proxy: Some(ProxySettings {
+            listen: Listen::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+            tls: None,
+            limits: ProxyLimits::default(),
+            api_urls: [(org.name.clone(), url(sandbox.base_url())?)].into(),
+        }),
     };
     Ok((config, sandbox))
 }
 
-/// What to type to try the demo broker listening on `addr`.
-pub fn usage(addr: &str, sandbox: &Sandbox) -> String {
+/// What to type to try the demo broker listening on `addr`, its proxy on `proxy`.
+pub fn usage(addr: &str, proxy: &str, sandbox: &Sandbox) -> String {
     let addr = match addr.strip_prefix("unix://") {
         Some(path) => format!("-unix {path}"),
         None => addr.to_owned(),
@@ -93,7 +101,7 @@ pub fn usage(addr: &str, sandbox: &Sandbox) -> String {
          grpcurl -plaintext -d '{{\"user_id\": \"{person}\"}}' {addr} tokenbroker.v1.TokenService/GetUserToken\n  \
          grpcurl -plaintext -d '{{\"user_id\": \"{external}\"}}' {addr} tokenbroker.v1.TokenService/GetUserToken\n  \
          grpcurl -plaintext -d '{{}}' {addr} tokenbroker.v1.TokenService/Refresh\n  \
-         grpcurl -plaintext -d '{{}}' {addr} tokenbroker.v1.TokenService/WatchTokens",
+         grpcurl -plaintext -d '{{}}' {addr} tokenbroker.v1.TokenService/WatchTokens\n         The proxy adds the token itself:\n           curl http://{proxy}/api/v1/admin/organization\n           curl -H 'Tokenbroker-User: {external}' http://{proxy}/api/v1/expense/me",
         base = sandbox.base_url(),
         n = users.len(),
     )

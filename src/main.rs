@@ -78,7 +78,8 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Try the broker with no config: it runs against its built-in sandbox of the platform
-    /// (org "demo", 100 users) and prints grpcurl commands to call it. Its tokens work only
+    /// (org "demo", 100 users) with the token-injecting proxy in front of its API, and
+    /// prints grpcurl and curl commands to call it. Its tokens work only
     /// at that sandbox; never a deployment.
     Demo {
         /// Listen address, IP:PORT or unix:///path (default 127.0.0.1:50051).
@@ -223,8 +224,25 @@ async fn broker(config_path: Option<PathBuf>, listen: Option<Listen>) -> ExitCod
             return ExitCode::FAILURE;
         }
     };
+    // Demo mode's proxy on an ephemeral loopback port, bound here to be named in the usage.
+    let mut demo_proxy = None;
     if let Some(sandbox) = &_sandbox {
-        info!("{}", demo::usage(&listener.local_addr(), sandbox));
+        let proxy = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+            Ok(l) => l,
+            Err(e) => {
+                error!(error = %e, "cannot listen for the demo proxy");
+                return ExitCode::FAILURE;
+            }
+        };
+        let proxy_addr = proxy
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        info!(
+            "{}",
+            demo::usage(&listener.local_addr(), &proxy_addr, sandbox)
+        );
+        demo_proxy = Some(proxy);
     }
     let server = match tokenbroker::Server::new(config).await {
         Ok(server) => server,
@@ -237,6 +255,10 @@ async fn broker(config_path: Option<PathBuf>, listen: Option<Listen>) -> ExitCod
             error!(error = %e, "tokenbroker failed to start");
             return ExitCode::FAILURE;
         }
+    };
+    let server = match demo_proxy {
+        Some(proxy) => server.with_proxy_listener(proxy),
+        None => server,
     };
     if let Some(path) = config_path_for_reload {
         tokio::spawn(reload_on_change(path, listen, server.reloader()));

@@ -81,6 +81,13 @@ async fn demo_mode_serves_tokens_with_no_config_and_stops_cleanly_on_sigterm() {
         .token
         .unwrap();
     assert_eq!(token.user_id, user.external_id);
+    // The proxy the usage names adds the org's token to a plain HTTP request.
+    let proxied = all
+        .split_whitespace()
+        .find(|w| w.starts_with("http://") && w.ends_with("/api/v1/admin/organization"))
+        .unwrap_or_else(|| panic!("no proxy URL in {all}"));
+    let answer: serde_json::Value = reqwest::get(proxied).await.unwrap().json().await.unwrap();
+    assert_eq!(answer["organization"], "demo", "{answer}");
 
     // An idle client closes its connection when the server says it is going away.
     drop(client);

@@ -611,3 +611,90 @@ async fn unix_get(socket: &std::path::Path, path: &str) -> String {
     stream.read_to_string(&mut answer).await.unwrap();
     answer
 }
+
+#[tokio::test]
+async fn over_tls_a_client_certificate_names_the_caller_and_http2_is_spoken() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+    LazyLock::force(&LOG);
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |name: &str| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![if name.contains("://") {
+            SanType::URI(name.try_into().unwrap())
+        } else {
+            SanType::DnsName(name.try_into().unwrap())
+        }];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let (cert, key) = leaf("localhost");
+    let tls = format!(
+        "[proxy.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n",
+        file("server.pem", &cert),
+        file("server.key", &key),
+        file("ca.pem", &ca.pem()),
+    );
+    let callers = "[[callers]]\nname = \"erp\"\ntls_names = [\"spiffe://acme.example/erp\"]\norgs = [\"acme\"]\npermissions = [\"proxy\"]\n";
+    let h = Harness::with(
+        sandbox_config(),
+        move |s| {
+            let text = proxy_toml(s, "", None);
+            // [proxy.tls] right after [proxy]'s keys, before the org.
+            let text = text.replacen("\n\n[orgs.acme]", &format!("\n{tls}\n[orgs.acme]"), 1);
+            format!("{callers}\n{text}")
+        },
+        |_| None,
+    )
+    .await;
+    let addr = h.proxy.unwrap();
+    let client_with = |identity: Option<(String, String)>| {
+        let mut builder = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+            .resolve("localhost", addr);
+        if let Some((cert, key)) = identity {
+            builder = builder
+                .identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap());
+        }
+        builder.build().unwrap()
+    };
+    let url = format!(
+        "https://localhost:{}/api/v1/admin/organization",
+        addr.port()
+    );
+    let answer = client_with(Some(leaf("spiffe://acme.example/erp")))
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.version(), reqwest::Version::HTTP_2, "h2 by ALPN");
+    let (status, body) = json(answer).await;
+    assert_eq!((status, body["organization"].as_str()), (200, Some("acme")));
+    let (status, body) = json(
+        client_with(Some(leaf("spiffe://acme.example/stranger")))
+            .get(&url)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 407, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("spiffe://acme.example/stranger"),
+        "{body}"
+    );
+    let (status, _) = json(client_with(None).get(&url).send().await.unwrap()).await;
+    assert_eq!(status, 407, "no certificate, no key: unauthenticated");
+    h.stop().await;
+}

@@ -9,7 +9,7 @@
 //!     cargo bench --bench broker -- --soak 120      # a shorter soak
 //!     cargo bench --bench broker -- --only users    # some scenario groups: org, users,
 //!                                                   # cold, watch, store, replicas, budget,
-//!                                                   # soak
+//!                                                   # proxy, soak
 //!                                                   # (comma-separated)
 //!     cargo bench --bench broker -- --users 20000   # fewer user tokens held
 //!     cargo bench --bench broker -- --rounds 20 --phase-ms 500   # speed phases (default 10 x 2 s)
@@ -65,7 +65,7 @@ async fn main() {
     let mut table = Table(Vec::new());
     let mut figures = serde_json::Map::new();
     eprintln!(
-        "benchmark ({}): broker and sandbox as child processes on loopback; every broker with upstream.max_requests_per_second = 100000 and upstream.burst = 100000 (non-default: the scenarios measure the broker, not the upstream budget's 10/s pace), except the budget group's, at the default",
+        "benchmark ({}): broker and sandbox as child processes on loopback; every broker with upstream.max_requests_per_second = 100000 and upstream.burst = 100000 (non-default: the scenarios measure the broker, not the upstream budget's 10/s pace), except the budget and proxy groups', at the default",
         if size.quick { "quick" } else { "full" }
     );
 
@@ -111,6 +111,11 @@ async fn main() {
     // paused Redis.
     if size.runs("replicas") {
         scenarios::replicas::run(&size, &platform, &mut table, &mut figures).await;
+    }
+    // 12. The token-injecting proxy against calling the sandbox directly; its memory per
+    // request in progress.
+    if size.runs("proxy") {
+        scenarios::proxy::run(&size, &platform, &mut table, &mut figures).await;
     }
     drop(platform);
 

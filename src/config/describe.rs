@@ -201,6 +201,30 @@ impl Config {
                 out.push_str("allow_public = true\n");
             }
         }
+        if let Some(proxy) = &self.proxy {
+            let l = &proxy.limits;
+            let _ = writeln!(
+                out,
+                "\n[proxy]\nlisten = {:?}\nmax_retry_body_bytes = {}\nmax_request_bytes = {}\nmax_response_bytes = {}\nrequest_timeout = {}\nmax_concurrent_requests = {}",
+                proxy.listen.to_string(),
+                l.max_retry_body_bytes,
+                l.max_request_bytes,
+                l.max_response_bytes,
+                d(l.request_timeout),
+                l.max_concurrent_requests
+            );
+            if let Some(tls) = &proxy.tls {
+                out.push_str("\n[proxy.tls]\n");
+                for (key, path) in ["cert_file", "key_file", "client_ca_file"]
+                    .iter()
+                    .zip(&tls.paths)
+                {
+                    if let Some(path) = path {
+                        let _ = writeln!(out, "{key} = {path:?}");
+                    }
+                }
+            }
+        }
         for org in &self.orgs {
             match &org.client.discovery {
                 Some(d) => {
@@ -226,6 +250,13 @@ impl Config {
             }
             if let Some(url) = &org.client.authorization_grant_url {
                 let _ = writeln!(out, "authorization_grant_url = {:?}", url.as_str());
+            }
+            if let Some(url) = self
+                .proxy
+                .as_ref()
+                .and_then(|p| p.api_urls.get(org.name.as_ref() as &str))
+            {
+                let _ = writeln!(out, "api_url = {:?}", url.as_str());
             }
             describe_extras(&mut out, &org.client);
             if let Some(id) = &org.client.client_id {

@@ -89,7 +89,8 @@ impl Default for WatchLimits {
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// The default wait for a ping's answer.
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The default time a new connection has to finish TLS and send the HTTP/2 preface.
+/// The default time a new connection has to finish TLS and send its first bytes (the HTTP/2
+/// preface, or an HTTP/1 request line).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A validated configuration, ready to run.
@@ -121,8 +122,8 @@ pub struct Config {
     /// The most connections open at once (`server.max_connections`); `None`: three
     /// quarters of the open-file limit, read at start.
     pub max_connections: Option<usize>,
-    /// A connection must finish TLS and send the HTTP/2 preface within this
-    /// (`server.handshake_timeout`).
+    /// A connection must finish TLS and send its first bytes within this
+    /// (`server.handshake_timeout`); the proxy's listener keeps it too.
     pub handshake_timeout: Duration,
     /// Bounds on WatchTokens (`[watch]`).
     pub watch: WatchLimits,
@@ -395,7 +396,8 @@ impl Config {
                     ),
                 ));
             }
-            if proxy.listen == self.listen {
+            let any_port = matches!(proxy.listen, Listen::Tcp(addr) if addr.port() == 0);
+            if proxy.listen == self.listen && !any_port {
                 return Err(error(
                     "proxy.listen",
                     format!(

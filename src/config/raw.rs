@@ -126,7 +126,7 @@ pub(super) struct RawServer {
     /// The most connections open at once; more wait in the listen backlog. Default:
     /// three quarters of the open-file limit.
     pub(super) max_connections: Option<usize>,
-    /// How long a new connection has to finish TLS and send the HTTP/2 preface. Default "10s".
+    /// How long a new connection has to finish TLS and send its first bytes. Default "10s".
     pub(super) handshake_timeout: Option<String>,
     /// Callers waiting on the platform at once (cache misses); more answer
     /// RESOURCE_EXHAUSTED. Default 100000.

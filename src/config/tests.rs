@@ -699,6 +699,26 @@ fn the_proxy_takes_each_orgs_api_url_from_its_environment_or_its_key() {
     assert_eq!(own.api_urls["acme"].as_str(), "http://127.0.0.1:9/base");
     assert_eq!(own.limits.request_timeout, Duration::from_secs(5));
     assert_eq!(own.limits.max_concurrent_requests, 10);
+    // check-config shows it, and what it shows loads back as the same.
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:8081\"\nmax_retry_body_bytes = 4096\n{}",
+        GOOD.replace(
+            "environment = \"production\"",
+            "environment = \"production\"\napi_url = \"https://api.example/v2\""
+        )
+    );
+    let described = parse(&text).unwrap().describe();
+    assert!(
+        described.contains("[proxy]\nlisten = \"127.0.0.1:8081\""),
+        "{described}"
+    );
+    assert!(
+        described.contains("api_url = \"https://api.example/v2\""),
+        "{described}"
+    );
+    let again = parse(&described).unwrap().proxy.unwrap();
+    assert_eq!(again.limits.max_retry_body_bytes, 4096);
+    assert_eq!(again.api_urls["acme"].as_str(), "https://api.example/v2");
 }
 
 #[test]
