@@ -109,12 +109,20 @@ pub(crate) async fn run(
     http_phase(&to_sandbox, &direct_url, Some(&token), 64, size.phase / 2).await;
     http_phase(&to_proxy, &proxy_url, None, 64, size.phase / 2).await;
     let (mut direct, mut proxied) = (Phase::default(), Phase::default());
+    // The CPU the broker spends on the proxied phases, and the sandbox on the direct ones.
+    let (mut broker_ms, mut sandbox_ms) = (0.0, 0.0);
     for round in 0..size.rounds {
         for first in [round % 2 == 0, round % 2 != 0] {
             let p = if first {
-                http_phase(&to_sandbox, &direct_url, Some(&token), 64, size.phase).await
+                let cpu = platform.cpu_ms();
+                let p = http_phase(&to_sandbox, &direct_url, Some(&token), 64, size.phase).await;
+                sandbox_ms += platform.cpu_ms() - cpu;
+                p
             } else {
-                http_phase(&to_proxy, &proxy_url, None, 64, size.phase).await
+                let cpu = proxy.cpu_ms();
+                let p = http_phase(&to_proxy, &proxy_url, None, 64, size.phase).await;
+                broker_ms += proxy.cpu_ms() - cpu;
+                p
             };
             let into = if first { &mut direct } else { &mut proxied };
             into.calls += p.calls;
@@ -148,9 +156,19 @@ pub(crate) async fn run(
         "p50 +<= 2000us",
         added_p50 <= 2000.0,
     );
+    // CPU per request: the broker's per proxied request, the sandbox's (a small axum
+    // handler) per direct one, for scale.
+    let broker_us = broker_ms * 1000.0 / proxied.calls.max(1) as f64;
+    let sandbox_us = sandbox_ms * 1000.0 / direct.calls.max(1) as f64;
+    table.row(
+        "proxy: broker CPU per proxied request (sandbox's per call)",
+        format!("{broker_us:.0}us ({sandbox_us:.0}us)"),
+        "(context)",
+        true,
+    );
     figures.insert(
         "proxy_vs_direct".into(),
-        json!({"concurrency": 64, "direct": d, "proxied": p, "throughput_ratio": throughput, "p50_added_us": added_p50}),
+        json!({"concurrency": 64, "direct": d, "proxied": p, "throughput_ratio": throughput, "p50_added_us": added_p50, "broker_cpu_us_per_request": broker_us, "sandbox_cpu_us_per_request": sandbox_us}),
     );
 
     // Memory per request in progress: answers that stream a first line, then hold for
