@@ -575,6 +575,25 @@ async fn callers_authenticate_with_a_proxy_authorization_key_or_their_uid() {
     );
     let (status, body) = json(get(Some("erp-key")).await.unwrap()).await;
     assert_eq!((status, body["organization"].as_str()), (200, Some("acme")));
+    // As an HTTP proxy (`HTTP_PROXY`): a request in absolute form, whatever its host, goes
+    // to the org's api_url, the key in the standard proxy credential header.
+    let as_proxy = reqwest::Client::builder()
+        .proxy(
+            reqwest::Proxy::http(format!("http://{}", h.proxy.unwrap()))
+                .unwrap()
+                .custom_http_auth("Bearer erp-key".parse().unwrap()),
+        )
+        .build()
+        .unwrap();
+    let (status, body) = json(
+        as_proxy
+            .get("http://expense.invalid/api/v1/admin/organization")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body["organization"].as_str()), (200, Some("acme")));
     h.stop().await;
 
     // The same callers with the proxy on a Unix socket: the uid names the caller.
@@ -696,5 +715,69 @@ async fn over_tls_a_client_certificate_names_the_caller_and_http2_is_spoken() {
     );
     let (status, _) = json(client_with(None).get(&url).send().await.unwrap()).await;
     assert_eq!(status, 407, "no certificate, no key: unauthenticated");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn connect_is_refused_saying_to_send_plain_http() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = start("").await;
+    let mut stream = tokio::net::TcpStream::connect(h.proxy.unwrap())
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"CONNECT expense.findity.com:443 HTTP/1.1\r\nHost: expense.findity.com:443\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 2048];
+    let n = stream.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(answer.contains("HTTP_PROXY"), "{answer}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_sends_an_orgs_requests_to_its_new_api_url() {
+    let h = start("").await;
+    assert_eq!(
+        client()
+            .get(url(&h, "/echo"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404,
+        "the sandbox has no /echo"
+    );
+    let echo = format!("http://{}", echo_server().await);
+    let text = proxy_toml(&h.sandbox, "", Some(&echo));
+    let secret = h.sandbox.config().orgs[0].client_secret.clone();
+    let mut config = tokenbroker::config::Config::parse(
+        &text,
+        &|name| (name == SECRET_ENV).then(|| secret.clone()),
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    // As the harness runs it.
+    config.cache.prefetch_org_tokens = false;
+    let restart = h.reloader.apply(config).await;
+    assert!(restart.is_empty(), "api_url needs no restart: {restart:?}");
+    let seen: Value = client()
+        .get(url(&h, "/echo"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        seen["authorization"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("Bearer ")
+    );
     h.stop().await;
 }

@@ -76,6 +76,9 @@ impl Proxy {
         let admitted = self
             .gate
             .admit(peer.ip, || presented(&parts.headers, peer))?;
+        if parts.method == Method::CONNECT {
+            return Err(ProxyError::Connect);
+        }
         let org_name = header_text(&parts.headers, ORG_HEADER, "Tokenbroker-Org")?;
         let user = header_text(&parts.headers, USER_HEADER, "Tokenbroker-User")?;
         let may_use = |name: &str| admitted.authorize(Permission::Proxy, name).is_ok();

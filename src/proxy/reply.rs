@@ -37,6 +37,12 @@ pub enum ProxyError {
     /// refusing the broker): by kind.
     #[error("{0}")]
     Broker(BrokerError),
+    /// `CONNECT` (a client configured with the broker as `HTTPS_PROXY`): 405. The proxy
+    /// reads and forwards plain HTTP; it speaks TLS to the platform itself.
+    #[error(
+        "the proxy forwards plain HTTP and speaks TLS to the platform itself: send http:// URLs (HTTP_PROXY, not HTTPS_PROXY), or requests to the proxy's own address"
+    )]
+    Connect,
     /// A `Tokenbroker-*` header that is not text: 400.
     #[error("the {name} header must be visible ASCII text")]
     BadHeader { name: &'static str },
@@ -106,6 +112,7 @@ impl ProxyError {
             Self::PermissionDenied(_) => (StatusCode::FORBIDDEN, "permission_denied"),
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            Self::Connect => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Broker(e) => broker_status(e),
             Self::BadHeader { .. } | Self::RequestBody(_) => {
                 (StatusCode::BAD_REQUEST, "bad_request")
