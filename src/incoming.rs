@@ -32,14 +32,26 @@ use tonic::transport::server::Connected;
 /// The HTTP/2 client preface, `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`: its bytes end the handshake.
 const PREFACE_LEN: usize = 24;
 
-/// Bounds on the server's connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Bounds on the server's connections: one set of places, shared by every listener
+/// given a clone (the gRPC listener and the proxy's), so that together they stay within
+/// `server.max_connections`.
+#[derive(Debug, Clone)]
 pub struct ConnectionLimits {
-    /// The most connections open at once; more wait in the listen backlog.
-    pub max_connections: usize,
-    /// A connection that has not finished TLS and sent the HTTP/2 preface within this
-    /// after it was accepted is closed.
+    /// A place per connection open; at none left, new clients wait in the listen backlog.
+    places: Arc<Semaphore>,
+    /// A connection that has not finished TLS and sent its first bytes within this after
+    /// it was accepted is closed.
     pub handshake_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    /// At most `max_connections` open at once, each given `handshake_timeout`.
+    pub fn new(max_connections: usize, handshake_timeout: Duration) -> Self {
+        Self {
+            places: Arc::new(Semaphore::new(max_connections)),
+            handshake_timeout,
+        }
+    }
 }
 
 /// A listener the accept loop takes connections from.
@@ -77,7 +89,7 @@ where
     T: Send + 'static,
 {
     let (tx, rx) = mpsc::channel(64);
-    let places = Arc::new(Semaphore::new(limits.max_connections));
+    let places = limits.places;
     tokio::spawn(async move {
         let mut backoff = Backoff::default();
         loop {
@@ -316,10 +328,7 @@ mod tests {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("address");
-        let limits = ConnectionLimits {
-            max_connections: 1,
-            handshake_timeout: Duration::from_secs(5),
-        };
+        let limits = ConnectionLimits::new(1, Duration::from_secs(5));
         let mut accepted = Box::pin(connections(listener, limits, |io| async move {
             Ok::<_, io::Error>(io)
         }));

@@ -148,6 +148,7 @@ impl Server {
                     Arc::clone(&gate),
                     Arc::clone(&audit),
                     metrics.proxy(),
+                    config.cache.renewal.min_rotation_interval,
                 )
                 .map(Arc::new)
             })
@@ -231,7 +232,8 @@ impl Server {
     }
 }
 
-/// The connection limit `config` sets, or three quarters of the open-file limit; logged,
+/// The connection limit `config` sets, or three quarters of the open-file limit, for the
+/// gRPC listener and the proxy's together; logged,
 /// with a warning when the setting leaves too few descriptors for the rest.
 fn connection_limits(config: &Config) -> grpc::ConnectionLimits {
     let open_files = grpc::open_file_limit();
@@ -254,10 +256,7 @@ fn connection_limits(config: &Config) -> grpc::ConnectionLimits {
             "server.max_connections leaves fewer than 32 of the open-file limit for the platform's connections and files; at the limit, accepts back off"
         );
     }
-    grpc::ConnectionLimits {
-        max_connections,
-        handshake_timeout: config.handshake_timeout,
-    }
+    grpc::ConnectionLimits::new(max_connections, config.handshake_timeout)
 }
 
 /// What [`serve`] runs.
@@ -316,12 +315,17 @@ async fn serve(
             }
             tracing::info!(addr = %proxy_listener.local_addr(), "token-injecting proxy listening");
             let stop = streams_end.clone();
+            let serving = crate::proxy::Serving {
+                tls,
+                connections: connections.clone(),
+                keepalive_interval: config.keepalive_interval,
+                keepalive_timeout: config.keepalive_timeout,
+                drain_timeout,
+            };
             Some(tokio::spawn(crate::proxy::serve(
                 proxy,
                 proxy_listener,
-                tls,
-                connections,
-                drain_timeout,
+                serving,
                 async move { stop.cancelled().await },
             )))
         }

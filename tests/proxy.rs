@@ -12,6 +12,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{any, get},
 };
+use bytes::Bytes;
 use common::{Capture, Harness, SECRET_ENV, sandbox_config};
 use futures::StreamExt;
 use serde_json::Value;
@@ -196,8 +197,11 @@ async fn a_revoked_token_is_healed_by_one_rotation_and_one_retry() {
     assert_eq!(after.upstream_requests() - before.upstream_requests(), 1);
 
     // A body past the 1 MiB kept for a retry has gone: the 401 comes back, saying the
-    // token was rotated, and the caller's next request carries the new one.
-    let token = h.org_token().await.unwrap().access_token;
+    // token was rotated, and the caller's next request carries the new one. (Another
+    // user: the token just rotated above is not rotated again within
+    // renewal.min_rotation_interval.)
+    let user = h.user(4).external_id;
+    let token = h.user_token(&user).await.unwrap().access_token;
     assert!(h.sandbox.revoke_access_token(&token));
     let (tx, body) = fed_body();
     let feeding = tokio::spawn(async move {
@@ -209,6 +213,7 @@ async fn a_revoked_token_is_healed_by_one_rotation_and_one_retry() {
     });
     let refused = client()
         .post(url(&h, "/api/v1/expense/receipts"))
+        .header("Tokenbroker-User", &user)
         .body(body)
         .send()
         .await
@@ -216,8 +221,20 @@ async fn a_revoked_token_is_healed_by_one_rotation_and_one_retry() {
     assert_eq!(refused.status(), 401);
     assert_eq!(refused.headers()["tokenbroker-token-rotated"], "true");
     feeding.abort();
-    assert_eq!(organization().await.status(), 200);
-    assert_ne!(h.org_token().await.unwrap().access_token, token);
+    let (status, me) = json(
+        client()
+            .get(url(&h, "/api/v1/expense/me"))
+            .header("Tokenbroker-User", &user)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, me["externalSourceId"].as_str()),
+        (200, Some(user.as_str()))
+    );
+    assert_ne!(h.user_token(&user).await.unwrap().access_token, token);
     h.stop().await;
 }
 
@@ -320,7 +337,8 @@ async fn a_slow_answer_streams_as_it_comes_past_the_request_timeout() {
 
 /// An upstream that shows what it received: `/echo` answers the request's headers (and
 /// sets two cookies and a hop-by-hop header), `/redirect` a 302, `/big` 4 KiB, `/slow`
-/// nothing for 3 s, `/drip` three lines half a second apart.
+/// nothing for 3 s, `/drip` three lines half a second apart, `/always-401` a 401 to any
+/// token, `/flood` 32 MiB as fast as it is read.
 async fn echo_server() -> SocketAddr {
     async fn echo(headers: HeaderMap) -> Response {
         let mut seen = serde_json::Map::new();
@@ -346,6 +364,20 @@ async fn echo_server() -> SocketAddr {
             get(|| async { (StatusCode::FOUND, [(header::LOCATION, "/echo")]) }),
         )
         .route("/big", get(|| async { vec![b'x'; 4096] }))
+        .route(
+            "/always-401",
+            get(|| async { (StatusCode::UNAUTHORIZED, "not for this token") }),
+        )
+        .route(
+            "/flood",
+            get(|| async {
+                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                let chunks = futures::stream::iter(
+                    (0..512).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+                );
+                axum::body::Body::from_stream(chunks)
+            }),
+        )
         .route(
             "/drip",
             get(|| async {
@@ -778,6 +810,109 @@ async fn a_reload_sends_an_orgs_requests_to_its_new_api_url() {
             .as_str()
             .unwrap()
             .starts_with("Bearer ")
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_401_on_a_token_just_rotated_is_returned_without_another_rotation() {
+    let h = start_echo("").await;
+    let get = || client().get(url(&h, "/always-401")).send();
+    h.org_token().await.unwrap();
+    let before = h.sandbox.stats().upstream_requests();
+    // The first 401 rotates the token and sends again; the answer is the platform's 401.
+    let first = get().await.unwrap();
+    assert_eq!(first.status(), 401);
+    assert_eq!(first.headers()["tokenbroker-token-rotated"], "true");
+    // The token it got was rotated for a caller moments ago: its 401 is about the path,
+    // not the token, and costs no grant.
+    for _ in 0..5 {
+        let again = get().await.unwrap();
+        assert_eq!(again.status(), 401);
+        assert!(!again.headers().contains_key("tokenbroker-token-rotated"));
+    }
+    let rotations = h.sandbox.stats().upstream_requests() - before;
+    assert_eq!(rotations, 1, "six 401s in a row, one rotation");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_upload_longer_than_the_timeout_goes_while_it_keeps_moving() {
+    // A 1 s timeout (not the default 30 s): an upload that takes 2.5 s in all, a chunk
+    // every 0.25 s, is never silent for a second, so it goes.
+    let h = start("request_timeout = \"1s\"").await;
+    let (tx, body) = fed_body();
+    let feeding = tokio::spawn(async move {
+        for _ in 0..10 {
+            tx.send(vec![7u8; 256 * 1024]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    let (status, body) = json(
+        client()
+            .post(url(&h, "/api/v1/expense/receipts"))
+            .body(body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    feeding.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["bytes"], 10 * 256 * 1024);
+    // A caller that goes silent mid-body past the timeout: 408, its own fault.
+    let (tx, body) = fed_body();
+    tx.send(vec![1u8; 2 * 1024 * 1024]).await.unwrap();
+    let (status, body) = json(
+        client()
+            .post(url(&h, "/api/v1/expense/receipts"))
+            .body(body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (408, Some("request_timeout")),
+        "{body}"
+    );
+    drop(tx);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_caller_that_stops_reading_or_sending_headers_gives_its_place_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = start_echo("request_timeout = \"1s\"\nmax_concurrent_requests = 1").await;
+    let proxy = h.proxy.unwrap();
+    // Asks for 32 MiB and reads none of it: the place is held only while it reads.
+    let mut stalled = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    stalled
+        .write_all(b"GET /flood HTTP/1.1\r\nHost: tokenbroker\r\n\r\n")
+        .await
+        .unwrap();
+    common::wait_for("the stalled reader's place to come back", async || {
+        client()
+            .get(url(&h, "/echo"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+    })
+    .await;
+    drop(stalled);
+    // Headers that never end: the connection is closed at the timeout.
+    let mut slow = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    slow.write_all(b"GET /echo HTTP/1.1\r\nHost: tokenbroker\r\nX-Slow: 1")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "a connection whose headers never end is closed"
     );
     h.stop().await;
 }

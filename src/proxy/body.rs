@@ -1,18 +1,27 @@
 //! The bodies through the proxy, streamed both ways. A request body up to
 //! `proxy.max_retry_body_bytes` is kept whole, so that it can be sent again after a 401;
 //! beyond that only what was read while deciding is held, and the rest streams. Both
-//! directions are bounded in size, and a caller's body in silence too (the platform's
-//! silence is the HTTP client's read timeout).
+//! directions are bounded in size and in silence: a caller that stops sending its body, or
+//! stops reading its answer, for `proxy.request_timeout`, and a platform that stops
+//! reading the body or answering, each end the request, and each is told apart.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
 };
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::{
+    sync::{OwnedSemaphorePermit, mpsc},
+    time::{Instant, Sleep},
+};
 
 use super::{ProxyLimits, reply::ProxyError};
 
@@ -24,15 +33,49 @@ pub enum Outgoing {
     Streamed(reqwest::Body),
 }
 
-/// Why a streamed request body stopped on the caller's side, for the answer to the
-/// caller when the platform's request then fails.
-#[derive(Debug, Default)]
-pub struct Stopped {
+/// How a request body goes: why a streamed one stopped on the caller's side, and when it
+/// last moved towards the platform (or ended), for the platform's part of the timeout.
+#[derive(Debug)]
+pub struct Progress {
+    origin: Instant,
+    /// Milliseconds after `origin` of the last chunk the platform took, or of the end.
+    last_ms: AtomicU64,
+    /// The body is waiting on the caller (its silence is the caller's).
+    on_caller: AtomicBool,
     too_large: AtomicBool,
     timed_out: AtomicBool,
+    broke_off: AtomicBool,
 }
 
-impl Stopped {
+impl Default for Progress {
+    fn default() -> Self {
+        Self {
+            origin: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            on_caller: AtomicBool::new(false),
+            too_large: AtomicBool::new(false),
+            timed_out: AtomicBool::new(false),
+            broke_off: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Progress {
+    /// The body moved (or ended) now.
+    pub fn moved(&self) {
+        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the platform's silence began: the last chunk it took, or the body's end;
+    /// `None` while the body waits on the caller.
+    pub fn platform_silent_since(&self) -> Option<Instant> {
+        if self.on_caller.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+
     /// The caller's part in a failed send, if it had one.
     pub fn error(&self, limits: &ProxyLimits) -> Option<ProxyError> {
         if self.too_large.load(Ordering::Relaxed) {
@@ -43,6 +86,10 @@ impl Stopped {
             Some(ProxyError::RequestBodyTimeout {
                 after: limits.request_timeout,
             })
+        } else if self.broke_off.load(Ordering::Relaxed) {
+            Some(ProxyError::RequestBody(
+                "the caller's connection broke off mid-body".into(),
+            ))
         } else {
             None
         }
@@ -62,13 +109,13 @@ enum BodyError {
 
 /// `body` (of `declared` length, if the caller said) as it goes to the platform: kept
 /// whole when it ends within the retry limit, else streamed with what was read first.
-/// `sent` counts its bytes; `stopped` records why a streamed body ended early.
+/// `sent` counts its bytes; `progress` records how it goes.
 pub async fn outgoing(
     body: axum::body::Body,
     declared: Option<u64>,
     limits: &ProxyLimits,
     sent: Counter,
-    stopped: Arc<Stopped>,
+    progress: Arc<Progress>,
 ) -> Result<Outgoing, ProxyError> {
     if declared.is_some_and(|n| n > limits.max_request_bytes) {
         return Err(ProxyError::RequestTooLarge {
@@ -89,6 +136,7 @@ pub async fn outgoing(
                 }
                 Ok(None) => {
                     sent.inc_by(read.len() as u64);
+                    progress.moved();
                     return Ok(Outgoing::Kept(read.freeze()));
                 }
                 Ok(Some(Err(e))) => return Err(ProxyError::RequestBody(e.to_string())),
@@ -106,59 +154,153 @@ pub async fn outgoing(
             }
         }
     }
-    let mut total = read.len() as u64;
-    sent.inc_by(total);
-    let (max, timeout) = (limits.max_request_bytes, limits.request_timeout);
-    let rest = tokio_stream::StreamExt::timeout(stream, timeout).map(move |item| {
-        let chunk = match item {
-            Err(_) => {
-                stopped.timed_out.store(true, Ordering::Relaxed);
-                return Err(BodyError::Timeout);
-            }
-            Ok(Err(e)) => return Err(BodyError::Read(e)),
-            Ok(Ok(chunk)) => chunk,
-        };
-        total += chunk.len() as u64;
-        if total > max {
-            stopped.too_large.store(true, Ordering::Relaxed);
-            return Err(BodyError::TooLarge);
-        }
-        sent.inc_by(chunk.len() as u64);
-        Ok(chunk)
-    });
+    sent.inc_by(read.len() as u64);
+    progress.moved();
+    let rest = Upload {
+        inner: stream,
+        total: read.len() as u64,
+        max: limits.max_request_bytes,
+        timeout: limits.request_timeout,
+        idle: Box::pin(tokio::time::sleep(limits.request_timeout)),
+        progress,
+        sent,
+    };
     let first = futures::stream::iter((!read.is_empty()).then(|| Ok(read.freeze())));
     Ok(Outgoing::Streamed(reqwest::Body::wrap_stream(
         first.chain(rest),
     )))
 }
 
-/// The platform's answer body as it goes back to the caller: counted into `received`, cut
-/// off past `max` bytes, holding `permit` (the request's place) until it ends.
+/// The rest of a streamed request body, as the platform takes it: bounded in size, and
+/// in the caller's silence (timed only while the platform waits for it).
+struct Upload<S> {
+    inner: S,
+    total: u64,
+    max: u64,
+    timeout: Duration,
+    /// Fires `timeout` after the last chunk the caller sent.
+    idle: Pin<Box<Sleep>>,
+    progress: Arc<Progress>,
+    sent: Counter,
+}
+
+impl<S> Stream for Upload<S>
+where
+    S: Stream<Item = Result<Bytes, axum::Error>> + Unpin,
+{
+    type Item = Result<Bytes, BodyError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match this.inner.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                this.progress.on_caller.store(false, Ordering::Relaxed);
+                this.total += chunk.len() as u64;
+                if this.total > this.max {
+                    this.progress.too_large.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(BodyError::TooLarge)));
+                }
+                this.sent.inc_by(chunk.len() as u64);
+                this.progress.moved();
+                this.idle.as_mut().reset(Instant::now() + this.timeout);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.progress.broke_off.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(BodyError::Read(e))))
+            }
+            Poll::Ready(None) => {
+                this.progress.on_caller.store(false, Ordering::Relaxed);
+                this.progress.moved();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                this.progress.on_caller.store(true, Ordering::Relaxed);
+                if this.idle.as_mut().poll(cx).is_ready() {
+                    this.progress.timed_out.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(BodyError::Timeout)));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// The platform's answer body as it goes back to the caller, relayed by a task of its own
+/// that holds `permit` (the request's place) until it ends: counted into `received`, cut
+/// off past `max` bytes, and ended when either side is silent for `timeout` (the
+/// platform sends nothing, or the caller reads nothing), so that a caller that stops
+/// reading frees the place.
 pub fn incoming(
     response: reqwest::Response,
     max: u64,
+    timeout: Duration,
     received: Counter,
     permit: OwnedSemaphorePermit,
 ) -> axum::body::Body {
-    let mut total = 0u64;
-    let stream = response.bytes_stream().map(move |item| {
-        let _place = &permit;
-        let chunk = item?;
-        total += chunk.len() as u64;
-        if total > max {
-            tracing::warn!(
-                limit = max,
-                "the platform's answer was cut off at proxy.max_response_bytes"
-            );
-            return Err(AnswerTooLong.into());
+    let (tx, rx) = mpsc::channel::<Result<Bytes, AnswerCut>>(1);
+    // Set once the whole answer is relayed: a relay that ends without it ends the caller's
+    // body with an error, never as if complete.
+    let whole = Arc::new(AtomicBool::new(false));
+    let relayed = Arc::clone(&whole);
+    tokio::spawn(async move {
+        let _place = permit;
+        let mut stream = response.bytes_stream();
+        let mut total = 0u64;
+        loop {
+            let item = match tokio::time::timeout(timeout, stream.next()).await {
+                Ok(None) => {
+                    relayed.store(true, Ordering::Relaxed);
+                    return;
+                }
+                Ok(Some(Ok(chunk))) => {
+                    total += chunk.len() as u64;
+                    if total > max {
+                        Err(AnswerCut::TooLong)
+                    } else {
+                        Ok(chunk)
+                    }
+                }
+                Ok(Some(Err(_))) => Err(AnswerCut::Broken),
+                Err(_) => Err(AnswerCut::PlatformSilent),
+            };
+            let cut = item.as_ref().err().copied();
+            let len = item.as_ref().map_or(0, |c| c.len() as u64);
+            match tx.send_timeout(item, timeout).await {
+                Ok(()) => {
+                    received.inc_by(len);
+                }
+                Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                    tracing::debug!(
+                        "proxy: the caller read nothing of the answer for proxy.request_timeout; closed"
+                    );
+                    return;
+                }
+                // The caller went away.
+                Err(mpsc::error::SendTimeoutError::Closed(_)) => return,
+            }
+            if let Some(cut) = cut {
+                tracing::warn!(reason = %cut, "proxy: the platform's answer was cut off");
+                return;
+            }
         }
-        received.inc_by(chunk.len() as u64);
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(chunk)
     });
-    axum::body::Body::from_stream(stream)
+    let end = futures::stream::once(async move {
+        (!whole.load(Ordering::Relaxed)).then_some(Err(AnswerCut::Stalled))
+    })
+    .filter_map(std::future::ready);
+    axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx).chain(end))
 }
 
-/// An answer body that ran past `proxy.max_response_bytes`.
-#[derive(Debug, thiserror::Error)]
-#[error("the platform's answer is longer than proxy.max_response_bytes")]
-struct AnswerTooLong;
+/// Why an answer body was cut off: the caller sees its connection end mid-answer.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+enum AnswerCut {
+    #[error("longer than proxy.max_response_bytes")]
+    TooLong,
+    #[error("the platform's connection broke")]
+    Broken,
+    #[error("the platform sent nothing for proxy.request_timeout")]
+    PlatformSilent,
+    #[error("the caller read nothing for proxy.request_timeout")]
+    Stalled,
+}

@@ -5,7 +5,8 @@
 use std::{sync::Arc, time::Instant};
 
 use axum::{
-    extract::{ConnectInfo, Request, State},
+    Extension,
+    extract::{Request, State},
     response::{IntoResponse, Response},
 };
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
@@ -14,7 +15,7 @@ use url::Url;
 
 use super::{
     Proxy,
-    body::{self, Outgoing, Stopped},
+    body::{self, Outgoing, Progress},
     headers,
     reply::ProxyError,
     serve::Peer,
@@ -22,7 +23,7 @@ use super::{
 use crate::{
     audit::{HandOut, Proxied},
     auth::{AuthError, Permission, Presented},
-    broker::{BrokerError, OrgRef, Served},
+    broker::{BrokerError, OrgRef, Reason, Served},
     gate::Admitted,
 };
 
@@ -38,7 +39,7 @@ pub const ROTATED_HEADER: &str = "tokenbroker-token-rotated";
 /// The proxy's one handler: every method and path.
 pub async fn handle(
     State(proxy): State<Arc<Proxy>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
+    Extension(peer): Extension<Peer>,
     request: Request,
 ) -> Response {
     let started = Instant::now();
@@ -62,7 +63,7 @@ struct Outbound<'a> {
     path: &'a str,
     url: &'a Url,
     headers: &'a HeaderMap,
-    stopped: &'a Stopped,
+    progress: &'a Progress,
 }
 
 impl Proxy {
@@ -89,24 +90,24 @@ impl Proxy {
             .ok_or_else(|| ProxyError::NoApiUrl {
                 org: org.name().to_string(),
             })?;
-        let url = target(&base, &parts.uri);
-        let stopped = Arc::new(Stopped::default());
+        let url = target(&base, &parts.uri)?;
+        let progress = Arc::new(Progress::default());
         let body = body::outgoing(
             body,
             content_length(&parts.headers),
             &self.limits,
             self.metrics.bytes("request"),
-            Arc::clone(&stopped),
+            Arc::clone(&progress),
         )
         .await?;
         let served = self.token(&org, user).await?;
         let out = Outbound {
             admitted: &admitted,
             method: &parts.method,
-            path: parts.uri.path(),
+            path: url.path(),
             url: &url,
             headers: &parts.headers,
-            stopped: &stopped,
+            progress: &progress,
         };
         let (first, kept) = match body {
             Outgoing::Kept(bytes) => (reqwest::Body::from(bytes.clone()), Some(bytes)),
@@ -114,6 +115,14 @@ impl Proxy {
         };
         let answer = self.send(&out, &served, first).await?;
         if answer.status() != StatusCode::UNAUTHORIZED {
+            return self.respond(answer, permit, false);
+        }
+        // A token the broker rotated for a caller moments ago is not rotated again: a 401
+        // on it is about something else (a path the token may not use), and each would
+        // cost a grant (at most one per `renewal.min_rotation_interval` per key).
+        if served.token.reason == Reason::Forced
+            && served.token.requested().elapsed() < self.min_rotation_interval
+        {
             return self.respond(answer, permit, false);
         }
         let stale = served.token.access_token.expose();
@@ -218,16 +227,31 @@ impl Proxy {
             .request(out.method.clone(), out.url.clone())
             .headers(headers)
             .body(body);
-        request.send().await.map_err(|e| {
-            if let Some(caller_side) = out.stopped.error(&self.limits) {
+        out.progress.moved();
+        let timeout = self.limits.request_timeout;
+        // The platform's silence: no chunk of the body taken, or no answer after its end,
+        // for the timeout (the caller's own silence is the body's to time).
+        let platform_silent = async {
+            loop {
+                let deadline = match out.progress.platform_silent_since() {
+                    Some(since) if since + timeout <= tokio::time::Instant::now() => return,
+                    Some(since) => since + timeout,
+                    None => tokio::time::Instant::now() + timeout,
+                };
+                tokio::time::sleep_until(deadline).await;
+            }
+        };
+        let sent = tokio::select! {
+            sent = request.send() => sent,
+            () = platform_silent => return Err(ProxyError::UpstreamTimeout { after: timeout }),
+        };
+        sent.map_err(|e| {
+            if let Some(caller_side) = out.progress.error(&self.limits) {
                 return caller_side;
             }
-            if e.is_timeout() {
-                return ProxyError::UpstreamTimeout {
-                    after: self.limits.request_timeout,
-                };
-            }
-            tracing::warn!(url = %out.url.origin().ascii_serialization(), error = %e, "proxy: the platform could not be reached");
+            // The URL's query may carry personal data: never in a log or an answer.
+            let e = e.without_url();
+            tracing::warn!(origin = %out.url.origin().ascii_serialization(), error = %e, "proxy: the platform could not be reached");
             ProxyError::Upstream(error_chain(&e))
         })
     }
@@ -254,7 +278,13 @@ impl Proxy {
         if rotated {
             headers.insert(ROTATED_HEADER, HeaderValue::from_static("true"));
         }
-        let body = body::incoming(answer, max, self.metrics.bytes("response"), permit);
+        let body = body::incoming(
+            answer,
+            max,
+            self.limits.request_timeout,
+            self.metrics.bytes("response"),
+            permit,
+        );
         let mut response = Response::new(body);
         *response.status_mut() = status;
         *response.headers_mut() = headers;
@@ -314,13 +344,22 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 
 /// `base` (scheme, host, optional path prefix) followed by the request's path and query.
 /// Only the path is taken from a request in absolute form (`GET http://any/path`, as
-/// clients configured with the proxy as `HTTP_PROXY` send): the org decides the host.
-pub fn target(base: &Url, uri: &Uri) -> Url {
+/// clients configured with the proxy as `HTTP_PROXY` send): the org decides the host. A
+/// path that climbs out of the prefix (`/../`, `%2e%2e`) is refused.
+pub fn target(base: &Url, uri: &Uri) -> Result<Url, ProxyError> {
     let mut url = base.clone();
     let prefix = base.path().trim_end_matches('/');
     url.set_path(&format!("{prefix}{}", uri.path()));
     url.set_query(uri.query());
-    url
+    let path = url.path();
+    let within = path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'));
+    if !within {
+        return Err(ProxyError::OutsideApi);
+    }
+    Ok(url)
 }
 
 /// An error with its causes, which reqwest keeps apart ("error sending request" alone
@@ -345,18 +384,36 @@ mod tests {
         let uri = |s: &str| s.parse::<Uri>().unwrap();
         let base = Url::parse("https://expense.example").unwrap();
         assert_eq!(
-            target(&base, &uri("/api/v1/expense/me?x=1&y=%20")).as_str(),
+            target(&base, &uri("/api/v1/expense/me?x=1&y=%20"))
+                .unwrap()
+                .as_str(),
             "https://expense.example/api/v1/expense/me?x=1&y=%20"
         );
         let prefixed = Url::parse("http://127.0.0.1:9/base/").unwrap();
         assert_eq!(
-            target(&prefixed, &uri("/api/v1/x")).as_str(),
+            target(&prefixed, &uri("/api/v1/x")).unwrap().as_str(),
             "http://127.0.0.1:9/base/api/v1/x"
         );
         assert_eq!(
-            target(&base, &uri("http://elsewhere.example/api/v1/x?q")).as_str(),
+            target(&base, &uri("http://elsewhere.example/api/v1/x?q"))
+                .unwrap()
+                .as_str(),
             "https://expense.example/api/v1/x?q",
             "the org decides the host"
+        );
+        for climbing in ["/../billing/x", "/%2e%2e/billing/x", "/a/../../billing"] {
+            assert!(
+                matches!(
+                    target(&prefixed, &uri(climbing)),
+                    Err(ProxyError::OutsideApi)
+                ),
+                "{climbing}"
+            );
+        }
+        assert_eq!(
+            target(&base, &uri("/a/../b")).unwrap().path(),
+            "/b",
+            "without a prefix, dot segments stay on the host"
         );
     }
 }

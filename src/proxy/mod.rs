@@ -27,7 +27,7 @@ use crate::{
     sync::RwLockUnpoisoned,
 };
 
-pub use serve::serve;
+pub use serve::{Serving, serve};
 
 /// `[proxy]`: where the proxy listens, its bounds, and where each org's requests go.
 #[derive(Debug, Clone)]
@@ -51,8 +51,11 @@ pub struct ProxyLimits {
     pub max_request_bytes: u64,
     /// The largest answer body (`proxy.max_response_bytes`).
     pub max_response_bytes: u64,
-    /// The platform's time to start answering, and the longest silence in either body
-    /// (`proxy.request_timeout`).
+    /// The longest silence of either side (`proxy.request_timeout`): the platform taking
+    /// no chunk of the body, or not answering once it has it, is 504; the caller sending
+    /// no chunk of its body is 408; mid-answer, either side's silence ends the answer; an
+    /// HTTP/1.1 request's headers, and a keep-alive connection's wait for the next, get
+    /// no longer.
     pub request_timeout: Duration,
     /// Requests in progress at once, their answers' bodies included
     /// (`proxy.max_concurrent_requests`): 503 past it.
@@ -79,13 +82,16 @@ pub struct Proxy {
     audit: Arc<Audit>,
     metrics: ProxyMetrics,
     /// The platform's API client: its own pool, no redirects followed, no overall timeout
-    /// (a slow answer streams for as long as it keeps coming).
+    /// (a slow upload or answer streams for as long as it keeps moving).
     client: reqwest::Client,
     limits: ProxyLimits,
     /// Swapped whole by a reload.
     api_urls: RwLock<Arc<BTreeMap<String, Url>>>,
     /// One permit per request in progress.
     in_progress: Arc<Semaphore>,
+    /// `renewal.min_rotation_interval`: a token rotated for a caller this recently is not
+    /// rotated again on a 401.
+    min_rotation_interval: Duration,
 }
 
 impl Proxy {
@@ -96,11 +102,11 @@ impl Proxy {
         gate: Arc<Gate>,
         audit: Arc<Audit>,
         metrics: ProxyMetrics,
+        min_rotation_interval: Duration,
     ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(settings.limits.request_timeout)
-            .read_timeout(settings.limits.request_timeout)
             .tcp_nodelay(true)
             .build()?;
         Ok(Self {
@@ -112,6 +118,7 @@ impl Proxy {
             limits: settings.limits,
             api_urls: RwLock::new(Arc::new(settings.api_urls.clone())),
             in_progress: Arc::new(Semaphore::new(settings.limits.max_concurrent_requests)),
+            min_rotation_interval,
         })
     }
 

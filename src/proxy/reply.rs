@@ -43,6 +43,9 @@ pub enum ProxyError {
         "the proxy forwards plain HTTP and speaks TLS to the platform itself: send http:// URLs (HTTP_PROXY, not HTTPS_PROXY), or requests to the proxy's own address"
     )]
     Connect,
+    /// A path that climbs out of the org's `api_url` prefix: 400.
+    #[error("the path leaves the org's api_url (dot segments climb out of its prefix)")]
+    OutsideApi,
     /// A `Tokenbroker-*` header that is not text: 400.
     #[error("the {name} header must be visible ASCII text")]
     BadHeader { name: &'static str },
@@ -114,7 +117,7 @@ impl ProxyError {
             Self::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Self::Connect => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Broker(e) => broker_status(e),
-            Self::BadHeader { .. } | Self::RequestBody(_) => {
+            Self::BadHeader { .. } | Self::RequestBody(_) | Self::OutsideApi => {
                 (StatusCode::BAD_REQUEST, "bad_request")
             }
             Self::NoApiUrl { .. } => (StatusCode::BAD_GATEWAY, "no_api_url"),

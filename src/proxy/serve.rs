@@ -1,12 +1,19 @@
-//! The proxy's listener: connections accepted as the gRPC listener's are (a bounded
-//! number, TLS and the first bytes within the handshake timeout), each served HTTP/1.1 or
-//! HTTP/2 by axum, with who is on the other end (address, certificate names, uid) handed to
-//! every request; and the shutdown that stops accepting and drains.
+//! The proxy's listener: connections accepted as the gRPC listener's are (places shared
+//! with it within `server.max_connections`, TLS and the first bytes within the handshake
+//! timeout), each served HTTP/1.1 or HTTP/2 by hyper with timers on (an HTTP/1.1 request's
+//! headers, and a keep-alive connection's idle wait, within `proxy.request_timeout`; HTTP/2
+//! pings as on the gRPC listener), with who is on the other end (address, certificate
+//! names, uid) handed to every request; and the shutdown that stops accepting and drains.
 
 use std::{future::Future, net::IpAddr, sync::Arc, time::Duration};
 
-use axum::{Router, extract::connect_info::Connected, serve::IncomingStream};
-use futures::{Stream, StreamExt};
+use axum::{Extension, Router};
+use futures::StreamExt;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
@@ -14,7 +21,7 @@ use super::{Proxy, forward};
 use crate::{
     Listener,
     gate::certificate_names,
-    incoming::{self, Accept, ConnectionLimits, Guarded},
+    incoming::{self, Accept, ConnectionLimits},
 };
 
 /// Who is on the other end of a connection, as each of its requests sees it.
@@ -66,105 +73,80 @@ impl PeerOf for UnixStream {
     }
 }
 
-/// The accepted connections as axum takes them.
-struct Connections<S> {
-    accepted: std::pin::Pin<Box<S>>,
+/// How the proxy's listener serves: TLS, the connection places it shares with the gRPC
+/// listener, HTTP/2 pings, and the drain at shutdown.
+pub struct Serving {
+    /// `[proxy.tls]`, built.
+    pub tls: Option<TlsAcceptor>,
+    pub connections: ConnectionLimits,
+    /// `server.keepalive_interval` and `server.keepalive_timeout`, for HTTP/2 callers.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    /// `server.drain_timeout`: how long open requests may finish after the shutdown signal.
+    pub drain_timeout: Duration,
 }
 
-impl<S, IO> axum::serve::Listener for Connections<S>
-where
-    S: Stream<Item = std::io::Result<Guarded<IO>>> + Send + 'static,
-    IO: PeerOf + tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    type Io = Guarded<IO>;
-    type Addr = Peer;
-
-    async fn accept(&mut self) -> (Self::Io, Peer) {
-        loop {
-            match self.accepted.next().await {
-                Some(Ok(io)) => {
-                    let peer = io.get_ref().peer();
-                    return (io, peer);
-                }
-                Some(Err(e)) => tracing::debug!(error = %e, "proxy: a connection failed"),
-                // The accept loop ended (it does not while the listener lives).
-                None => std::future::pending::<()>().await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Peer> {
-        Ok(Peer::default())
-    }
-}
-
-impl<S> Connected<IncomingStream<'_, Connections<S>>> for Peer
-where
-    Connections<S>: axum::serve::Listener<Addr = Peer>,
-{
-    fn connect_info(stream: IncomingStream<'_, Connections<S>>) -> Self {
-        stream.remote_addr().clone()
-    }
-}
-
-/// Serves `proxy` on `listener` (TLS with `tls`) until `shutdown`; then stops accepting
-/// and gives open requests up to `drain_timeout` to finish.
+/// Serves `proxy` on `listener` until `shutdown`; then stops accepting and gives open
+/// requests up to the drain timeout to finish.
 pub async fn serve(
     proxy: Arc<Proxy>,
     listener: Listener,
-    tls: Option<TlsAcceptor>,
-    limits: ConnectionLimits,
-    drain_timeout: Duration,
+    serving: Serving,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(proxy.limits.request_timeout);
+    http.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(serving.keepalive_interval))
+        .keep_alive_timeout(serving.keepalive_timeout);
     let app = Router::new().fallback(forward::handle).with_state(proxy);
-    let signalled = Arc::new(tokio::sync::Notify::new());
-    let notify = Arc::clone(&signalled);
-    let shutdown = async move {
-        shutdown.await;
-        notify.notify_one();
-    };
-    let served = async move {
-        match (listener, tls) {
-            (Listener::Tcp(listener), None) => {
-                on(
-                    listener,
-                    limits,
-                    app,
-                    shutdown,
-                    |io: TcpStream| async move {
-                        let _ = io.set_nodelay(true);
-                        Ok(io)
-                    },
-                )
-                .await
-            }
-            (Listener::Tcp(listener), Some(tls)) => {
-                on(listener, limits, app, shutdown, move |io: TcpStream| {
+    let (limits, drain) = (serving.connections, serving.drain_timeout);
+    match (listener, serving.tls) {
+        (Listener::Tcp(listener), None) => {
+            on(
+                listener,
+                limits,
+                app,
+                http,
+                drain,
+                shutdown,
+                |io: TcpStream| async move {
+                    let _ = io.set_nodelay(true);
+                    Ok(io)
+                },
+            )
+            .await
+        }
+        (Listener::Tcp(listener), Some(tls)) => {
+            on(
+                listener,
+                limits,
+                app,
+                http,
+                drain,
+                shutdown,
+                move |io: TcpStream| {
                     let _ = io.set_nodelay(true);
                     tls.accept(io)
-                })
-                .await
-            }
-            (Listener::Unix(listener), _) => {
-                on(
-                    listener,
-                    limits,
-                    app,
-                    shutdown,
-                    |io: UnixStream| async move { Ok(io) },
-                )
-                .await
-            }
+                },
+            )
+            .await
         }
-    };
-    let drain = async {
-        signalled.notified().await;
-        tokio::time::sleep(drain_timeout).await;
-    };
-    tokio::select! {
-        () = served => {}
-        () = drain => tracing::warn!(?drain_timeout, "proxy requests still open after the drain timeout; closing them"),
+        (Listener::Unix(listener), _) => {
+            on(
+                listener,
+                limits,
+                app,
+                http,
+                drain,
+                shutdown,
+                |io: UnixStream| async move { Ok(io) },
+            )
+            .await
+        }
     }
 }
 
@@ -173,6 +155,8 @@ async fn on<L, H, F, IO>(
     listener: L,
     limits: ConnectionLimits,
     app: Router,
+    http: auto::Builder<TokioExecutor>,
+    drain_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
     handshake: H,
 ) where
@@ -181,14 +165,42 @@ async fn on<L, H, F, IO>(
     F: Future<Output = std::io::Result<IO>> + Send + 'static,
     IO: PeerOf + tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let connections = Connections {
-        accepted: Box::pin(incoming::connections(listener, limits, handshake)),
-    };
-    let service = app.into_make_service_with_connect_info::<Peer>();
-    if let Err(e) = axum::serve(connections, service)
-        .with_graceful_shutdown(shutdown)
+    let mut accepted = Box::pin(incoming::connections(listener, limits, handshake));
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let io = tokio::select! {
+            () = &mut shutdown => break,
+            next = accepted.next() => match next {
+                Some(Ok(io)) => io,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "proxy: a connection failed");
+                    continue;
+                }
+                None => break,
+            },
+        };
+        // Each request of the connection carries who sent it.
+        let service = TowerToHyperService::new(app.clone().layer(Extension(io.get_ref().peer())));
+        let connection = http
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "proxy: a connection ended with an error");
+            }
+        });
+    }
+    // Stop accepting (the listener closes with the accept loop), then drain.
+    drop(accepted);
+    if tokio::time::timeout(drain_timeout, graceful.shutdown())
         .await
+        .is_err()
     {
-        tracing::error!(error = %e, "the proxy stopped serving");
+        tracing::warn!(
+            ?drain_timeout,
+            "proxy requests still open after the drain timeout; closing them"
+        );
     }
 }
