@@ -226,6 +226,19 @@ where
     }
 }
 
+/// The largest answer read whole before it goes back (by its declared length): the usual
+/// JSON answer, which a relay task would only slow.
+pub const SMALL_ANSWER: u64 = 64 * 1024;
+
+/// A small answer's body, read whole within `timeout`.
+pub async fn whole(response: reqwest::Response, timeout: Duration) -> Result<Bytes, ProxyError> {
+    match tokio::time::timeout(timeout, response.bytes()).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => Err(ProxyError::Upstream(e.without_url().to_string())),
+        Err(_) => Err(ProxyError::UpstreamTimeout { after: timeout }),
+    }
+}
+
 /// The platform's answer body as it goes back to the caller, relayed by a task of its own
 /// that holds `permit` (the request's place) until it ends: counted into `received`, cut
 /// off past `max` bytes, and ended when either side is silent for `timeout` (the

@@ -96,7 +96,7 @@ impl Proxy {
             body,
             content_length(&parts.headers),
             &self.limits,
-            self.metrics.bytes("request"),
+            self.sent.clone(),
             Arc::clone(&progress),
         )
         .await?;
@@ -115,7 +115,7 @@ impl Proxy {
         };
         let answer = self.send(&out, &served, first).await?;
         if answer.status() != StatusCode::UNAUTHORIZED {
-            return self.respond(answer, permit, false);
+            return self.respond(answer, permit, false).await;
         }
         // A token the broker rotated for a caller moments ago is not rotated again: a 401
         // on it is about something else (a path the token may not use), and each would
@@ -123,7 +123,7 @@ impl Proxy {
         if served.token.reason == Reason::Forced
             && served.token.requested().elapsed() < self.min_rotation_interval
         {
-            return self.respond(answer, permit, false);
+            return self.respond(answer, permit, false).await;
         }
         let stale = served.token.access_token.expose();
         let rotated = match tokio::time::timeout(
@@ -135,24 +135,24 @@ impl Proxy {
             Ok(Ok(rotated)) => rotated,
             // A long-lived token: the platform's 401 is the answer.
             Ok(Err(BrokerError::NotRotatable { .. })) => {
-                return self.respond(answer, permit, false);
+                return self.respond(answer, permit, false).await;
             }
             Ok(Err(e)) => {
                 tracing::warn!(org = %org.name(), error = %e, "the platform refused a token and the broker could not rotate it");
-                return self.respond(answer, permit, false);
+                return self.respond(answer, permit, false).await;
             }
             Err(_) => {
                 tracing::warn!(org = %org.name(), "the platform refused a token and its rotation did not finish within proxy.request_timeout");
-                return self.respond(answer, permit, false);
+                return self.respond(answer, permit, false).await;
             }
         };
         let Some(kept) = kept else {
             // The body streamed and is gone: the caller sends again, with the new token.
-            return self.respond(answer, permit, true);
+            return self.respond(answer, permit, true).await;
         };
         drop(answer);
         let again = self.send(&out, &rotated, reqwest::Body::from(kept)).await?;
-        self.respond(again, permit, true)
+        self.respond(again, permit, true).await
     }
 
     /// The org's token, or `user`'s, from the cache or fetched within the request timeout.
@@ -257,8 +257,9 @@ impl Proxy {
     }
 
     /// The platform's answer as the caller gets it: its status, its headers less the
-    /// hop-by-hop ones, its body streaming (within `proxy.max_response_bytes`).
-    fn respond(
+    /// hop-by-hop ones, its body (within `proxy.max_response_bytes`): read whole when it
+    /// declares at most [`body::SMALL_ANSWER`], else streaming as it comes.
+    async fn respond(
         &self,
         answer: reqwest::Response,
         permit: OwnedSemaphorePermit,
@@ -278,13 +279,18 @@ impl Proxy {
         if rotated {
             headers.insert(ROTATED_HEADER, HeaderValue::from_static("true"));
         }
-        let body = body::incoming(
-            answer,
-            max,
-            self.limits.request_timeout,
-            self.metrics.bytes("response"),
-            permit,
-        );
+        let timeout = self.limits.request_timeout;
+        let body = match answer.content_length() {
+            // A small answer (the usual JSON) is read whole and the place given back: no
+            // task of its own (BENCHMARKS.md).
+            Some(declared) if declared <= body::SMALL_ANSWER => {
+                let whole = body::whole(answer, timeout).await?;
+                self.received.inc_by(whole.len() as u64);
+                drop(permit);
+                axum::body::Body::from(whole)
+            }
+            _ => body::incoming(answer, max, timeout, self.received.clone(), permit),
+        };
         let mut response = Response::new(body);
         *response.status_mut() = status;
         *response.headers_mut() = headers;

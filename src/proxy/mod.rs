@@ -15,6 +15,7 @@ use std::{
     time::Duration,
 };
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Semaphore;
 use url::Url;
 
@@ -89,6 +90,9 @@ pub struct Proxy {
     api_urls: RwLock<Arc<BTreeMap<String, Url>>>,
     /// One permit per request in progress.
     in_progress: Arc<Semaphore>,
+    /// Body bytes to the platform and back to callers (looked up once).
+    sent: Counter,
+    received: Counter,
     /// `renewal.min_rotation_interval`: a token rotated for a caller this recently is not
     /// rotated again on a 401.
     min_rotation_interval: Duration,
@@ -113,6 +117,8 @@ impl Proxy {
             broker,
             gate,
             audit,
+            sent: metrics.bytes("request"),
+            received: metrics.bytes("response"),
             metrics,
             client,
             limits: settings.limits,
