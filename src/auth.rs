@@ -265,6 +265,21 @@ pub fn bearer(value: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then_some(key)
 }
 
+/// The API key a credential header carries (`value` its text, `None` if not text): none
+/// when the header was not sent; refused, naming `header`, when it was sent but holds no
+/// `Bearer <key>` (never passed over for another credential).
+pub fn sent_key<'a>(
+    value: Option<Option<&'a str>>,
+    header: &str,
+) -> Result<Option<&'a str>, AuthError> {
+    match value {
+        None => Ok(None),
+        Some(text) => text.and_then(bearer).map(Some).ok_or_else(|| {
+            AuthError::Unauthenticated(format!("the {header} must be \"Bearer <API key>\""))
+        }),
+    }
+}
+
 /// The SHA-256 of an API key, as the config holds it (64 hex digits).
 pub fn api_key_hash(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))

@@ -406,6 +406,14 @@ async fn echo_server() -> SocketAddr {
     addr
 }
 
+/// Waits (saying `what`) until a request to the echo server gets a place and a 200.
+async fn place_comes_back(h: &Harness, what: &str) {
+    common::wait_for(what, async || {
+        client().get(url(h, "/echo")).send().await.unwrap().status() == 200
+    })
+    .await;
+}
+
 /// A broker whose org's API is the echo server, with `extra` keys in `[proxy]`.
 async fn start_echo(extra: &str) -> Harness {
     LazyLock::force(&LOG);
@@ -540,16 +548,7 @@ async fn a_silent_platform_is_a_504_and_a_full_proxy_a_503() {
     );
     while first.chunk().await.unwrap().is_some() {}
     drop(first);
-    common::wait_for("the place to come back", async || {
-        client()
-            .get(url(&h, "/echo"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200
-    })
-    .await;
+    place_comes_back(&h, "the place to come back").await;
     h.stop().await;
 }
 
@@ -892,16 +891,7 @@ async fn a_caller_that_stops_reading_or_sending_headers_gives_its_place_back() {
         .write_all(b"GET /flood HTTP/1.1\r\nHost: tokenbroker\r\n\r\n")
         .await
         .unwrap();
-    common::wait_for("the stalled reader's place to come back", async || {
-        client()
-            .get(url(&h, "/echo"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200
-    })
-    .await;
+    place_comes_back(&h, "the stalled reader's place to come back").await;
     drop(stalled);
     // Headers that never end: the connection is closed at the timeout.
     let mut slow = tokio::net::TcpStream::connect(proxy).await.unwrap();

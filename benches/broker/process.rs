@@ -149,6 +149,12 @@ pub(crate) fn broker_with_budget(dir: &std::path::Path, sandbox: &Process, extra
         "{extra}\n[orgs.demo]\ntoken_url = \"http://{0}/oauth/token\"\nauthorization_grant_url = \"http://{0}/oauth/authorization-grant\"\nclient_id = \"demo-client\"\nclient_secret_env = \"DEMO_SECRET\"\n",
         sandbox.addr
     );
+    broker_from(dir, &config, "tokenbroker listening")
+}
+
+/// A broker run from the TOML `config`, written to `dir`, once it logs `needle` (whose
+/// `addr=` is the process's address).
+pub(crate) fn broker_from(dir: &std::path::Path, config: &str, needle: &str) -> Process {
     let path = dir.join("broker.toml");
     std::fs::write(&path, config).expect("config written");
     Process::start(
@@ -158,7 +164,7 @@ pub(crate) fn broker_with_budget(dir: &std::path::Path, sandbox: &Process, extra
             "--listen",
             "127.0.0.1:0",
         ],
-        "tokenbroker listening",
+        needle,
     )
 }
 

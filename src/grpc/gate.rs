@@ -22,21 +22,13 @@ static AUTHORIZATION: LazyLock<AsciiMetadataKey> =
 
 /// What the request presents; an `authorization` that is no bearer key is refused.
 fn presented<T>(request: &Request<T>) -> Result<Presented<'_>, AuthError> {
-    let sent = request.metadata().get(&*AUTHORIZATION);
-    let api_key = match sent {
-        None => None,
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .and_then(crate::auth::bearer)
-                .ok_or_else(|| {
-                    AuthError::Unauthenticated(
-                        "the authorization metadata must be \"Bearer <API key>\"".into(),
-                    )
-                })?,
-        ),
-    };
+    let api_key = crate::auth::sent_key(
+        request
+            .metadata()
+            .get(&*AUTHORIZATION)
+            .map(|v| v.to_str().ok()),
+        "authorization metadata",
+    )?;
     let tls_names = request
         .peer_certs()
         .and_then(|certs| certs.first().map(|leaf| certificate_names(leaf.as_ref())))

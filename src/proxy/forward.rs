@@ -301,20 +301,12 @@ impl Proxy {
 /// What the request presents to the gate: `Proxy-Authorization: Bearer <API key>`, the
 /// connection's client certificate names, its Unix peer uid.
 fn presented<'a>(headers: &'a HeaderMap, peer: &'a Peer) -> Result<Presented<'a>, AuthError> {
-    let api_key = match headers.get(header::PROXY_AUTHORIZATION) {
-        None => None,
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .and_then(crate::auth::bearer)
-                .ok_or_else(|| {
-                    AuthError::Unauthenticated(
-                        "the Proxy-Authorization header must be \"Bearer <API key>\"".into(),
-                    )
-                })?,
-        ),
-    };
+    let api_key = crate::auth::sent_key(
+        headers
+            .get(header::PROXY_AUTHORIZATION)
+            .map(|v| v.to_str().ok()),
+        "Proxy-Authorization header",
+    )?;
     Ok(Presented {
         api_key,
         tls_names: peer.tls_names.to_vec(),

@@ -12,17 +12,7 @@ fn proxy_broker(dir: &std::path::Path, sandbox: &Process) -> Process {
         "[proxy]\nlisten = \"127.0.0.1:0\"\n\n[orgs.demo]\ntoken_url = \"http://{0}/oauth/token\"\nauthorization_grant_url = \"http://{0}/oauth/authorization-grant\"\napi_url = \"http://{0}\"\nclient_id = \"demo-client\"\nclient_secret_env = \"DEMO_SECRET\"\n",
         sandbox.addr
     );
-    let path = dir.join("broker.toml");
-    std::fs::write(&path, config).expect("config written");
-    Process::start(
-        &[
-            "--config",
-            path.to_str().expect("utf-8 path"),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        "token-injecting proxy listening",
-    )
+    broker_from(dir, &config, "token-injecting proxy listening")
 }
 
 /// `concurrency` callers doing `GET url` (with `token` as bearer, if given) for `length`.
