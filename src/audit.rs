@@ -379,23 +379,8 @@ impl Audit {
 /// The line of a first hand-out (and of every hand-out with `every_call`).
 fn first_line(h: &HandOut<'_>) {
     let key = h.key.key();
-    if let Some(request) = h.proxied {
-        tracing::info!(
-            target: "tokenbroker::audit",
-            caller = h.caller.name(),
-            peer = %Peer(h.peer),
-            rpc = h.rpc,
-            org = %key.org,
-            user_id = key.user.as_deref().unwrap_or(""),
-            method = request.method,
-            path = request.path,
-            status = request.status,
-            fingerprint = %h.token.fingerprint,
-            generation = h.token.generation,
-            "token used by the proxy"
-        );
-        return;
-    }
+    // A use by the proxy also names the request (fields left out of other lines).
+    let request = h.proxied;
     tracing::info!(
         target: "tokenbroker::audit",
         caller = h.caller.name(),
@@ -403,9 +388,13 @@ fn first_line(h: &HandOut<'_>) {
         rpc = h.rpc,
         org = %key.org,
         user_id = key.user.as_deref().unwrap_or(""),
+        method = request.map(|r| r.method),
+        path = request.map(|r| r.path),
+        status = request.map(|r| r.status),
         fingerprint = %h.token.fingerprint,
         generation = h.token.generation,
-        "token handed out"
+        "{}",
+        if request.is_some() { "token used by the proxy" } else { "token handed out" }
     );
 }
 

@@ -249,10 +249,10 @@ impl Proxy {
             if let Some(caller_side) = out.progress.error(&self.limits) {
                 return caller_side;
             }
-            // The URL's query may carry personal data: never in a log or an answer.
-            let e = e.without_url();
-            tracing::warn!(origin = %out.url.origin().ascii_serialization(), error = %e, "proxy: the platform could not be reached");
-            ProxyError::Upstream(error_chain(&e))
+            // Without the URL: its query may carry personal data.
+            let reason = crate::upstream::error_reason(e);
+            tracing::warn!(origin = %out.url.origin().ascii_serialization(), error = %reason, "proxy: the platform could not be reached");
+            ProxyError::Upstream(reason)
         })
     }
 
@@ -358,19 +358,6 @@ pub fn target(base: &Url, uri: &Uri) -> Result<Url, ProxyError> {
         return Err(ProxyError::OutsideApi);
     }
     Ok(url)
-}
-
-/// An error with its causes, which reqwest keeps apart ("error sending request" alone
-/// says nothing).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -19,15 +19,11 @@ pub const ERROR_HEADER: &str = "tokenbroker-error";
 /// Why the proxy answered itself.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// No credentials, or ones that name no caller: 407.
+    /// The gate refused the caller: no credentials, or ones that name no caller (407); a
+    /// caller without the `proxy` permission or the org (403); over its rate limit, or its
+    /// address failed too often (429).
     #[error("{0}")]
-    Unauthenticated(String),
-    /// A known caller without the `proxy` permission, or for an org it may not use: 403.
-    #[error("{0}")]
-    PermissionDenied(String),
-    /// The caller is over its rate limit, or its address failed too often: 429.
-    #[error("{0}")]
-    RateLimited(String),
+    Auth(#[from] AuthError),
     /// `proxy.max_concurrent_requests` requests are in progress: 503.
     #[error(
         "{limit} requests are in progress through the proxy (proxy.max_concurrent_requests); retry shortly"
@@ -81,16 +77,6 @@ pub enum ProxyError {
     InvalidToken,
 }
 
-impl From<AuthError> for ProxyError {
-    fn from(e: AuthError) -> Self {
-        match e {
-            AuthError::Unauthenticated(m) => Self::Unauthenticated(proxy_words(m)),
-            AuthError::PermissionDenied(m) => Self::PermissionDenied(m),
-            AuthError::RateLimited(m) => Self::RateLimited(m),
-        }
-    }
-}
-
 impl From<BrokerError> for ProxyError {
     fn from(e: BrokerError) -> Self {
         Self::Broker(e)
@@ -98,7 +84,7 @@ impl From<BrokerError> for ProxyError {
 }
 
 /// The gate's words for a gRPC caller, as a proxy caller sends them.
-fn proxy_words(message: String) -> String {
+fn proxy_words(message: &str) -> String {
     message.replace(
         "send `authorization: Bearer <API key>`",
         "send `Proxy-Authorization: Bearer <API key>`",
@@ -109,11 +95,15 @@ impl ProxyError {
     /// The HTTP status and the code in the JSON body.
     pub fn status(&self) -> (StatusCode, &'static str) {
         match self {
-            Self::Unauthenticated(_) => {
+            Self::Auth(AuthError::Unauthenticated(_)) => {
                 (StatusCode::PROXY_AUTHENTICATION_REQUIRED, "unauthenticated")
             }
-            Self::PermissionDenied(_) => (StatusCode::FORBIDDEN, "permission_denied"),
-            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::Auth(AuthError::PermissionDenied(_)) => {
+                (StatusCode::FORBIDDEN, "permission_denied")
+            }
+            Self::Auth(AuthError::RateLimited(_)) => {
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+            }
             Self::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Self::Connect => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Broker(e) => broker_status(e),
@@ -142,6 +132,7 @@ impl ProxyError {
                 };
                 format!("{header} {problem}")
             }
+            Self::Auth(AuthError::Unauthenticated(m)) => proxy_words(m),
             other => other.to_string(),
         }
     }
@@ -204,8 +195,8 @@ mod tests {
     #[test]
     fn each_refusal_has_its_status_and_names_the_header() {
         let cases: [(ProxyError, u16); 5] = [
-            (ProxyError::Unauthenticated("no".into()), 407),
-            (ProxyError::PermissionDenied("no".into()), 403),
+            (AuthError::Unauthenticated("no".into()).into(), 407),
+            (AuthError::PermissionDenied("no".into()).into(), 403),
             (ProxyError::Busy { limit: 1 }, 503),
             (ProxyError::RequestTooLarge { limit: 1 }, 413),
             (
@@ -227,7 +218,7 @@ mod tests {
             missing.message(),
             "the Tokenbroker-Org header is required when several orgs are configured (a, b)"
         );
-        let response = ProxyError::Unauthenticated("x".into()).into_response();
+        let response = ProxyError::from(AuthError::Unauthenticated("x".into())).into_response();
         assert_eq!(response.headers()[ERROR_HEADER], "unauthenticated");
         assert!(response.headers().contains_key(header::PROXY_AUTHENTICATE));
     }

@@ -437,16 +437,7 @@ impl Upstream {
                 after: self.timeout,
             };
         }
-        // The whole source chain says why ("connection refused", "reset by peer"); reqwest's
-        // own text alone is only "error sending request".
-        let e = e.without_url();
-        let mut reason = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            reason.push_str(": ");
-            reason.push_str(&s.to_string());
-            source = s.source();
-        }
+        let reason = error_reason(e);
         // rustls says "invalid peer certificate: UnknownIssuer" (or names another
         // certificate problem): waiting will not fix it.
         if reason.contains("invalid peer certificate") || reason.contains("UnknownIssuer") {
@@ -454,4 +445,19 @@ impl Upstream {
         }
         UpstreamError::Connection { reason }
     }
+}
+
+/// Why an HTTP request failed, with the whole source chain ("connection refused", "reset by
+/// peer"; reqwest's own text alone is only "error sending request") and without the URL,
+/// whose query may carry personal data.
+pub fn error_reason(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+        source = s.source();
+    }
+    reason
 }
