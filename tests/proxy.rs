@@ -137,6 +137,16 @@ async fn a_user_header_acts_as_that_user_and_none_as_the_org() {
         "{rendered}"
     );
     assert!(rendered.contains("tokenbroker_proxy_requests_total{status=\"404\"} 2"));
+    assert!(
+        rendered.contains("tokenbroker_proxy_duration_seconds_count 4"),
+        "{rendered}"
+    );
+    let answered: u64 = rendered
+        .lines()
+        .find_map(|l| l.strip_prefix("tokenbroker_proxy_body_bytes_total{direction=\"response\"} "))
+        .and_then(|v| v.parse().ok())
+        .expect("response bytes counted");
+    assert!(answered > 0, "{rendered}");
     h.stop().await;
 }
 
@@ -796,6 +806,24 @@ async fn a_reload_sends_an_orgs_requests_to_its_new_api_url() {
     config.cache.prefetch_org_tokens = false;
     let restart = h.reloader.apply(config).await;
     assert!(restart.is_empty(), "api_url needs no restart: {restart:?}");
+    // A [proxy] bound changed: named as needing a restart.
+    let bounded = text.replacen(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nmax_concurrent_requests = 5",
+        1,
+    );
+    let secret = h.sandbox.config().orgs[0].client_secret.clone();
+    let mut changed = tokenbroker::config::Config::parse(
+        &bounded,
+        &|name| (name == SECRET_ENV).then(|| secret.clone()),
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    changed.cache.prefetch_org_tokens = false;
+    assert_eq!(
+        h.reloader.apply(changed).await,
+        ["[proxy] (but the orgs' api_url)"]
+    );
     let seen: Value = client()
         .get(url(&h, "/echo"))
         .send()

@@ -234,7 +234,7 @@ pub const SMALL_ANSWER: u64 = 64 * 1024;
 pub async fn whole(response: reqwest::Response, timeout: Duration) -> Result<Bytes, ProxyError> {
     match tokio::time::timeout(timeout, response.bytes()).await {
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) => Err(ProxyError::Upstream(e.without_url().to_string())),
+        Ok(Err(e)) => Err(ProxyError::Upstream(crate::upstream::error_reason(e))),
         Err(_) => Err(ProxyError::UpstreamTimeout { after: timeout }),
     }
 }
@@ -316,4 +316,102 @@ enum AnswerCut {
     PlatformSilent,
     #[error("the caller read nothing for proxy.request_timeout")]
     Stalled,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ProxyLimits {
+        ProxyLimits {
+            max_request_bytes: 10,
+            request_timeout: Duration::from_secs(5),
+            ..ProxyLimits::default()
+        }
+    }
+
+    type Fed = Pin<Box<dyn Stream<Item = Result<Bytes, axum::Error>> + Send>>;
+
+    /// The rest of a body fed from `chunks`, as [`outgoing`] streams it.
+    fn upload(
+        chunks: Vec<Result<Bytes, axum::Error>>,
+        pending_after: bool,
+        progress: &Arc<Progress>,
+    ) -> Upload<Fed> {
+        let fed = futures::stream::iter(chunks);
+        let inner: Fed = if pending_after {
+            Box::pin(fed.chain(futures::stream::pending()))
+        } else {
+            Box::pin(fed)
+        };
+        let l = limits();
+        Upload {
+            inner,
+            total: 0,
+            max: l.max_request_bytes,
+            timeout: l.request_timeout,
+            idle: Box::pin(tokio::time::sleep(l.request_timeout)),
+            progress: Arc::clone(progress),
+            sent: Counter::default(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_breaks_off_is_the_callers_400_and_too_much_is_413() {
+        let progress = Arc::new(Progress::default());
+        let broken = std::io::Error::other("reset");
+        let mut body = upload(
+            vec![
+                Ok(Bytes::from_static(b"abc")),
+                Err(axum::Error::new(broken)),
+            ],
+            false,
+            &progress,
+        );
+        assert!(body.next().await.unwrap().is_ok());
+        assert!(progress.error(&limits()).is_none(), "nothing wrong yet");
+        assert!(body.next().await.unwrap().is_err());
+        assert!(matches!(
+            progress.error(&limits()),
+            Some(ProxyError::RequestBody(_))
+        ));
+
+        let progress = Arc::new(Progress::default());
+        let mut body = upload(vec![Ok(Bytes::from(vec![0u8; 11]))], false, &progress);
+        assert!(body.next().await.unwrap().is_err());
+        assert!(matches!(
+            progress.error(&limits()),
+            Some(ProxyError::RequestTooLarge { limit: 10 })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_callers_silence_is_timed_and_the_platforms_runs_from_the_last_chunk() {
+        let progress = Arc::new(Progress::default());
+        let mut body = upload(vec![Ok(Bytes::from_static(b"ab"))], true, &progress);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(body.next().await.unwrap().is_ok());
+        let taken = progress
+            .platform_silent_since()
+            .expect("the platform has it");
+        assert_eq!(
+            taken,
+            Instant::now(),
+            "the platform's clock starts at the chunk"
+        );
+        // The caller sends nothing more: while the body waits on it, the silence is the
+        // caller's, and at the timeout the body ends as a 408.
+        let started = Instant::now();
+        assert!(body.next().await.unwrap().is_err());
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert!(matches!(
+            progress.error(&limits()),
+            Some(ProxyError::RequestBodyTimeout { .. })
+        ));
+        assert_eq!(
+            progress.platform_silent_since(),
+            None,
+            "waiting on the caller"
+        );
+    }
 }
